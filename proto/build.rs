@@ -1,0 +1,34 @@
+//! Compiles the `.proto` files with `protox` (pure Rust, so no system `protoc`)
+//! and generates prost messages, tonic services and, for the configuration
+//! messages, serde impls that follow the proto3 JSON mapping (bootstrap YAML).
+
+use std::path::PathBuf;
+
+const PROTOS: &[&str] = &[
+    "proto/gridmesh/v1/config.proto",
+    "proto/gridmesh/testing/v1/echo.proto",
+];
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    for proto in PROTOS {
+        println!("cargo:rerun-if-changed={proto}");
+    }
+    let descriptors = protox::compile(PROTOS, ["proto"])?;
+    let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
+    let descriptor_path = out_dir.join("descriptors.bin");
+    std::fs::write(&descriptor_path, prost::Message::encode_to_vec(&descriptors))?;
+
+    tonic_prost_build::configure()
+        .file_descriptor_set_path(&descriptor_path)
+        .skip_protoc_run()
+        // Well-known types come from pbjson-types so they carry JSON-mapping serde impls.
+        .compile_well_known_types(true)
+        .extern_path(".google.protobuf", "::pbjson_types")
+        .compile_protos(PROTOS, &["proto"])?;
+
+    pbjson_build::Builder::new()
+        .register_descriptors(&std::fs::read(&descriptor_path)?)?
+        .extern_path(".google.protobuf", "::pbjson_types")
+        .build(&[".gridmesh.v1"])?;
+    Ok(())
+}

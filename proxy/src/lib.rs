@@ -1,0 +1,2 @@
+//! gridmesh's sidecar proxy.
+#![forbid(unsafe_code)]
