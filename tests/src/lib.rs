@@ -1,1 +1,2 @@
 //! Test harness shared by the end-to-end tests, the benchmark and the demo.
+pub mod upstream;
