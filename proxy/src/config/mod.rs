@@ -1,0 +1,110 @@
+//! Configuration: reading the bootstrap file and turning gridmesh.v1 resources
+//! into the immutable snapshot the data plane serves from.
+//!
+//! Applying config is two-phase (as in ztunnel): everything is validated and
+//! converted here, off the data path and without side effects, and only a
+//! complete [`Snapshot`] is ever swapped in. A rejected file changes nothing.
+
+mod validate;
+
+use std::fmt;
+use std::path::Path;
+
+use gridmesh_proto::config::Bootstrap;
+
+pub use validate::{
+    ClusterSpec, EndpointAddress, EndpointSpec, ListenerSpec, Protocol, Snapshot, build_snapshot,
+};
+
+/// Exit status for invalid configuration (EX_USAGE / EX_DATAERR family).
+pub const EXIT_INVALID_CONFIG: i32 = 64;
+
+/// Why a configuration was rejected: every problem found, each naming the
+/// file, the resource and the field, so an operator can fix them all at once.
+#[derive(Debug)]
+pub struct ConfigError {
+    pub source: String,
+    pub problems: Vec<Problem>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// e.g. `cluster "echo"`, or `file` for a parse error.
+    pub resource: String,
+    /// The field path in the proto3 JSON names used by the file, e.g.
+    /// `virtualHosts[0].routes[1].match.regex`.
+    pub field: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid configuration in {}", self.source)?;
+        for p in &self.problems {
+            write!(
+                f,
+                "\n  {}: {}: {}: {}",
+                self.source, p.resource, p.field, p.message
+            )?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Reads, parses and validates a bootstrap YAML (or JSON) file.
+pub fn load_file(path: &Path) -> Result<Snapshot, ConfigError> {
+    let source = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        source: source.clone(),
+        problems: vec![Problem {
+            resource: "file".into(),
+            field: "-".into(),
+            message: format!("cannot read: {e}"),
+        }],
+    })?;
+    load_str(&text, &source)
+}
+
+/// Parses and validates bootstrap YAML; `source` names it in errors.
+pub fn load_str(text: &str, source: &str) -> Result<Snapshot, ConfigError> {
+    let bootstrap = parse_bootstrap(text, source)?;
+    build_snapshot(bootstrap, source)
+}
+
+/// Parses the proto3 JSON mapping of `gridmesh.v1.Bootstrap` written as YAML.
+/// Unknown fields are errors: a typo must not silently drop a setting.
+pub fn parse_bootstrap(text: &str, source: &str) -> Result<Bootstrap, ConfigError> {
+    yaml_serde::from_str::<Bootstrap>(text).map_err(|e| ConfigError {
+        source: source.to_string(),
+        problems: vec![Problem {
+            resource: "file".into(),
+            field: e
+                .location()
+                .map(|l| format!("line {} column {}", l.line(), l.column()))
+                .unwrap_or_else(|| "-".into()),
+            message: explain(e.to_string()),
+        }],
+    })
+}
+
+/// Adds the hint people need most: proto3 JSON durations are seconds.
+fn explain(message: String) -> String {
+    let duration_field = [
+        "Timeout",
+        "timeout",
+        "backoff",
+        "Refresh",
+        "idle",
+        "maxDuration",
+        "responseHeaders",
+    ]
+    .iter()
+    .any(|f| message.contains(f));
+    if duration_field && message.contains("invalid digit") {
+        format!("{message} (durations are seconds with an \"s\" suffix, e.g. \"0.25s\" or \"30s\")")
+    } else {
+        message
+    }
+}

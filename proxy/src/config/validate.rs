@@ -1,0 +1,796 @@
+//! Validation and conversion of gridmesh.v1 resources into a [`Snapshot`].
+//!
+//! Every problem is collected (not just the first) with the resource and the
+//! field it concerns, named as they are written in the file.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use gridmesh_proto::config::{
+    self as pb, Bootstrap, cluster::LbPolicy, cluster::UpstreamProtocol, header_match,
+    listener::Direction, retry_policy::RetryOn, route_action::ClusterSpecifier,
+    route_match::PathSpecifier,
+};
+use http::header::{HeaderName, HeaderValue};
+use regex::Regex;
+
+use super::{ConfigError, Problem};
+use crate::route::{
+    GrpcMatch, HeaderMatchKind, HeaderMatcher, HeaderMutation, PathMatch, RetryPolicy, Route,
+    RouteAction, RouteMatcher, RouteTable, Target, Timeouts, VirtualHost,
+};
+
+pub use gridmesh_proto::config::listener::DownstreamProtocol as Protocol;
+
+const DEFAULT_ADMIN: &str = "127.0.0.1:15000";
+const DEFAULT_DRAIN: Duration = Duration::from_secs(30);
+const DEFAULT_MAX_HEADERS: u32 = 64 * 1024;
+/// hyper's HTTP/1 parser needs at least 8 KiB of buffer.
+const MIN_MAX_HEADERS: u32 = 8 * 1024;
+const MAX_MAX_HEADERS: u32 = 1024 * 1024;
+const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+const DEFAULT_IDLE_CONNECTION: Duration = Duration::from_secs(90);
+const DEFAULT_DNS_MIN_REFRESH: Duration = Duration::from_secs(1);
+const DEFAULT_CIRCUIT_LIMIT: u32 = 1024;
+const DEFAULT_RETRY_PERCENT: u32 = 20;
+const DEFAULT_MIN_RETRIES_PER_SECOND: u32 = 10;
+const DEFAULT_REPLAY_BYTES: u32 = 64 * 1024;
+const DEFAULT_RETRY_BACKOFF: Duration = Duration::from_millis(25);
+const DEFAULT_RING_REPLICAS: u32 = 64;
+/// More retries than this only multiply load on a failing upstream.
+const MAX_RETRIES: u32 = 10;
+/// Weights are relative; this bound keeps weighted schedules small.
+const MAX_ENDPOINT_WEIGHT: u32 = 10_000;
+
+/// A complete, validated configuration. Immutable: a change builds a new one.
+#[derive(Debug)]
+pub struct Snapshot {
+    /// Where it came from (a file path), for `/config_dump`.
+    pub source: String,
+    /// The resources as given, for `/config_dump`.
+    pub bootstrap: Bootstrap,
+    pub admin_addr: SocketAddr,
+    pub drain_timeout: Duration,
+    pub listeners: Vec<ListenerSpec>,
+    pub route_tables: Vec<Arc<RouteTable>>,
+    pub clusters: Vec<Arc<ClusterSpec>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerSpec {
+    pub name: String,
+    pub addr: SocketAddr,
+    pub direction: Direction,
+    pub route_table: usize,
+    pub protocol: Protocol,
+    pub max_request_headers_bytes: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterSpec {
+    pub name: String,
+    pub protocol: UpstreamProtocol,
+    pub lb_policy: LbPolicy,
+    pub ring_hash_header: Option<HeaderName>,
+    pub ring_replicas_per_weight: u32,
+    pub connect_timeout: Duration,
+    pub idle_connection_timeout: Duration,
+    pub dns_min_refresh: Duration,
+    pub max_connections: u32,
+    pub max_pending_requests: u32,
+    pub max_requests: u32,
+    pub retry_percent: u32,
+    pub min_retries_per_second: u32,
+    pub endpoints: Vec<EndpointSpec>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndpointSpec {
+    pub address: EndpointAddress,
+    pub weight: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EndpointAddress {
+    Socket(SocketAddr),
+    /// Resolved through DNS; every address becomes an endpoint.
+    Dns {
+        host: String,
+        port: u16,
+    },
+}
+
+/// Collects problems against the resource currently being checked.
+struct Checker {
+    problems: Vec<Problem>,
+    resource: String,
+}
+
+impl Checker {
+    fn problem(&mut self, field: impl Into<String>, message: impl Into<String>) {
+        self.problems.push(Problem {
+            resource: self.resource.clone(),
+            field: field.into(),
+            message: message.into(),
+        });
+    }
+
+    fn duration(&mut self, field: &str, d: Option<&pbjson_types::Duration>) -> Option<Duration> {
+        let d = d?;
+        match Duration::try_from(*d) {
+            Ok(d) => Some(d),
+            Err(_) => {
+                self.problem(field, "must not be negative");
+                None
+            }
+        }
+    }
+
+    /// A duration that must be positive when set.
+    fn positive(&mut self, field: &str, d: Option<&pbjson_types::Duration>) -> Option<Duration> {
+        let d = self.duration(field, d)?;
+        if d.is_zero() {
+            self.problem(field, "must be greater than zero when set");
+            return None;
+        }
+        Some(d)
+    }
+
+    fn regex(&mut self, field: &str, pattern: &str) -> Option<Regex> {
+        // Anchored: a route regex describes the whole path or value.
+        match regex::RegexBuilder::new(&format!("^(?:{pattern})$"))
+            .size_limit(1 << 20)
+            .build()
+        {
+            Ok(r) => Some(r),
+            Err(e) => {
+                self.problem(field, format!("invalid regex: {e}"));
+                None
+            }
+        }
+    }
+
+    fn header_name(&mut self, field: &str, name: &str) -> Option<HeaderName> {
+        match HeaderName::from_bytes(name.as_bytes()) {
+            Ok(n) => Some(n),
+            Err(_) => {
+                self.problem(field, format!("{name:?} is not a valid header name"));
+                None
+            }
+        }
+    }
+
+    fn unique(&mut self, seen: &mut HashSet<String>, field: &str, name: &str) {
+        if name.is_empty() {
+            self.problem(field, "must not be empty");
+        } else if !seen.insert(name.to_string()) {
+            self.problem(field, format!("duplicate name {name:?}"));
+        }
+    }
+}
+
+/// Validates a whole bootstrap and converts it. Either every resource is good
+/// and a snapshot comes back, or nothing is built.
+pub fn build_snapshot(bootstrap: Bootstrap, source: &str) -> Result<Snapshot, ConfigError> {
+    let mut c = Checker {
+        problems: Vec::new(),
+        resource: "bootstrap".into(),
+    };
+
+    let admin = bootstrap
+        .admin
+        .as_ref()
+        .map(|a| a.address.as_str())
+        .filter(|a| !a.is_empty())
+        .unwrap_or(DEFAULT_ADMIN);
+    let admin_addr = parse_socket_addr(&mut c, "admin.address", admin);
+    let drain_timeout = c
+        .duration("drainTimeout", bootstrap.drain_timeout.as_ref())
+        .unwrap_or(DEFAULT_DRAIN);
+
+    let cluster_index = index_names(
+        &mut c,
+        "cluster",
+        bootstrap.clusters.iter().map(|x| &x.name),
+    );
+    let table_index = index_names(
+        &mut c,
+        "routeTable",
+        bootstrap.route_tables.iter().map(|x| &x.name),
+    );
+
+    let endpoints = endpoints_by_cluster(&mut c, &bootstrap.endpoints, &cluster_index);
+    let clusters = bootstrap
+        .clusters
+        .iter()
+        .map(|cl| {
+            let eps = endpoints.get(cl.name.as_str()).cloned().unwrap_or_default();
+            Arc::new(cluster(&mut c, cl, eps))
+        })
+        .collect();
+    let route_tables = bootstrap
+        .route_tables
+        .iter()
+        .map(|t| Arc::new(route_table(&mut c, t, &cluster_index)))
+        .collect();
+    let listeners = listeners(&mut c, &bootstrap.listeners, &table_index, admin_addr);
+
+    if !c.problems.is_empty() {
+        return Err(ConfigError {
+            source: source.to_string(),
+            problems: c.problems,
+        });
+    }
+    Ok(Snapshot {
+        source: source.to_string(),
+        bootstrap,
+        admin_addr: admin_addr.expect("no problems, so the address parsed"),
+        drain_timeout,
+        listeners,
+        route_tables,
+        clusters,
+    })
+}
+
+fn parse_socket_addr(c: &mut Checker, field: &str, value: &str) -> Option<SocketAddr> {
+    match value.parse() {
+        Ok(a) => Some(a),
+        Err(_) => {
+            c.problem(field, format!("{value:?} is not an ip:port address"));
+            None
+        }
+    }
+}
+
+/// Name -> position for one resource kind, reporting empty and duplicate names.
+fn index_names<'a>(
+    c: &mut Checker,
+    kind: &str,
+    names: impl Iterator<Item = &'a String>,
+) -> HashMap<&'a str, usize> {
+    let mut index = HashMap::new();
+    for (i, name) in names.enumerate() {
+        c.resource = format!("{kind}[{i}]");
+        if name.is_empty() {
+            c.problem("name", "must not be empty");
+        } else if index.insert(name.as_str(), i).is_some() {
+            c.problem("name", format!("duplicate {kind} name {name:?}"));
+        }
+    }
+    index
+}
+
+fn listeners(
+    c: &mut Checker,
+    listeners: &[pb::Listener],
+    tables: &HashMap<&str, usize>,
+    admin: Option<SocketAddr>,
+) -> Vec<ListenerSpec> {
+    let mut names = HashSet::new();
+    let mut addrs: HashSet<SocketAddr> = admin.into_iter().collect();
+    let mut specs = Vec::new();
+    for (i, l) in listeners.iter().enumerate() {
+        c.resource = format!("listener {:?}", l.name);
+        if l.name.is_empty() {
+            c.resource = format!("listener[{i}]");
+        }
+        c.unique(&mut names, "name", &l.name);
+        let addr = parse_socket_addr(c, "address", &l.address);
+        if let Some(a) = addr
+            && a.port() != 0
+            && !addrs.insert(a)
+        {
+            c.problem(
+                "address",
+                format!("{a} is already used by another listener or admin"),
+            );
+        }
+        let table = tables.get(l.route_table.as_str()).copied();
+        if table.is_none() {
+            c.problem(
+                "routeTable",
+                format!("no route table named {:?}", l.route_table),
+            );
+        }
+        let direction = Direction::try_from(l.direction).unwrap_or_else(|_| {
+            c.problem("direction", format!("unknown value {}", l.direction));
+            Direction::Unspecified
+        });
+        let protocol = Protocol::try_from(l.protocol).unwrap_or_else(|_| {
+            c.problem("protocol", format!("unknown value {}", l.protocol));
+            Protocol::Auto
+        });
+        let max_headers = match l.max_request_headers_bytes {
+            0 => DEFAULT_MAX_HEADERS,
+            n if !(MIN_MAX_HEADERS..=MAX_MAX_HEADERS).contains(&n) => {
+                c.problem(
+                    "maxRequestHeadersBytes",
+                    format!("must be between {MIN_MAX_HEADERS} and {MAX_MAX_HEADERS}"),
+                );
+                DEFAULT_MAX_HEADERS
+            }
+            n => n,
+        };
+        if let (Some(addr), Some(route_table)) = (addr, table) {
+            specs.push(ListenerSpec {
+                name: l.name.clone(),
+                addr,
+                direction,
+                route_table,
+                protocol,
+                max_request_headers_bytes: max_headers as usize,
+            });
+        }
+    }
+    specs
+}
+
+fn endpoints_by_cluster<'a>(
+    c: &mut Checker,
+    resources: &'a [pb::Endpoints],
+    clusters: &HashMap<&str, usize>,
+) -> HashMap<&'a str, Vec<EndpointSpec>> {
+    let mut by_cluster = HashMap::new();
+    for res in resources {
+        c.resource = format!("endpoints {:?}", res.cluster);
+        if !clusters.contains_key(res.cluster.as_str()) {
+            c.problem("cluster", format!("no cluster named {:?}", res.cluster));
+        }
+        let mut seen = HashSet::new();
+        let specs: Vec<EndpointSpec> = res
+            .endpoints
+            .iter()
+            .enumerate()
+            .filter_map(|(i, ep)| {
+                let field = format!("endpoints[{i}]");
+                if !seen.insert(ep.address.as_str()) {
+                    c.problem(
+                        format!("{field}.address"),
+                        format!("duplicate endpoint {:?}", ep.address),
+                    );
+                }
+                let weight = match ep.weight {
+                    0 => 1,
+                    w if w > MAX_ENDPOINT_WEIGHT => {
+                        c.problem(
+                            format!("{field}.weight"),
+                            format!("must be at most {MAX_ENDPOINT_WEIGHT}"),
+                        );
+                        1
+                    }
+                    w => w,
+                };
+                let address = endpoint_address(c, &format!("{field}.address"), &ep.address)?;
+                Some(EndpointSpec { address, weight })
+            })
+            .collect();
+        if by_cluster.insert(res.cluster.as_str(), specs).is_some() {
+            c.problem("cluster", "endpoints for this cluster are given twice");
+        }
+    }
+    by_cluster
+}
+
+fn endpoint_address(c: &mut Checker, field: &str, value: &str) -> Option<EndpointAddress> {
+    if let Ok(addr) = value.parse::<SocketAddr>() {
+        if addr.port() == 0 || addr.ip().is_unspecified() {
+            c.problem(field, format!("{value:?} is not a routable address"));
+            return None;
+        }
+        return Some(EndpointAddress::Socket(addr));
+    }
+    let Some((host, port)) = value.rsplit_once(':') else {
+        c.problem(field, format!("{value:?} has no port (expected host:port)"));
+        return None;
+    };
+    let port = match port.parse::<u16>() {
+        Ok(p) if p != 0 => p,
+        _ => {
+            c.problem(field, format!("{port:?} is not a port number"));
+            return None;
+        }
+    };
+    let valid_host = !host.is_empty()
+        && host.len() <= 253
+        && host.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        });
+    if !valid_host {
+        c.problem(
+            field,
+            format!("{host:?} is neither an IP address nor a DNS name"),
+        );
+        return None;
+    }
+    Some(EndpointAddress::Dns {
+        host: host.to_ascii_lowercase(),
+        port,
+    })
+}
+
+fn cluster(c: &mut Checker, cl: &pb::Cluster, endpoints: Vec<EndpointSpec>) -> ClusterSpec {
+    c.resource = format!("cluster {:?}", cl.name);
+    let protocol = UpstreamProtocol::try_from(cl.protocol).unwrap_or_else(|_| {
+        c.problem("protocol", format!("unknown value {}", cl.protocol));
+        UpstreamProtocol::UseDownstream
+    });
+    let lb_policy = LbPolicy::try_from(cl.lb_policy).unwrap_or_else(|_| {
+        c.problem("lbPolicy", format!("unknown value {}", cl.lb_policy));
+        LbPolicy::RoundRobin
+    });
+    let ring_hash_header = match (lb_policy, &cl.ring_hash) {
+        (LbPolicy::RingHash, Some(r)) if !r.header.is_empty() => {
+            c.header_name("ringHash.header", &r.header)
+        }
+        (LbPolicy::RingHash, _) => {
+            c.problem("ringHash.header", "is required when lbPolicy is RING_HASH");
+            None
+        }
+        (_, Some(_)) => {
+            c.problem("ringHash", "is only meaningful when lbPolicy is RING_HASH");
+            None
+        }
+        (_, None) => None,
+    };
+    let ring_replicas_per_weight = match cl.ring_hash.as_ref().map_or(0, |r| r.replicas_per_weight)
+    {
+        0 => DEFAULT_RING_REPLICAS,
+        n if n > 1024 => {
+            c.problem("ringHash.replicasPerWeight", "must be at most 1024");
+            DEFAULT_RING_REPLICAS
+        }
+        n => n,
+    };
+    let breakers = cl.circuit_breakers.unwrap_or_default();
+    let limit = |v: u32| if v == 0 { DEFAULT_CIRCUIT_LIMIT } else { v };
+    let budget = cl.retry_budget.unwrap_or_default();
+    if budget.retry_percent > 1000 {
+        c.problem("retryBudget.retryPercent", "must be at most 1000");
+    }
+    ClusterSpec {
+        name: cl.name.clone(),
+        protocol,
+        lb_policy,
+        ring_hash_header,
+        ring_replicas_per_weight,
+        connect_timeout: c
+            .positive("connectTimeout", cl.connect_timeout.as_ref())
+            .unwrap_or(DEFAULT_CONNECT_TIMEOUT),
+        idle_connection_timeout: c
+            .positive("idleConnectionTimeout", cl.idle_connection_timeout.as_ref())
+            .unwrap_or(DEFAULT_IDLE_CONNECTION),
+        dns_min_refresh: c
+            .positive("dnsMinRefresh", cl.dns_min_refresh.as_ref())
+            .unwrap_or(DEFAULT_DNS_MIN_REFRESH),
+        max_connections: limit(breakers.max_connections),
+        max_pending_requests: limit(breakers.max_pending_requests),
+        max_requests: limit(breakers.max_requests),
+        retry_percent: if budget.retry_percent == 0 {
+            DEFAULT_RETRY_PERCENT
+        } else {
+            budget.retry_percent
+        },
+        min_retries_per_second: if budget.min_retries_per_second == 0 {
+            DEFAULT_MIN_RETRIES_PER_SECOND
+        } else {
+            budget.min_retries_per_second
+        },
+        endpoints,
+    }
+}
+
+fn route_table(c: &mut Checker, t: &pb::RouteTable, clusters: &HashMap<&str, usize>) -> RouteTable {
+    let mut table = RouteTable {
+        name: t.name.clone(),
+        virtual_hosts: Vec::new(),
+        exact: HashMap::new(),
+        suffixes: Vec::new(),
+        prefixes: Vec::new(),
+        any: None,
+    };
+    let mut host_names = HashSet::new();
+    let mut domains_seen = HashSet::new();
+    for (h, vh) in t.virtual_hosts.iter().enumerate() {
+        c.resource = format!("routeTable {:?}", t.name);
+        let prefix = format!("virtualHosts[{h}]");
+        c.unique(&mut host_names, &format!("{prefix}.name"), &vh.name);
+        if vh.domains.is_empty() {
+            c.problem(
+                format!("{prefix}.domains"),
+                "must list at least one domain (\"*\" for any)",
+            );
+        }
+        for (d, domain) in vh.domains.iter().enumerate() {
+            let field = format!("{prefix}.domains[{d}]");
+            let domain = domain.to_ascii_lowercase();
+            if !domains_seen.insert(domain.clone()) {
+                c.problem(
+                    &field,
+                    format!("{domain:?} is already claimed by another virtual host"),
+                );
+                continue;
+            }
+            if domain == "*" {
+                table.any = Some(h);
+            } else if let Some(suffix) = domain.strip_prefix('*') {
+                table.suffixes.push((suffix.to_string(), h));
+            } else if let Some(prefix) = domain.strip_suffix('*') {
+                table.prefixes.push((prefix.to_string(), h));
+            } else if domain.is_empty() || domain.contains('*') {
+                c.problem(&field, "a wildcard may only stand first or last");
+            } else {
+                table.exact.insert(domain, h);
+            }
+        }
+        let routes = vh
+            .routes
+            .iter()
+            .enumerate()
+            .filter_map(|(r, route)| {
+                self::route(c, &format!("{prefix}.routes[{r}]"), route, clusters)
+            })
+            .collect();
+        table.virtual_hosts.push(VirtualHost {
+            name: vh.name.clone(),
+            routes,
+        });
+    }
+    // Longest wildcard first: the most specific match wins.
+    table.suffixes.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+    table.prefixes.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+    table
+}
+
+fn route(
+    c: &mut Checker,
+    field: &str,
+    route: &pb::Route,
+    clusters: &HashMap<&str, usize>,
+) -> Option<Route> {
+    let default_match = pb::RouteMatch::default();
+    let m = route.r#match.as_ref().unwrap_or(&default_match);
+    let path = match &m.path_specifier {
+        None => PathMatch::Any,
+        Some(PathSpecifier::Prefix(p)) => PathMatch::Prefix(p.clone()),
+        Some(PathSpecifier::Path(p)) => PathMatch::Exact(p.clone()),
+        Some(PathSpecifier::Regex(r)) => {
+            PathMatch::Regex(c.regex(&format!("{field}.match.regex"), r)?)
+        }
+    };
+    let grpc = m.grpc.as_ref().map(|g| GrpcMatch {
+        service: g.service.clone(),
+        method: Some(g.method.clone()).filter(|m| !m.is_empty()),
+    });
+    if grpc.as_ref().is_some_and(|g| g.service.is_empty()) {
+        c.problem(format!("{field}.match.grpc.service"), "must not be empty");
+    }
+    let headers = m
+        .headers
+        .iter()
+        .enumerate()
+        .filter_map(|(i, h)| header_matcher(c, &format!("{field}.match.headers[{i}]"), h))
+        .collect();
+    let Some(action) = route.route.as_ref() else {
+        c.problem(format!("{field}.route"), "is required");
+        return None;
+    };
+    let action = route_action(c, &format!("{field}.route"), action, clusters)?;
+    Some(Route {
+        name: route.name.clone(),
+        matcher: RouteMatcher {
+            path,
+            grpc,
+            headers,
+        },
+        action,
+        request_headers: header_mutation(
+            c,
+            &format!("{field}.requestHeaders"),
+            &route.request_headers,
+        ),
+        response_headers: header_mutation(
+            c,
+            &format!("{field}.responseHeaders"),
+            &route.response_headers,
+        ),
+    })
+}
+
+fn header_matcher(c: &mut Checker, field: &str, h: &pb::HeaderMatch) -> Option<HeaderMatcher> {
+    let name = c.header_name(&format!("{field}.name"), &h.name)?;
+    let kind = match &h.matcher {
+        None => HeaderMatchKind::Present(true),
+        Some(header_match::Matcher::Exact(v)) => HeaderMatchKind::Exact(v.clone()),
+        Some(header_match::Matcher::Prefix(v)) => HeaderMatchKind::Prefix(v.clone()),
+        Some(header_match::Matcher::Regex(r)) => {
+            HeaderMatchKind::Regex(c.regex(&format!("{field}.regex"), r)?)
+        }
+        Some(header_match::Matcher::Present(p)) => HeaderMatchKind::Present(*p),
+    };
+    Some(HeaderMatcher {
+        name,
+        kind,
+        invert: h.invert,
+    })
+}
+
+fn route_action(
+    c: &mut Checker,
+    field: &str,
+    a: &pb::RouteAction,
+    clusters: &HashMap<&str, usize>,
+) -> Option<RouteAction> {
+    let cluster = |c: &mut Checker, f: String, name: &str| -> Option<usize> {
+        let found = clusters.get(name).copied();
+        if found.is_none() {
+            c.problem(f, format!("no cluster named {name:?}"));
+        }
+        found
+    };
+    let target = match &a.cluster_specifier {
+        None => {
+            c.problem(
+                format!("{field}.cluster"),
+                "a cluster or weightedClusters is required",
+            );
+            return None;
+        }
+        Some(ClusterSpecifier::Cluster(name)) => {
+            Target::Cluster(cluster(c, format!("{field}.cluster"), name)?)
+        }
+        Some(ClusterSpecifier::WeightedClusters(w)) => {
+            let f = format!("{field}.weightedClusters");
+            let mut total: u64 = 0;
+            let mut picked = Vec::new();
+            for (i, cw) in w.clusters.iter().enumerate() {
+                if let Some(idx) = cluster(c, format!("{f}.clusters[{i}].name"), &cw.name) {
+                    picked.push((idx, cw.weight));
+                }
+                total += u64::from(cw.weight);
+            }
+            if w.clusters.is_empty() {
+                c.problem(format!("{f}.clusters"), "must not be empty");
+                return None;
+            }
+            let total = match u32::try_from(total) {
+                Ok(0) => {
+                    c.problem(format!("{f}.clusters"), "weights must not all be zero");
+                    return None;
+                }
+                Ok(t) => t,
+                Err(_) => {
+                    c.problem(
+                        format!("{f}.clusters"),
+                        "weights add up to more than 2^32-1",
+                    );
+                    return None;
+                }
+            };
+            Target::Weighted {
+                clusters: picked,
+                total,
+            }
+        }
+    };
+    let t = a.timeouts.unwrap_or_default();
+    let timeouts = Timeouts {
+        response_headers: c.positive(
+            &format!("{field}.timeouts.responseHeaders"),
+            t.response_headers.as_ref(),
+        ),
+        idle: c.positive(&format!("{field}.timeouts.idle"), t.idle.as_ref()),
+        max_duration: c.positive(
+            &format!("{field}.timeouts.maxDuration"),
+            t.max_duration.as_ref(),
+        ),
+    };
+    let retry = a
+        .retry_policy
+        .as_ref()
+        .and_then(|r| retry_policy(c, &format!("{field}.retryPolicy"), r));
+    Some(RouteAction {
+        target,
+        timeouts,
+        retry,
+    })
+}
+
+fn retry_policy(c: &mut Checker, field: &str, r: &pb::RetryPolicy) -> Option<RetryPolicy> {
+    if r.max_retries > MAX_RETRIES {
+        c.problem(
+            format!("{field}.maxRetries"),
+            format!("must be at most {MAX_RETRIES}"),
+        );
+    }
+    let mut policy = RetryPolicy {
+        max_retries: r.max_retries.min(MAX_RETRIES),
+        on_connect_failure: false,
+        on_reset: false,
+        on_503: false,
+        on_grpc_unavailable: false,
+        max_replay_body_bytes: match r.max_replay_body_bytes {
+            0 => DEFAULT_REPLAY_BYTES,
+            n => n,
+        } as usize,
+        backoff: c
+            .duration(&format!("{field}.backoff"), r.backoff.as_ref())
+            .unwrap_or(DEFAULT_RETRY_BACKOFF),
+    };
+    for (i, on) in r.retry_on.iter().enumerate() {
+        match RetryOn::try_from(*on) {
+            Ok(RetryOn::ConnectFailure) => policy.on_connect_failure = true,
+            Ok(RetryOn::Reset) => policy.on_reset = true,
+            Ok(RetryOn::Unavailable503) => policy.on_503 = true,
+            Ok(RetryOn::GrpcUnavailable) => policy.on_grpc_unavailable = true,
+            Ok(RetryOn::Unspecified) | Err(_) => c.problem(
+                format!("{field}.retryOn[{i}]"),
+                format!("unknown retry condition {on}"),
+            ),
+        }
+    }
+    if policy.max_retries > 0 && r.retry_on.is_empty() {
+        c.problem(
+            format!("{field}.retryOn"),
+            "must name at least one condition when maxRetries > 0",
+        );
+    }
+    (policy.max_retries > 0).then_some(policy)
+}
+
+fn header_mutation(c: &mut Checker, field: &str, m: &Option<pb::HeaderMutation>) -> HeaderMutation {
+    let Some(m) = m else {
+        return HeaderMutation::default();
+    };
+    let mut out = HeaderMutation::default();
+    for (i, h) in m.set.iter().enumerate() {
+        let name = c.header_name(&format!("{field}.set[{i}].name"), &h.name);
+        if name.as_ref().is_some_and(is_connection_header) {
+            c.problem(
+                format!("{field}.set[{i}].name"),
+                "connection-level headers cannot be set",
+            );
+            continue;
+        }
+        let value = HeaderValue::from_str(&h.value);
+        if value.is_err() {
+            c.problem(
+                format!("{field}.set[{i}].value"),
+                "is not a valid header value",
+            );
+        }
+        if let (Some(n), Ok(v)) = (name, value) {
+            out.set.push((n, v, h.append));
+        }
+    }
+    for (i, name) in m.remove.iter().enumerate() {
+        if let Some(n) = c.header_name(&format!("{field}.remove[{i}]"), name) {
+            out.remove.push(n);
+        }
+    }
+    out
+}
+
+/// Headers that describe one connection, not the request: setting them
+/// from config would corrupt framing.
+fn is_connection_header(name: &HeaderName) -> bool {
+    use http::header::*;
+    [
+        CONNECTION,
+        TRANSFER_ENCODING,
+        CONTENT_LENGTH,
+        UPGRADE,
+        TE,
+        HOST,
+    ]
+    .contains(name)
+        || name.as_str() == "keep-alive"
+        || name.as_str() == "proxy-connection"
+}

@@ -1,0 +1,324 @@
+//! One request's way through the proxy: route -> cluster -> endpoint ->
+//! upstream, with the route's deadline, timeouts and retries, and the
+//! response wrapped so its stream is observed and bounded on the way back.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::header::HOST;
+use http::request::Parts;
+use http::uri::{Authority, PathAndQuery, Scheme, Uri};
+use http::{HeaderValue, Request, Response, StatusCode, Version};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use rand::Rng;
+use tokio::time::Instant;
+
+use crate::body::{Body, Completion, ReplayBody, ResponseBody, StreamEnd, StreamLimits};
+use crate::cluster::{Cluster, Endpoint, Permit, SendError};
+use crate::error::ProxyError;
+use crate::grpc;
+use crate::headers;
+use crate::route::{RetryPolicy, Route};
+use crate::server::{ListenerContext, Shared};
+
+/// Serves one downstream request. Never fails: errors become replies.
+pub async fn serve(
+    shared: Arc<Shared>,
+    listener: Arc<ListenerContext>,
+    req: Request<Incoming>,
+) -> Response<Body> {
+    listener.metrics.requests.inc();
+    let grpc = grpc::is_grpc(req.headers());
+    match forward(&shared, &listener, req, grpc).await {
+        Ok(rsp) => rsp,
+        Err(e) => {
+            listener.metrics.local_reply(e.reason());
+            e.into_response(grpc)
+        }
+    }
+}
+
+async fn forward(
+    shared: &Shared,
+    listener: &ListenerContext,
+    req: Request<Incoming>,
+    grpc: bool,
+) -> Result<Response<Body>, ProxyError> {
+    let start = Instant::now();
+    // The snapshot this request started with serves it to the end, whatever
+    // config arrives meanwhile.
+    let runtime = shared.runtime.load_full();
+    let (mut parts, body) = req.into_parts();
+    let table = &runtime.snapshot.route_tables[listener.route_table];
+    let route = table.route(&parts).ok_or(ProxyError::RouteNotFound)?;
+    let cluster = runtime.clusters[route.action.target.pick()].clone();
+    let deadline = deadline(&parts, grpc, route, start)?;
+
+    route.request_headers.apply(&mut parts.headers);
+    headers::strip_hop_by_hop(&mut parts.headers);
+    let admission = cluster.admit()?;
+    cluster.deposit_request();
+
+    let body: Body = body.map_err(Into::into).boxed_unsync();
+    let version = cluster.upstream_version(parts.version);
+    let upstream = Upstream::new(&parts, version);
+    let (rsp, endpoint) = match &route.action.retry {
+        Some(policy) => {
+            send_with_retries(&cluster, &upstream, parts, body, policy, route, deadline).await?
+        }
+        _ => {
+            let endpoint = cluster.pick(&parts.headers)?;
+            let req = upstream.request(parts, body, deadline);
+            let rsp = send(&cluster, &endpoint, req, route, deadline).await?;
+            (rsp, endpoint)
+        }
+    };
+    drop(endpoint);
+
+    let (mut rparts, rbody) = rsp.into_parts();
+    headers::strip_hop_by_hop(&mut rparts.headers);
+    route.response_headers.apply(&mut rparts.headers);
+    rparts.version = Version::default();
+    cluster
+        .metrics
+        .response_headers
+        .observe(start.elapsed().as_secs_f64());
+    let exchange = Exchange {
+        header_grpc_status: grpc::status(&rparts.headers),
+        status: rparts.status,
+        cluster,
+        start,
+        _admission: admission,
+        recorded: false,
+    };
+    let limits = StreamLimits {
+        deadline,
+        idle: route.action.timeouts.idle,
+        drain_expired: grpc.then(|| shared.drain.expiry_token()),
+    };
+    let body = ResponseBody::new(rbody, grpc, limits, exchange).boxed_unsync();
+    Ok(Response::from_parts(rparts, body))
+}
+
+/// The request's deadline: the route's max duration and the client's
+/// `grpc-timeout`, whichever ends first.
+fn deadline(
+    parts: &Parts,
+    grpc: bool,
+    route: &Route,
+    start: Instant,
+) -> Result<Option<Instant>, ProxyError> {
+    let route_deadline = route.action.timeouts.max_duration.map(|d| start + d);
+    let client_deadline = match parts.headers.get(grpc::GRPC_TIMEOUT) {
+        Some(v) if grpc => Some(start + grpc::parse_timeout(v).ok_or(ProxyError::BadGrpcTimeout)?),
+        _ => None,
+    };
+    Ok(match (route_deadline, client_deadline) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    })
+}
+
+/// How requests are addressed upstream: the URI form and authority each
+/// protocol expects, built once per request.
+struct Upstream {
+    version: Version,
+    authority: Option<Authority>,
+}
+
+impl Upstream {
+    fn new(parts: &Parts, version: Version) -> Self {
+        let authority = parts.uri.authority().cloned().or_else(|| {
+            parts
+                .headers
+                .get(HOST)
+                .and_then(|h| Authority::try_from(h.as_bytes()).ok())
+        });
+        Upstream { version, authority }
+    }
+
+    fn request(&self, mut parts: Parts, body: Body, deadline: Option<Instant>) -> Request<Body> {
+        let path = parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        parts.uri = match (&self.authority, self.version) {
+            // HTTP/2 carries the authority in the URI (:authority).
+            (Some(authority), Version::HTTP_2) => {
+                parts.headers.remove(HOST);
+                Uri::builder()
+                    .scheme(parts.uri.scheme().cloned().unwrap_or(Scheme::HTTP))
+                    .authority(authority.clone())
+                    .path_and_query(path)
+                    .build()
+                    .unwrap_or_default()
+            }
+            // HTTP/1.1 sends origin-form with a Host header.
+            (authority, _) => {
+                if let Some(authority) = authority
+                    && !parts.headers.contains_key(HOST)
+                    && let Ok(host) = HeaderValue::from_str(authority.as_str())
+                {
+                    parts.headers.insert(HOST, host);
+                }
+                Uri::from(path)
+            }
+        };
+        parts.version = self.version;
+        if let Some(deadline) = deadline
+            && parts.headers.contains_key(grpc::GRPC_TIMEOUT)
+        {
+            // Propagate what is left, so every hop shares one deadline.
+            let left = deadline.saturating_duration_since(Instant::now());
+            parts
+                .headers
+                .insert(grpc::GRPC_TIMEOUT, grpc::format_timeout(left));
+        }
+        Request::from_parts(parts, body)
+    }
+}
+
+/// Sends one attempt and waits for response headers within the route's
+/// limits.
+async fn send(
+    cluster: &Cluster,
+    endpoint: &Endpoint,
+    req: Request<Body>,
+    route: &Route,
+    deadline: Option<Instant>,
+) -> Result<Response<Incoming>, ProxyError> {
+    let headers_deadline = route
+        .action
+        .timeouts
+        .response_headers
+        .map(|t| Instant::now() + t);
+    let (limit, on_expiry) = match (headers_deadline, deadline) {
+        (Some(h), Some(d)) if d <= h => (Some(d), ProxyError::DeadlineExceeded),
+        (Some(h), _) => (Some(h), ProxyError::ResponseHeadersTimeout),
+        (None, Some(d)) => (Some(d), ProxyError::DeadlineExceeded),
+        (None, None) => (None, ProxyError::DeadlineExceeded),
+    };
+    let attempt = endpoint.send(req, &cluster.metrics);
+    let result = match limit {
+        Some(limit) => tokio::time::timeout_at(limit, attempt)
+            .await
+            .map_err(|_| on_expiry)?,
+        None => attempt.await,
+    };
+    result.map_err(|e| match e {
+        SendError::ConnectFailure => ProxyError::ConnectFailure,
+        SendError::ConnectTimeout => ProxyError::ConnectTimeout,
+        SendError::PendingOverflow => ProxyError::PendingOverflow,
+        SendError::Reset => ProxyError::UpstreamReset,
+    })
+}
+
+async fn send_with_retries(
+    cluster: &Arc<Cluster>,
+    upstream: &Upstream,
+    parts: Parts,
+    body: Body,
+    policy: &RetryPolicy,
+    route: &Route,
+    deadline: Option<Instant>,
+) -> Result<(Response<Incoming>, Arc<Endpoint>), ProxyError> {
+    let replay = ReplayBody::new(body, policy.max_replay_body_bytes);
+    let mut attempt = 0;
+    loop {
+        let endpoint = cluster.pick(&parts.headers)?;
+        let body = match replay.replay() {
+            Some(body) => body.boxed_unsync(),
+            None => return Err(ProxyError::UpstreamReset),
+        };
+        let req = upstream.request(clone_parts(&parts), body, deadline);
+        let result = send(cluster, &endpoint, req, route, deadline).await;
+        let retryable = match &result {
+            Ok(rsp) => retryable_response(policy, rsp),
+            Err(e) => retryable_error(policy, *e),
+        };
+        let can_retry = retryable
+            && attempt < policy.max_retries
+            && replay.replay().is_some()
+            && cluster.try_retry();
+        if !can_retry {
+            return result.map(|rsp| (rsp, endpoint));
+        }
+        attempt += 1;
+        let backoff = backoff(policy.backoff, attempt);
+        if deadline.is_some_and(|d| Instant::now() + backoff >= d) {
+            return result.map(|rsp| (rsp, endpoint));
+        }
+        drop(result);
+        tokio::time::sleep(backoff).await;
+    }
+}
+
+fn retryable_response(policy: &RetryPolicy, rsp: &Response<Incoming>) -> bool {
+    (policy.on_503 && rsp.status() == StatusCode::SERVICE_UNAVAILABLE)
+        || (policy.on_grpc_unavailable
+            && grpc::status(rsp.headers()) == Some(grpc::Code::Unavailable as u32))
+}
+
+fn retryable_error(policy: &RetryPolicy, e: ProxyError) -> bool {
+    match e {
+        ProxyError::ConnectFailure | ProxyError::ConnectTimeout => policy.on_connect_failure,
+        ProxyError::UpstreamReset => policy.on_reset,
+        _ => false,
+    }
+}
+
+/// Jittered exponential backoff: base * 2^(attempt-1), scaled by 0.5-1.5.
+fn backoff(base: Duration, attempt: u32) -> Duration {
+    let exp = base.saturating_mul(1 << (attempt - 1).min(10));
+    exp.mul_f64(rand::rng().random_range(0.5..1.5))
+}
+
+fn clone_parts(parts: &Parts) -> Parts {
+    let mut req = Request::new(());
+    *req.method_mut() = parts.method.clone();
+    *req.uri_mut() = parts.uri.clone();
+    *req.version_mut() = parts.version;
+    *req.headers_mut() = parts.headers.clone();
+    req.into_parts().0
+}
+
+/// Accounts for one exchange until its response stream ends: the cluster's
+/// in-flight permit, response and duration metrics.
+struct Exchange {
+    cluster: Arc<Cluster>,
+    start: Instant,
+    status: StatusCode,
+    header_grpc_status: Option<u32>,
+    _admission: Permit,
+    recorded: bool,
+}
+
+impl Exchange {
+    fn record(&mut self, trailer_grpc_status: Option<u32>) {
+        self.recorded = true;
+        let metrics = &self.cluster.metrics;
+        metrics.duration.observe(self.start.elapsed().as_secs_f64());
+        metrics.response(self.status, trailer_grpc_status.or(self.header_grpc_status));
+    }
+}
+
+impl Completion for Exchange {
+    fn finish(mut self, end: StreamEnd) {
+        let grpc_status = match end {
+            StreamEnd::Complete { grpc_status } => grpc_status,
+            StreamEnd::Local(e) => Some(e.grpc_code() as u32),
+            StreamEnd::UpstreamError => Some(grpc::Code::Unavailable as u32),
+        };
+        self.record(grpc_status);
+    }
+}
+
+impl Drop for Exchange {
+    fn drop(&mut self) {
+        if !self.recorded {
+            self.record(None);
+        }
+    }
+}

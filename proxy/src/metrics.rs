@@ -1,0 +1,230 @@
+//! Prometheus metrics. Label values are bounded: cluster and listener names
+//! come from config, status codes and gRPC statuses are small fixed sets, and
+//! error reasons are a closed enum. Handles are resolved once per cluster and
+//! listener so the request path only touches atomics.
+
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
+};
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0, 30.0, 60.0, 300.0,
+];
+
+/// Every metric family of one proxy. Each proxy owns its registry, so
+/// several proxies in one process (the test harness) never mix figures.
+pub struct Metrics {
+    pub registry: Registry,
+    upstream_requests: IntCounterVec,
+    upstream_responses: IntCounterVec,
+    upstream_response_headers: HistogramVec,
+    upstream_duration: HistogramVec,
+    upstream_retries: IntCounterVec,
+    upstream_overflow: IntCounterVec,
+    upstream_connects: IntCounterVec,
+    upstream_connect_errors: IntCounterVec,
+    upstream_connections_active: IntGaugeVec,
+    downstream_connections_active: IntGaugeVec,
+    downstream_connections: IntCounterVec,
+    downstream_requests: IntCounterVec,
+    local_replies: IntCounterVec,
+}
+
+pub struct ClusterMetrics {
+    pub requests: IntCounter,
+    pub response_headers: Histogram,
+    pub duration: Histogram,
+    pub retries: IntCounter,
+    pub overflow_requests: IntCounter,
+    pub overflow_pending: IntCounter,
+    pub connects: IntCounter,
+    pub connect_errors: IntCounter,
+    pub connections_active: IntGauge,
+    responses: IntCounterVec,
+    cluster: String,
+}
+
+pub struct ListenerMetrics {
+    pub connections_active: IntGauge,
+    pub connections: IntCounter,
+    pub requests: IntCounter,
+    local_replies: IntCounterVec,
+    listener: String,
+}
+
+fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric definition");
+    registry
+        .register(Box::new(c.clone()))
+        .expect("unique metric name");
+    c
+}
+
+fn gauge(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric definition");
+    registry
+        .register(Box::new(g.clone()))
+        .expect("unique metric name");
+    g
+}
+
+fn histogram(registry: &Registry, name: &str, help: &str) -> HistogramVec {
+    let opts = HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec());
+    let h = HistogramVec::new(opts, &["cluster"]).expect("valid metric definition");
+    registry
+        .register(Box::new(h.clone()))
+        .expect("unique metric name");
+    h
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let r = Registry::new_custom(Some("gridmesh".into()), None).expect("valid prefix");
+        Metrics {
+            upstream_requests: counter(
+                &r,
+                "upstream_requests_total",
+                "Requests sent to a cluster (first attempts).",
+                &["cluster"],
+            ),
+            upstream_responses: counter(
+                &r,
+                "upstream_responses_total",
+                "Responses from a cluster by HTTP status and gRPC status (empty when not gRPC).",
+                &["cluster", "code", "grpc_status"],
+            ),
+            upstream_response_headers: histogram(
+                &r,
+                "upstream_response_headers_seconds",
+                "Time from request start to upstream response headers.",
+            ),
+            upstream_duration: histogram(
+                &r,
+                "upstream_request_duration_seconds",
+                "Time from request start to the end of the response stream.",
+            ),
+            upstream_retries: counter(
+                &r,
+                "upstream_retries_total",
+                "Retry attempts.",
+                &["cluster"],
+            ),
+            upstream_overflow: counter(
+                &r,
+                "upstream_overflow_total",
+                "Requests shed by a circuit breaker.",
+                &["cluster", "breaker"],
+            ),
+            upstream_connects: counter(
+                &r,
+                "upstream_connections_total",
+                "Upstream connections opened.",
+                &["cluster"],
+            ),
+            upstream_connect_errors: counter(
+                &r,
+                "upstream_connect_errors_total",
+                "Failed or timed-out upstream connects.",
+                &["cluster"],
+            ),
+            upstream_connections_active: gauge(
+                &r,
+                "upstream_connections_active",
+                "Open upstream connections.",
+                &["cluster"],
+            ),
+            downstream_connections_active: gauge(
+                &r,
+                "downstream_connections_active",
+                "Open downstream connections.",
+                &["listener"],
+            ),
+            downstream_connections: counter(
+                &r,
+                "downstream_connections_total",
+                "Accepted downstream connections.",
+                &["listener"],
+            ),
+            downstream_requests: counter(
+                &r,
+                "downstream_requests_total",
+                "Requests received.",
+                &["listener"],
+            ),
+            local_replies: counter(
+                &r,
+                "local_replies_total",
+                "Responses the proxy made itself, by x-gridmesh-error reason.",
+                &["listener", "reason"],
+            ),
+            registry: r,
+        }
+    }
+}
+
+impl Metrics {
+    pub fn cluster(&self, cluster: &str) -> ClusterMetrics {
+        let l = &[cluster];
+        ClusterMetrics {
+            requests: self.upstream_requests.with_label_values(l),
+            response_headers: self.upstream_response_headers.with_label_values(l),
+            duration: self.upstream_duration.with_label_values(l),
+            retries: self.upstream_retries.with_label_values(l),
+            overflow_requests: self
+                .upstream_overflow
+                .with_label_values(&[cluster, "requests"]),
+            overflow_pending: self
+                .upstream_overflow
+                .with_label_values(&[cluster, "pending"]),
+            connects: self.upstream_connects.with_label_values(l),
+            connect_errors: self.upstream_connect_errors.with_label_values(l),
+            connections_active: self.upstream_connections_active.with_label_values(l),
+            responses: self.upstream_responses.clone(),
+            cluster: cluster.to_string(),
+        }
+    }
+
+    pub fn listener(&self, listener: &str) -> ListenerMetrics {
+        let l = &[listener];
+        ListenerMetrics {
+            connections_active: self.downstream_connections_active.with_label_values(l),
+            connections: self.downstream_connections.with_label_values(l),
+            requests: self.downstream_requests.with_label_values(l),
+            local_replies: self.local_replies.clone(),
+            listener: listener.to_string(),
+        }
+    }
+
+    pub fn encode(&self) -> String {
+        prometheus::TextEncoder::new()
+            .encode_to_string(&self.registry.gather())
+            .unwrap_or_else(|e| format!("# metrics encoding failed: {e}\n"))
+    }
+}
+
+impl ClusterMetrics {
+    pub fn response(&self, status: http::StatusCode, grpc_status: Option<u32>) {
+        let grpc = match grpc_status {
+            Some(s) if s <= 16 => GRPC_CODES[s as usize],
+            Some(_) => "other",
+            None => "",
+        };
+        self.responses
+            .with_label_values(&[self.cluster.as_str(), status.as_str(), grpc])
+            .inc();
+    }
+}
+
+impl ListenerMetrics {
+    pub fn local_reply(&self, reason: &'static str) {
+        self.local_replies
+            .with_label_values(&[self.listener.as_str(), reason])
+            .inc();
+    }
+}
+
+const GRPC_CODES: [&str; 17] = [
+    "0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12", "13", "14", "15", "16",
+];

@@ -1,0 +1,257 @@
+//! Route tables compiled from `gridmesh.v1.RouteTable`: which route a request
+//! takes, and what the route says to do with it. Matching never allocates.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use http::header::{HeaderName, HeaderValue};
+use http::{HeaderMap, request::Parts};
+use rand::Rng;
+use regex::Regex;
+
+use crate::grpc;
+
+#[derive(Debug)]
+pub struct RouteTable {
+    pub name: String,
+    pub virtual_hosts: Vec<VirtualHost>,
+    /// Domain lookup, most specific first: exact names, then the longest
+    /// `*.suffix` / `prefix.*` wildcard, then `*`.
+    pub(crate) exact: HashMap<String, usize>,
+    pub(crate) suffixes: Vec<(String, usize)>,
+    pub(crate) prefixes: Vec<(String, usize)>,
+    pub(crate) any: Option<usize>,
+}
+
+#[derive(Debug)]
+pub struct VirtualHost {
+    pub name: String,
+    pub routes: Vec<Route>,
+}
+
+#[derive(Debug)]
+pub struct Route {
+    pub name: String,
+    pub matcher: RouteMatcher,
+    pub action: RouteAction,
+    pub request_headers: HeaderMutation,
+    pub response_headers: HeaderMutation,
+}
+
+#[derive(Debug)]
+pub struct RouteMatcher {
+    pub path: PathMatch,
+    pub grpc: Option<GrpcMatch>,
+    pub headers: Vec<HeaderMatcher>,
+}
+
+#[derive(Debug)]
+pub enum PathMatch {
+    Any,
+    Prefix(String),
+    Exact(String),
+    /// Anchored at both ends when compiled.
+    Regex(Regex),
+}
+
+#[derive(Debug)]
+pub struct GrpcMatch {
+    pub service: String,
+    pub method: Option<String>,
+}
+
+#[derive(Debug)]
+pub struct HeaderMatcher {
+    pub name: HeaderName,
+    pub kind: HeaderMatchKind,
+    pub invert: bool,
+}
+
+#[derive(Debug)]
+pub enum HeaderMatchKind {
+    Exact(String),
+    Prefix(String),
+    Regex(Regex),
+    Present(bool),
+}
+
+#[derive(Debug)]
+pub struct RouteAction {
+    pub target: Target,
+    pub timeouts: Timeouts,
+    pub retry: Option<RetryPolicy>,
+}
+
+/// Clusters are referred to by index into the snapshot's cluster list, so a
+/// request resolves its cluster without a name lookup.
+#[derive(Debug)]
+pub enum Target {
+    Cluster(usize),
+    Weighted {
+        clusters: Vec<(usize, u32)>,
+        total: u32,
+    },
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Timeouts {
+    pub response_headers: Option<Duration>,
+    pub idle: Option<Duration>,
+    pub max_duration: Option<Duration>,
+}
+
+#[derive(Debug, Clone)]
+pub struct RetryPolicy {
+    pub max_retries: u32,
+    pub on_connect_failure: bool,
+    pub on_reset: bool,
+    pub on_503: bool,
+    pub on_grpc_unavailable: bool,
+    pub max_replay_body_bytes: usize,
+    pub backoff: Duration,
+}
+
+#[derive(Debug, Default)]
+pub struct HeaderMutation {
+    pub set: Vec<(HeaderName, HeaderValue, bool)>,
+    pub remove: Vec<HeaderName>,
+}
+
+impl RouteTable {
+    /// The route for a request, or `None` when no virtual host or route matches.
+    pub fn route(&self, parts: &Parts) -> Option<&Route> {
+        let host = self.virtual_host(authority(parts)?)?;
+        let is_grpc = grpc::is_grpc(&parts.headers);
+        host.routes
+            .iter()
+            .find(|r| r.matcher.matches(parts.uri.path(), is_grpc, &parts.headers))
+    }
+
+    fn virtual_host(&self, authority: &str) -> Option<&VirtualHost> {
+        let host = strip_port(authority);
+        let index = self
+            .exact
+            .get(authority)
+            .or_else(|| self.exact.get(host))
+            .copied()
+            .or_else(|| {
+                self.suffixes
+                    .iter()
+                    .find(|(suffix, _)| {
+                        host.len() > suffix.len() && host.ends_with(suffix.as_str())
+                    })
+                    .map(|(_, i)| *i)
+            })
+            .or_else(|| {
+                self.prefixes
+                    .iter()
+                    .find(|(prefix, _)| {
+                        host.len() > prefix.len() && host.starts_with(prefix.as_str())
+                    })
+                    .map(|(_, i)| *i)
+            })
+            .or(self.any)?;
+        self.virtual_hosts.get(index)
+    }
+}
+
+/// The request's authority: the URI's (HTTP/2, absolute-form HTTP/1) or the
+/// Host header's. Lower-cased domains are compared case-insensitively because
+/// validation lower-cases configured domains and hyper keeps what the client sent.
+fn authority(parts: &Parts) -> Option<&str> {
+    parts
+        .uri
+        .authority()
+        .map(|a| a.as_str())
+        .or_else(|| parts.headers.get(http::header::HOST)?.to_str().ok())
+}
+
+fn strip_port(authority: &str) -> &str {
+    match authority.rsplit_once(':') {
+        // An IPv6 literal's colons sit inside brackets.
+        Some((host, port)) if !port.contains(']') && port.bytes().all(|b| b.is_ascii_digit()) => {
+            host
+        }
+        _ => authority,
+    }
+}
+
+impl RouteMatcher {
+    fn matches(&self, path: &str, is_grpc: bool, headers: &HeaderMap) -> bool {
+        let path_ok = match &self.path {
+            PathMatch::Any => true,
+            PathMatch::Prefix(p) => path.starts_with(p.as_str()),
+            PathMatch::Exact(p) => path == p,
+            PathMatch::Regex(r) => r.is_match(path),
+        };
+        path_ok
+            && self
+                .grpc
+                .as_ref()
+                .is_none_or(|g| is_grpc && g.matches(path))
+            && self.headers.iter().all(|h| h.matches(headers))
+    }
+}
+
+impl GrpcMatch {
+    fn matches(&self, path: &str) -> bool {
+        let Some((service, method)) = path.strip_prefix('/').and_then(|p| p.split_once('/')) else {
+            return false;
+        };
+        service == self.service && self.method.as_deref().is_none_or(|m| m == method)
+    }
+}
+
+impl HeaderMatcher {
+    fn matches(&self, headers: &HeaderMap) -> bool {
+        let value = headers.get(&self.name);
+        // A value that is not visible ASCII can only satisfy `present`.
+        let text = value.and_then(|v| v.to_str().ok());
+        let hit = match &self.kind {
+            HeaderMatchKind::Present(want) => value.is_some() == *want,
+            HeaderMatchKind::Exact(e) => text == Some(e.as_str()),
+            HeaderMatchKind::Prefix(p) => text.is_some_and(|v| v.starts_with(p.as_str())),
+            HeaderMatchKind::Regex(r) => text.is_some_and(|v| r.is_match(v)),
+        };
+        hit != self.invert
+    }
+}
+
+impl Target {
+    /// The cluster index for one request; weighted targets draw at random.
+    pub fn pick(&self) -> usize {
+        match self {
+            Target::Cluster(c) => *c,
+            Target::Weighted { clusters, total } => {
+                let mut draw = rand::rng().random_range(0..*total);
+                for (cluster, weight) in clusters {
+                    if draw < *weight {
+                        return *cluster;
+                    }
+                    draw -= weight;
+                }
+                // Validation guarantees total == sum of weights > 0.
+                clusters[clusters.len() - 1].0
+            }
+        }
+    }
+}
+
+impl HeaderMutation {
+    pub fn is_empty(&self) -> bool {
+        self.set.is_empty() && self.remove.is_empty()
+    }
+
+    pub fn apply(&self, headers: &mut HeaderMap) {
+        for name in &self.remove {
+            headers.remove(name);
+        }
+        for (name, value, append) in &self.set {
+            if *append {
+                headers.append(name.clone(), value.clone());
+            } else {
+                headers.insert(name.clone(), value.clone());
+            }
+        }
+    }
+}
