@@ -1,2 +1,3 @@
 //! Test harness shared by the end-to-end tests, the benchmark and the demo.
+pub mod process;
 pub mod upstream;

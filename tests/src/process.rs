@@ -1,0 +1,539 @@
+//! Runs gridmesh's real binaries, for the end-to-end tests and `cargo xtask demo`.
+//!
+//! - [`binary`] / [`build_all`]: a workspace binary that matches the sources. Tests
+//!   cannot use `env!("CARGO_BIN_EXE_...")` for binaries of other crates, so
+//!   cargo builds them here (a no-op when nothing changed) and reports where
+//!   it put them, which also honours `CARGO_TARGET_DIR` and `build.target-dir`.
+//! - [`ManagedProcess`]: a child whose stdout and stderr are captured for
+//!   assertions, stopped with SIGTERM and a grace period, and killed when the
+//!   handle is dropped, so a failing test or demo leaves no process behind.
+//! - [`ProxyProcess`]: `gridmesh-proxy --config <file>` (a file, or YAML
+//!   written to a temporary file), ready once its admin `/ready` answers 200.
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use gridmesh_proto::config::Bootstrap;
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Bytes;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncBufReadExt, AsyncRead};
+use tokio::net::TcpStream;
+use tokio::process::{Child, Command};
+use tokio::task::JoinHandle;
+
+/// Where the admin server listens when the bootstrap names no address.
+const DEFAULT_ADMIN_ADDRESS: &str = "127.0.0.1:15000";
+/// How often readiness is polled while waiting for a child to come up.
+const READY_POLL_INTERVAL: Duration = Duration::from_millis(50);
+/// Bound on one admin request, so a wedged proxy fails a test instead of hanging it.
+const ADMIN_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the output readers may lag behind a child's exit: they finish at
+/// end of file, which a grandchild holding the pipes open would postpone.
+const OUTPUT_DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The cargo profile binaries are built with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Profile {
+    Debug,
+    Release,
+}
+
+impl Profile {
+    /// The profile this crate was compiled with, so that debug tests run debug
+    /// binaries and `cargo test --release` runs release ones.
+    pub fn of_this_build() -> Self {
+        if cfg!(debug_assertions) {
+            Profile::Debug
+        } else {
+            Profile::Release
+        }
+    }
+}
+
+/// Whether cargo's progress is shown while building.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CargoOutput {
+    /// Only warnings and errors (tests: the build is usually a no-op).
+    Quiet,
+    /// Cargo's usual progress lines (the demo's release build takes minutes).
+    Progress,
+}
+
+/// A binary target of a workspace package.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct WorkspaceBinary {
+    pub package: &'static str,
+    pub name: &'static str,
+}
+
+/// The sidecar proxy.
+pub const GRIDMESH_PROXY: WorkspaceBinary = WorkspaceBinary {
+    package: "gridmesh-proxy",
+    name: "gridmesh-proxy",
+};
+
+/// The sample upstream (HTTP endpoints + gRPC Echo), see [`crate::upstream`].
+pub const SAMPLE_BLOCK: WorkspaceBinary = WorkspaceBinary {
+    package: "gridmesh-tests",
+    name: "sample-block",
+};
+
+/// The root of the workspace this crate belongs to.
+pub fn workspace_root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the tests crate lives one level below the workspace root")
+}
+
+/// Every binary the harness runs. They are always built together, by one
+/// cargo command, so that every caller (tests, `cargo xtask test` before the
+/// tests, the demo) resolves the same features and reuses the same artifacts.
+pub const WORKSPACE_BINARIES: &[WorkspaceBinary] = &[GRIDMESH_PROXY, SAMPLE_BLOCK];
+
+/// Path of `binary` built with this crate's profile, up to date with the
+/// sources. Cargo runs once per process; later calls reuse its answer.
+pub fn binary(binary: WorkspaceBinary) -> Result<PathBuf> {
+    // Holding the lock while cargo runs makes concurrent callers wait for one
+    // build instead of each queueing on cargo's own lock.
+    static BUILT: Mutex<Option<HashMap<WorkspaceBinary, PathBuf>>> = Mutex::new(None);
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    let built = match &mut *built {
+        Some(built) => built,
+        None => built.insert(build_all(Profile::of_this_build(), CargoOutput::Quiet)?),
+    };
+    built
+        .get(&binary)
+        .cloned()
+        .with_context(|| format!("{} is not in WORKSPACE_BINARIES", binary.name))
+}
+
+/// Builds [`WORKSPACE_BINARIES`] and returns where cargo put each one.
+pub fn build_all(
+    profile: Profile,
+    output: CargoOutput,
+) -> Result<HashMap<WorkspaceBinary, PathBuf>> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut command = std::process::Command::new(cargo);
+    command
+        .current_dir(workspace_root())
+        .args(["build", "--message-format=json-render-diagnostics"])
+        .stdout(Stdio::piped());
+    if profile == Profile::Release {
+        command.arg("--release");
+    }
+    if output == CargoOutput::Quiet {
+        command.arg("--quiet");
+    }
+    for binary in WORKSPACE_BINARIES {
+        command.args(["--package", binary.package, "--bin", binary.name]);
+    }
+    let mut cargo_process = command.spawn().context("cannot run cargo")?;
+    let stdout = cargo_process.stdout.take().expect("stdout is piped");
+
+    #[derive(serde::Deserialize)]
+    struct ArtifactMessage {
+        reason: String,
+        target: Option<ArtifactTarget>,
+        executable: Option<PathBuf>,
+    }
+    #[derive(serde::Deserialize)]
+    struct ArtifactTarget {
+        name: String,
+    }
+    let mut executables = HashMap::new();
+    for line in BufReader::new(stdout).lines() {
+        let line = line.context("reading cargo's messages")?;
+        let Ok(message) = serde_json::from_str::<ArtifactMessage>(&line) else {
+            continue;
+        };
+        if let (Some(target), Some(executable)) = (message.target, message.executable)
+            && message.reason == "compiler-artifact"
+        {
+            executables.insert(target.name, executable);
+        }
+    }
+    let status = cargo_process.wait().context("waiting for cargo")?;
+    if !status.success() {
+        bail!("building the workspace binaries failed: cargo build exited with {status}");
+    }
+    WORKSPACE_BINARIES
+        .iter()
+        .map(|binary| {
+            let path = executables
+                .remove(binary.name)
+                .with_context(|| format!("cargo built no executable named {}", binary.name))?;
+            Ok((*binary, path))
+        })
+        .collect()
+}
+
+/// A child process with captured output that is killed if still running when
+/// the handle is dropped.
+#[derive(Debug)]
+pub struct ManagedProcess {
+    name: String,
+    child: Child,
+    output: Arc<Mutex<String>>,
+    output_readers: Vec<JoinHandle<()>>,
+}
+
+impl ManagedProcess {
+    /// Starts `program` with `args`; `name` labels it in errors. Must be
+    /// called inside a tokio runtime.
+    pub fn spawn<I, S>(name: impl Into<String>, program: &Path, args: I) -> Result<Self>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let name = name.into();
+        let mut child = Command::new(program)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("cannot start {name} ({})", program.display()))?;
+        let output = Arc::new(Mutex::new(String::new()));
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let stderr = child.stderr.take().expect("stderr is piped");
+        let output_readers = vec![
+            tokio::spawn(capture_lines(stdout, output.clone())),
+            tokio::spawn(capture_lines(stderr, output.clone())),
+        ];
+        Ok(ManagedProcess {
+            name,
+            child,
+            output,
+            output_readers,
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Everything the process wrote to stdout and stderr so far, line by line
+    /// in the order the lines were read.
+    pub fn output(&self) -> String {
+        self.output
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The exit status if the process has exited, without waiting.
+    pub fn exit_status(&mut self) -> Result<Option<ExitStatus>> {
+        self.child
+            .try_wait()
+            .with_context(|| format!("cannot check whether {} is running", self.name))
+    }
+
+    /// Waits until the process exits on its own; kills it and fails after `timeout`.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> Result<ExitStatus> {
+        match tokio::time::timeout(timeout, self.child.wait()).await {
+            Ok(status) => {
+                let status = status.with_context(|| format!("waiting for {}", self.name))?;
+                self.finish_output().await;
+                Ok(status)
+            }
+            Err(_) => {
+                self.kill().await;
+                bail!("{} did not exit within {timeout:?}; killed it", self.name)
+            }
+        }
+    }
+
+    /// Sends SIGTERM and waits up to `grace` for the process to exit; after
+    /// that it is killed and this fails, since it did not stop cleanly.
+    pub async fn terminate(&mut self, grace: Duration) -> Result<ExitStatus> {
+        if let Some(status) = self.exit_status()? {
+            self.finish_output().await;
+            return Ok(status);
+        }
+        let pid = self
+            .child
+            .id()
+            .and_then(|id| rustix::process::Pid::from_raw(id as i32))
+            .with_context(|| format!("{} has no process id", self.name))?;
+        rustix::process::kill_process(pid, rustix::process::Signal::TERM)
+            .with_context(|| format!("cannot send SIGTERM to {}", self.name))?;
+        match tokio::time::timeout(grace, self.child.wait()).await {
+            Ok(status) => {
+                let status = status.with_context(|| format!("waiting for {}", self.name))?;
+                self.finish_output().await;
+                Ok(status)
+            }
+            Err(_) => {
+                self.kill().await;
+                bail!("{} still ran {grace:?} after SIGTERM; killed it", self.name)
+            }
+        }
+    }
+
+    /// Waits until something accepts TCP connections on `address`; fails if
+    /// the process exits first or `timeout` passes.
+    pub async fn wait_listening(&mut self, address: SocketAddr, timeout: Duration) -> Result<()> {
+        self.poll_until_ready(timeout, &format!("listening on {address}"), || async move {
+            TcpStream::connect(address).await.is_ok()
+        })
+        .await
+    }
+
+    /// Polls `is_ready` until it holds. On failure the error carries the
+    /// process's output, which usually says why.
+    async fn poll_until_ready<F, Fut>(
+        &mut self,
+        timeout: Duration,
+        what: &str,
+        mut is_ready: F,
+    ) -> Result<()>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = bool>,
+    {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.exit_status()? {
+                self.finish_output().await;
+                bail!(
+                    "{} exited ({status}) before {what}; its output:\n{}",
+                    self.name,
+                    self.output()
+                );
+            }
+            if is_ready().await {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                bail!(
+                    "{} was not {what} after {timeout:?}; its output:\n{}",
+                    self.name,
+                    self.output()
+                );
+            }
+            tokio::time::sleep(READY_POLL_INTERVAL).await;
+        }
+    }
+
+    async fn kill(&mut self) {
+        // An error here means the process is already gone, which is the goal.
+        let _ = self.child.kill().await;
+        self.finish_output().await;
+    }
+
+    /// Lets the readers take in the last lines a process wrote before it exited.
+    async fn finish_output(&mut self) {
+        for reader in self.output_readers.drain(..) {
+            let abort = reader.abort_handle();
+            if tokio::time::timeout(OUTPUT_DRAIN_TIMEOUT, reader)
+                .await
+                .is_err()
+            {
+                abort.abort();
+            }
+        }
+    }
+}
+
+impl Drop for ManagedProcess {
+    fn drop(&mut self) {
+        for reader in &self.output_readers {
+            reader.abort();
+        }
+        // `kill_on_drop` sends SIGKILL to a child that is still running.
+    }
+}
+
+async fn capture_lines(stream: impl AsyncRead + Unpin, output: Arc<Mutex<String>>) {
+    let mut reader = tokio::io::BufReader::new(stream);
+    let mut line = Vec::new();
+    // A read error ends capture like end of file does: the child is gone.
+    while reader.read_until(b'\n', &mut line).await.unwrap_or(0) > 0 {
+        let text = String::from_utf8_lossy(&line);
+        let mut output = output.lock().unwrap_or_else(|e| e.into_inner());
+        output.push_str(&text);
+        if !text.ends_with('\n') {
+            output.push('\n');
+        }
+        line.clear();
+    }
+}
+
+/// Where a proxy's bootstrap configuration comes from.
+#[derive(Debug, Clone)]
+pub enum ProxyConfig {
+    /// A bootstrap file on disk, e.g. one of `examples/`.
+    File(PathBuf),
+    /// Bootstrap YAML, written to a temporary file for the proxy's lifetime.
+    Yaml(String),
+}
+
+/// A running `gridmesh-proxy --config <file>`.
+#[derive(Debug)]
+pub struct ProxyProcess {
+    process: ManagedProcess,
+    config_text: String,
+    config_path: PathBuf,
+    /// Keeps a [`ProxyConfig::Yaml`] file alive until the proxy is dropped.
+    _temporary_config: Option<tempfile::NamedTempFile>,
+}
+
+/// A response from the proxy's admin server.
+#[derive(Debug, Clone)]
+pub struct AdminResponse {
+    pub status: u16,
+    pub body: String,
+}
+
+impl ProxyProcess {
+    /// Starts the proxy and waits until its admin `/ready` answers 200.
+    pub async fn start(
+        program: &Path,
+        name: impl Into<String>,
+        config: ProxyConfig,
+        timeout: Duration,
+    ) -> Result<Self> {
+        let mut proxy = Self::spawn(program, name, config)?;
+        proxy.wait_ready(timeout).await?;
+        Ok(proxy)
+    }
+
+    /// Starts the proxy without waiting for it: for tests that expect it to
+    /// reject its configuration and exit.
+    pub fn spawn(program: &Path, name: impl Into<String>, config: ProxyConfig) -> Result<Self> {
+        let name = name.into();
+        let (config_text, config_path, temporary_config) = match config {
+            ProxyConfig::File(path) => {
+                let text = std::fs::read_to_string(&path)
+                    .with_context(|| format!("cannot read {}", path.display()))?;
+                (text, path, None)
+            }
+            ProxyConfig::Yaml(text) => {
+                let mut file = tempfile::Builder::new()
+                    .prefix(&format!("{name}-"))
+                    .suffix(".yaml")
+                    .tempfile()
+                    .context("cannot create a temporary bootstrap file")?;
+                file.write_all(text.as_bytes())
+                    .and_then(|()| file.flush())
+                    .context("cannot write the temporary bootstrap file")?;
+                (text, file.path().to_owned(), Some(file))
+            }
+        };
+        let args = [OsStr::new("--config"), config_path.as_os_str()];
+        let process = ManagedProcess::spawn(name, program, args)?;
+        Ok(ProxyProcess {
+            process,
+            config_text,
+            config_path,
+            _temporary_config: temporary_config,
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        self.process.name()
+    }
+
+    /// The bootstrap file the proxy was started with.
+    pub fn config_path(&self) -> &Path {
+        &self.config_path
+    }
+
+    /// The bootstrap configuration, parsed.
+    pub fn bootstrap(&self) -> Result<Bootstrap> {
+        parse_bootstrap(&self.config_text)
+            .with_context(|| format!("in {}", self.config_path.display()))
+    }
+
+    /// The admin server's address as the bootstrap sets it.
+    pub fn admin_address(&self) -> Result<SocketAddr> {
+        admin_address(&self.bootstrap()?)
+    }
+
+    /// Waits until admin `/ready` answers 200; fails with the proxy's output
+    /// if it exits first or `timeout` passes.
+    pub async fn wait_ready(&mut self, timeout: Duration) -> Result<()> {
+        let admin = self.admin_address()?;
+        self.process
+            .poll_until_ready(timeout, "ready", || async move {
+                matches!(admin_get(admin, "/ready").await, Ok(response) if response.status == 200)
+            })
+            .await
+    }
+
+    /// GET `path` (e.g. `/metrics`, `/clusters`) from the admin server.
+    pub async fn admin_get(&self, path: &str) -> Result<AdminResponse> {
+        let admin = self.admin_address()?;
+        admin_get(admin, path)
+            .await
+            .with_context(|| format!("GET {path} from {}'s admin server", self.process.name()))
+    }
+
+    /// See [`ManagedProcess::output`].
+    pub fn output(&self) -> String {
+        self.process.output()
+    }
+
+    /// See [`ManagedProcess::wait_exit`]: for a proxy expected to stop on its
+    /// own, e.g. with status 64 on invalid configuration.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> Result<ExitStatus> {
+        self.process.wait_exit(timeout).await
+    }
+
+    /// See [`ManagedProcess::terminate`]; `grace` should cover the bootstrap's
+    /// drain timeout.
+    pub async fn terminate(&mut self, grace: Duration) -> Result<ExitStatus> {
+        self.process.terminate(grace).await
+    }
+}
+
+/// Parses bootstrap YAML the way the proxy does (proto3 JSON mapping).
+pub fn parse_bootstrap(yaml: &str) -> Result<Bootstrap> {
+    yaml_serde::from_str(yaml).context("invalid bootstrap YAML")
+}
+
+/// The admin server's address in `bootstrap`, or the proxy's default.
+pub fn admin_address(bootstrap: &Bootstrap) -> Result<SocketAddr> {
+    let address = bootstrap
+        .admin
+        .as_ref()
+        .map(|admin| admin.address.as_str())
+        .filter(|address| !address.is_empty())
+        .unwrap_or(DEFAULT_ADMIN_ADDRESS);
+    address
+        .parse()
+        .with_context(|| format!("admin address {address:?} is not ip:port"))
+}
+
+/// One HTTP/1.1 GET on a fresh connection, bounded by [`ADMIN_REQUEST_TIMEOUT`].
+pub async fn admin_get(admin: SocketAddr, path: &str) -> Result<AdminResponse> {
+    let exchange = async {
+        let stream = TcpStream::connect(admin).await?;
+        let (mut sender, connection) =
+            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        let connection = tokio::spawn(connection);
+        let request = hyper::Request::get(path)
+            .header(hyper::header::HOST, admin.to_string())
+            .body(Empty::<Bytes>::new())?;
+        let response = sender.send_request(request).await?;
+        let status = response.status().as_u16();
+        let body = response.into_body().collect().await?.to_bytes();
+        connection.abort();
+        anyhow::Ok(AdminResponse {
+            status,
+            body: String::from_utf8_lossy(&body).into_owned(),
+        })
+    };
+    tokio::time::timeout(ADMIN_REQUEST_TIMEOUT, exchange)
+        .await
+        .with_context(|| format!("no answer from {admin} within {ADMIN_REQUEST_TIMEOUT:?}"))?
+}

@@ -1,0 +1,167 @@
+//! The demo's printed summary: per protocol, how many requests succeeded,
+//! their latency and how they spread over the block instances; then what the
+//! sidecars' admin servers say, and how every process stopped.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::process::ExitStatus;
+use std::time::Duration;
+
+use anyhow::{Result, bail};
+use gridmesh_tests::process::ProxyProcess;
+
+use super::traffic::{Protocol, Tally};
+
+/// Lines of an admin page shown in the summary.
+const ADMIN_PAGE_LINES: usize = 10;
+/// Lines of a sidecar's own output shown when requests failed.
+const RECENT_OUTPUT_LINES: usize = 20;
+
+/// Excerpts of the sidecars' admin pages, fetched while the mesh still runs.
+pub struct AdminViews {
+    /// Titled excerpt, or why it could not be fetched.
+    excerpts: Vec<(String, Result<Vec<String>>)>,
+}
+
+impl AdminViews {
+    /// The client sidecar's `/clusters` (the one that balances) and every
+    /// sidecar's request metrics.
+    pub async fn fetch(sidecars: &[ProxyProcess]) -> AdminViews {
+        let mut excerpts = Vec::new();
+        if let Some(client) = sidecars.last() {
+            let clusters = admin_excerpt(client, "/clusters", |_| true).await;
+            excerpts.push((format!("{} /clusters", client.name()), clusters));
+        }
+        for sidecar in sidecars {
+            let metrics = admin_excerpt(sidecar, "/metrics", is_nonzero_counter).await;
+            excerpts.push((format!("{} /metrics (counters above zero)", sidecar.name()), metrics));
+        }
+        AdminViews { excerpts }
+    }
+}
+
+async fn admin_excerpt(
+    sidecar: &ProxyProcess,
+    path: &str,
+    keep: impl Fn(&str) -> bool,
+) -> Result<Vec<String>> {
+    let response = sidecar.admin_get(path).await?;
+    if response.status != 200 {
+        bail!("GET {path} answered {}", response.status);
+    }
+    Ok(response
+        .body
+        .lines()
+        .filter(|line| !line.trim().is_empty() && keep(line))
+        .take(ADMIN_PAGE_LINES)
+        .map(str::to_owned)
+        .collect())
+}
+
+/// A Prometheus counter sample (`..._total`) that has counted something;
+/// zeros and histogram series would bury the interesting lines.
+fn is_nonzero_counter(line: &str) -> bool {
+    let Some((series, value)) = line.rsplit_once(' ') else {
+        return false;
+    };
+    let name = series.split('{').next().unwrap_or(series);
+    !line.starts_with('#') && name.ends_with("_total") && value != "0"
+}
+
+pub struct Report<'a> {
+    pub outbound: SocketAddr,
+    pub requests_per_protocol: usize,
+    pub concurrency: usize,
+    pub tallies: &'a [(Protocol, Tally)],
+    pub admin_views: &'a AdminViews,
+    pub stopped: &'a [(String, Result<ExitStatus>)],
+}
+
+pub fn print(report: &Report) {
+    println!();
+    println!(
+        "gridmesh demo: {} requests per protocol, {} at a time, sent to the client sidecar at {} for authority \"echo\"",
+        report.requests_per_protocol, report.concurrency, report.outbound
+    );
+    print_table(report.tallies);
+    print_failures(report.tallies);
+    for (title, excerpt) in &report.admin_views.excerpts {
+        println!("\n{title}:");
+        match excerpt {
+            Ok(lines) if lines.is_empty() => println!("  (nothing)"),
+            Ok(lines) => lines.iter().for_each(|line| println!("  {line}")),
+            Err(error) => println!("  unavailable: {error:#}"),
+        }
+    }
+    println!("\nshutdown (SIGTERM):");
+    for (name, result) in report.stopped {
+        match result {
+            Ok(status) if status.success() => println!("  {name}: stopped cleanly"),
+            Ok(status) => println!("  {name}: exited with {status}"),
+            Err(error) => println!("  {name}: {error:#}"),
+        }
+    }
+    let total: usize = report.tallies.len() * report.requests_per_protocol;
+    let failed: u64 = report.tallies.iter().map(|(_, tally)| tally.failed()).sum();
+    println!("\nrequests: {} ok, {failed} failed", total as u64 - failed);
+}
+
+fn print_table(tallies: &[(Protocol, Tally)]) {
+    let servers: BTreeSet<&str> = tallies
+        .iter()
+        .flat_map(|(_, tally)| tally.served_by.keys().map(String::as_str))
+        .collect();
+    let mut header = format!(
+        "\n  {:<20} {:>6} {:>7} {:>9} {:>9}",
+        "protocol", "ok", "failed", "p50", "p99"
+    );
+    for server in &servers {
+        header.push_str(&format!(" {server:>9}"));
+    }
+    println!("{header}");
+    for (protocol, tally) in tallies {
+        let mut row = format!(
+            "  {:<20} {:>6} {:>7} {:>9} {:>9}",
+            protocol.label(),
+            tally.succeeded(),
+            tally.failed(),
+            format_latency(tally.latency_quantile(0.50)),
+            format_latency(tally.latency_quantile(0.99)),
+        );
+        for server in &servers {
+            let served = tally.served_by.get(*server).copied().unwrap_or(0);
+            row.push_str(&format!(" {served:>9}"));
+        }
+        println!("{row}");
+    }
+    if !servers.is_empty() {
+        println!("  (the last columns count the answers from each block instance)");
+    }
+}
+
+fn format_latency(latency: Option<Duration>) -> String {
+    match latency {
+        Some(latency) => format!("{:.2}ms", latency.as_secs_f64() * 1000.0),
+        None => "-".into(),
+    }
+}
+
+fn print_failures(tallies: &[(Protocol, Tally)]) {
+    for (protocol, tally) in tallies.iter().filter(|(_, tally)| tally.failed() > 0) {
+        println!("\n{} failures:", protocol.label());
+        for (reason, count) in &tally.failures {
+            println!("  {count} x {reason}");
+        }
+    }
+}
+
+/// The last lines each sidecar logged, which usually say why requests failed.
+pub fn print_recent_output(sidecars: &[ProxyProcess]) {
+    for sidecar in sidecars {
+        let output = sidecar.output();
+        let lines: Vec<&str> = output.lines().collect();
+        let recent = &lines[lines.len().saturating_sub(RECENT_OUTPUT_LINES)..];
+        println!("\n{} output (last {} lines):", sidecar.name(), recent.len());
+        recent.iter().for_each(|line| println!("  {line}"));
+    }
+}
