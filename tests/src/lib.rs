@@ -1,3 +1,4 @@
 //! Test harness shared by the end-to-end tests, the benchmark and the demo.
+pub mod harness;
 pub mod process;
 pub mod upstream;
