@@ -43,6 +43,9 @@ const DEFAULT_RING_REPLICAS: u32 = 64;
 const MAX_RETRIES: u32 = 10;
 /// Weights are relative; this bound keeps weighted schedules small.
 const MAX_ENDPOINT_WEIGHT: u32 = 10_000;
+/// google.protobuf.Duration's range: about 10,000 years, nanos below one second.
+const MAX_DURATION_SECONDS: u64 = 315_576_000_000;
+const MAX_DURATION_NANOS: i32 = 999_999_999;
 
 /// A complete, validated configuration. Immutable: a change builds a new one.
 #[derive(Debug)]
@@ -119,6 +122,26 @@ impl Checker {
 
     fn duration(&mut self, field: &str, d: Option<&pbjson_types::Duration>) -> Option<Duration> {
         let d = d?;
+        // The proto's own limits. Beyond them a value is not a Duration,
+        // and a huge one would overflow deadlines (`Instant + d` panics)
+        // on the request path instead of failing here.
+        if !(-MAX_DURATION_NANOS..=MAX_DURATION_NANOS).contains(&d.nanos) {
+            self.problem(
+                field,
+                format!(
+                    "nanos {} is out of range (-{MAX_DURATION_NANOS} to {MAX_DURATION_NANOS})",
+                    d.nanos
+                ),
+            );
+            return None;
+        }
+        if d.seconds.unsigned_abs() > MAX_DURATION_SECONDS {
+            self.problem(
+                field,
+                format!("must be at most {MAX_DURATION_SECONDS}s (10,000 years)"),
+            );
+            return None;
+        }
         match Duration::try_from(*d) {
             Ok(d) => Some(d),
             Err(_) => {
