@@ -7,6 +7,9 @@
 
 mod validate;
 
+#[cfg(test)]
+mod tests;
+
 use std::fmt;
 use std::path::Path;
 
