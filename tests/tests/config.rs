@@ -1,0 +1,372 @@
+//! Bootstrap configuration through the real `gridmesh-proxy` binary: an
+//! invalid file makes the proxy exit with status 64 before it binds
+//! anything, naming the file, the resource and the field of every problem;
+//! the shipped examples load and serve.
+
+use std::ffi::OsStr;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use gridmesh_tests::process::{self, GRIDMESH_PROXY, ManagedProcess, ProxyConfig, ProxyProcess};
+
+/// The status the proxy exits with on invalid configuration (EX_USAGE).
+const EXIT_INVALID_CONFIG: i32 = 64;
+const EXIT_WITHIN: Duration = Duration::from_secs(20);
+const READY_WITHIN: Duration = Duration::from_secs(30);
+
+fn free_port() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap()
+}
+
+/// A bootstrap with one listener, route table, cluster and endpoint; each
+/// case breaks one thing with `edit`. `{admin}` and `{listen}` are filled
+/// with free ports.
+const BASE: &str = r#"
+admin: { address: "{admin}" }
+drainTimeout: 1s
+listeners:
+  - name: in
+    address: "{listen}"
+    routeTable: t
+routeTables:
+  - name: t
+    virtualHosts:
+      - name: all
+        domains: ["*"]
+        routes:
+          - name: r
+            match: { prefix: / }
+            route: { cluster: c }
+clusters:
+  - name: c
+    connectTimeout: 0.25s
+endpoints:
+  - cluster: c
+    endpoints: [{ address: "127.0.0.1:9" }]
+"#;
+
+struct Rejected {
+    output: String,
+    path: PathBuf,
+}
+
+/// Runs the proxy on `yaml` (after filling in ports), expects it to exit
+/// with status 64, and checks that neither its listener nor its admin port
+/// was ever served.
+async fn rejected(yaml: &str) -> Rejected {
+    let admin = free_port();
+    let listen = free_port();
+    let yaml = yaml
+        .replace("{admin}", &admin.to_string())
+        .replace("{listen}", &listen.to_string());
+    let binary = process::binary(GRIDMESH_PROXY).expect("the proxy builds");
+    let mut proxy =
+        ProxyProcess::spawn(&binary, "invalid-config", ProxyConfig::Yaml(yaml.clone())).unwrap();
+    let status = proxy.wait_exit(EXIT_WITHIN).await.unwrap();
+    let output = proxy.output();
+    assert_eq!(
+        status.code(),
+        Some(EXIT_INVALID_CONFIG),
+        "expected exit status 64 for:\n{yaml}\noutput:\n{output}"
+    );
+    for addr in [admin, listen] {
+        assert!(
+            TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_err(),
+            "{addr} accepts connections although the config was invalid"
+        );
+    }
+    let path = proxy.config_path().to_owned();
+    let path_text = path.display().to_string();
+    assert!(
+        output.contains(&format!("invalid configuration in {path_text}")),
+        "the error names no file:\n{output}"
+    );
+    Rejected { output, path }
+}
+
+impl Rejected {
+    /// One problem line, `<file>: <resource>: <field>: <message...>`.
+    fn names(&self, resource: &str, field: &str, message: &str) -> &Self {
+        let prefix = format!("{}: {resource}: {field}: ", self.path.display());
+        assert!(
+            self.output
+                .lines()
+                .any(|line| line.trim_start().starts_with(&prefix) && line.contains(message)),
+            "no line starting with {prefix:?} and containing {message:?} in:\n{}",
+            self.output
+        );
+        self
+    }
+
+    /// For parse errors, which name the file and the position: the
+    /// offending text must appear too.
+    fn mentions(&self, words: &[&str]) -> &Self {
+        for word in words {
+            assert!(
+                self.output.contains(word),
+                "{word:?} is not mentioned in:\n{}",
+                self.output
+            );
+        }
+        self
+    }
+}
+
+#[tokio::test]
+async fn the_unmodified_base_is_valid() {
+    // Guards the cases below: each must fail because of its own edit.
+    let admin = free_port();
+    let listen = free_port();
+    let yaml = BASE
+        .replace("{admin}", &admin.to_string())
+        .replace("{listen}", &listen.to_string());
+    let binary = process::binary(GRIDMESH_PROXY).unwrap();
+    let mut proxy = ProxyProcess::start(&binary, "base", ProxyConfig::Yaml(yaml), READY_WITHIN)
+        .await
+        .unwrap();
+    assert!(TcpStream::connect(listen).is_ok());
+    let status = proxy.terminate(Duration::from_secs(10)).await.unwrap();
+    assert_eq!(status.code(), Some(0), "{}", proxy.output());
+}
+
+#[tokio::test]
+async fn unknown_field() {
+    let yaml = BASE.replace("connectTimeout: 0.25s", "conectTimeout: 0.25s");
+    rejected(&yaml)
+        .await
+        .mentions(&["clusters[0]", "unknown field `conectTimeout`", "line 19"]);
+}
+
+#[tokio::test]
+async fn bad_duration() {
+    let yaml = BASE.replace("connectTimeout: 0.25s", "connectTimeout: 250ms");
+    rejected(&yaml)
+        .await
+        .mentions(&["clusters[0].connectTimeout", "0.25s", "line 19"]);
+}
+
+#[tokio::test]
+async fn negative_duration() {
+    let yaml = BASE.replace("connectTimeout: 0.25s", "connectTimeout: -1s");
+    rejected(&yaml)
+        .await
+        .names("cluster \"c\"", "connectTimeout", "negative");
+}
+
+#[tokio::test]
+async fn zero_timeout_on_a_route() {
+    let yaml = BASE.replace(
+        "route: { cluster: c }",
+        "route: { cluster: c, timeouts: { idle: 0s } }",
+    );
+    rejected(&yaml).await.names(
+        "routeTable \"t\"",
+        "virtualHosts[0].routes[0].route.timeouts.idle",
+        "greater than zero",
+    );
+}
+
+/// A duration the YAML parser takes but no deadline can hold (it would
+/// overflow `Instant + d` on the request path).
+#[tokio::test]
+async fn duration_beyond_the_proto_range() {
+    let yaml = BASE.replace(
+        "route: { cluster: c }",
+        "route: { cluster: c, timeouts: { maxDuration: 9223372036854775807s } }",
+    );
+    rejected(&yaml).await.names(
+        "routeTable \"t\"",
+        "virtualHosts[0].routes[0].route.timeouts.maxDuration",
+        "at most",
+    );
+}
+
+#[tokio::test]
+async fn unknown_enum() {
+    let yaml = BASE.replace("connectTimeout: 0.25s", "lbPolicy: FASTEST");
+    rejected(&yaml)
+        .await
+        .mentions(&["clusters[0].lbPolicy", "FASTEST", "line 19"]);
+}
+
+#[tokio::test]
+async fn duplicate_names() {
+    let yaml = BASE.replace(
+        "clusters:\n  - name: c\n",
+        "clusters:\n  - name: c\n  - name: d\n  - name: c\n",
+    );
+    rejected(&yaml)
+        .await
+        .names("cluster[2]", "name", "duplicate cluster name \"c\"");
+}
+
+#[tokio::test]
+async fn listener_refers_to_a_missing_route_table() {
+    let yaml = BASE.replace("routeTable: t", "routeTable: nope");
+    rejected(&yaml).await.names(
+        "listener \"in\"",
+        "routeTable",
+        "no route table named \"nope\"",
+    );
+}
+
+#[tokio::test]
+async fn route_to_a_missing_cluster() {
+    let yaml = BASE.replace("route: { cluster: c }", "route: { cluster: nope }");
+    rejected(&yaml).await.names(
+        "routeTable \"t\"",
+        "virtualHosts[0].routes[0].route.cluster",
+        "no cluster named \"nope\"",
+    );
+}
+
+#[tokio::test]
+async fn invalid_regex() {
+    let yaml = BASE.replace("match: { prefix: / }", "match: { regex: \"/v[0-9+\" }");
+    rejected(&yaml).await.names(
+        "routeTable \"t\"",
+        "virtualHosts[0].routes[0].match.regex",
+        "invalid regex",
+    );
+}
+
+#[tokio::test]
+async fn weights_all_zero() {
+    let yaml = BASE.replace(
+        "route: { cluster: c }",
+        "route: { weightedClusters: { clusters: [{ name: c, weight: 0 }, { name: c }] } }",
+    );
+    rejected(&yaml).await.names(
+        "routeTable \"t\"",
+        "virtualHosts[0].routes[0].route.weightedClusters.clusters",
+        "all be zero",
+    );
+}
+
+#[tokio::test]
+async fn ring_hash_without_a_header() {
+    let yaml = BASE.replace("connectTimeout: 0.25s", "lbPolicy: RING_HASH");
+    rejected(&yaml)
+        .await
+        .names("cluster \"c\"", "ringHash.header", "required");
+}
+
+#[tokio::test]
+async fn bad_endpoint_address() {
+    let yaml = BASE.replace("127.0.0.1:9", "127.0.0.1");
+    rejected(&yaml)
+        .await
+        .names("endpoints \"c\"", "endpoints[0].address", "port");
+    let yaml = BASE.replace("127.0.0.1:9", "not_a host:80");
+    rejected(&yaml)
+        .await
+        .names("endpoints \"c\"", "endpoints[0].address", "not_a host");
+}
+
+#[tokio::test]
+async fn duplicate_listener_address() {
+    let yaml = BASE.replace(
+        "listeners:\n",
+        "listeners:\n  - { name: in2, address: \"{listen}\", routeTable: t }\n",
+    );
+    rejected(&yaml)
+        .await
+        .names("listener \"in\"", "address", "already used");
+}
+
+#[tokio::test]
+async fn listener_on_the_admin_address() {
+    let yaml = BASE.replace("address: \"{listen}\"", "address: \"{admin}\"");
+    rejected(&yaml)
+        .await
+        .names("listener \"in\"", "address", "already used");
+}
+
+#[tokio::test]
+async fn every_problem_is_reported_at_once() {
+    let yaml = BASE
+        .replace("routeTable: t", "routeTable: nope")
+        .replace("connectTimeout: 0.25s", "connectTimeout: -2s")
+        .replace("route: { cluster: c }", "route: { cluster: gone }");
+    rejected(&yaml)
+        .await
+        .names("listener \"in\"", "routeTable", "nope")
+        .names("cluster \"c\"", "connectTimeout", "negative")
+        .names(
+            "routeTable \"t\"",
+            "virtualHosts[0].routes[0].route.cluster",
+            "gone",
+        );
+}
+
+#[tokio::test]
+async fn not_yaml_at_all() {
+    rejected("listeners: [ {name: in\n")
+        .await
+        .mentions(&["line "]);
+}
+
+#[tokio::test]
+async fn missing_file() {
+    let binary = process::binary(GRIDMESH_PROXY).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("absent.yaml");
+    let mut proxy = ManagedProcess::spawn(
+        "missing-file",
+        &binary,
+        [OsStr::new("--config"), path.as_os_str()],
+    )
+    .unwrap();
+    let status = proxy.wait_exit(EXIT_WITHIN).await.unwrap();
+    assert_eq!(status.code(), Some(EXIT_INVALID_CONFIG));
+    assert!(proxy.output().contains(&path.display().to_string()));
+}
+
+/// Every example bootstrap loads and serves. Their fixed ports are moved to
+/// free ones (the examples share ports with each other and with the demo);
+/// everything else is used as written.
+#[tokio::test]
+async fn examples_load_and_serve() {
+    let examples = process::workspace_root().join("examples");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&examples)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    files.sort();
+    assert!(!files.is_empty(), "no examples in {}", examples.display());
+    let binary = process::binary(GRIDMESH_PROXY).unwrap();
+    for file in files {
+        let text = std::fs::read_to_string(&file).unwrap();
+        let mut bootstrap =
+            process::parse_bootstrap(&text).unwrap_or_else(|e| panic!("{}: {e:#}", file.display()));
+        let admin = free_port();
+        bootstrap.admin.get_or_insert_default().address = admin.to_string();
+        let mut listeners = Vec::new();
+        for listener in &mut bootstrap.listeners {
+            let addr = free_port();
+            listener.address = addr.to_string();
+            listeners.push(addr);
+        }
+        // JSON is YAML: the proto3 JSON mapping serialises back to a bootstrap.
+        let yaml = serde_json::to_string_pretty(&bootstrap).unwrap();
+        let name = file.file_stem().unwrap().to_string_lossy().into_owned();
+        let mut proxy =
+            ProxyProcess::start(&binary, name.clone(), ProxyConfig::Yaml(yaml), READY_WITHIN)
+                .await
+                .unwrap_or_else(|e| panic!("{}: {e:#}", file.display()));
+        for addr in listeners {
+            assert!(TcpStream::connect(addr).is_ok(), "{name}: {addr} not bound");
+        }
+        let dump = proxy.admin_get("/config_dump").await.unwrap();
+        assert_eq!(dump.status, 200);
+        let dump: serde_json::Value = serde_json::from_str(&dump.body).unwrap();
+        let dumped: gridmesh_proto::config::Bootstrap =
+            serde_json::from_value(dump["bootstrap"].clone()).unwrap();
+        assert_eq!(dumped, bootstrap, "{name}: /config_dump differs");
+        let status = proxy.terminate(Duration::from_secs(15)).await.unwrap();
+        assert_eq!(status.code(), Some(0), "{name}: {}", proxy.output());
+    }
+}
