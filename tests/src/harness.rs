@@ -140,6 +140,55 @@ endpoints: [{ cluster: up, endpoints: ${up} }]
     )
 }
 
+/// Two sidecars in a row, as in the mesh: a client's outbound sidecar
+/// (listener `out`) forwards everything to a block's inbound sidecar
+/// (listener `in`), which forwards to `upstream`.
+pub struct Chain {
+    pub outbound: TestProxy,
+    pub inbound: TestProxy,
+}
+
+impl Chain {
+    /// Where a client sends: the outbound sidecar's listener.
+    pub fn entry(&self) -> SocketAddr {
+        self.outbound.addr("out")
+    }
+}
+
+pub async fn chain(upstream: SocketAddr) -> Chain {
+    let hop = r#"
+listeners:
+  - { name: ${listener}, address: "127.0.0.1:0", direction: ${direction}, routeTable: rt }
+routeTables:
+  - name: rt
+    virtualHosts:
+      - name: all
+        domains: ["*"]
+        routes: [{ name: all, route: { cluster: next } }]
+clusters: [{ name: next, connectTimeout: 1s }]
+endpoints: [{ cluster: next, endpoints: ${next} }]
+"#;
+    let inbound = proxy(&render(
+        hop,
+        &[
+            ("listener", &"in"),
+            ("direction", &"INBOUND"),
+            ("next", &endpoints(&[upstream])),
+        ],
+    ))
+    .await;
+    let outbound = proxy(&render(
+        hop,
+        &[
+            ("listener", &"out"),
+            ("direction", &"OUTBOUND"),
+            ("next", &endpoints(&[inbound.addr("in")])),
+        ],
+    ))
+    .await;
+    Chain { outbound, inbound }
+}
+
 // ------------------------------------------------------------------- proxy
 
 /// A proxy running in this process. Dropping it starts draining (it cannot
