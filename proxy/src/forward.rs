@@ -14,6 +14,7 @@ use hyper::body::Incoming;
 use rand::Rng;
 use tokio::time::Instant;
 
+use crate::balance::InFlight;
 use crate::body::{Body, Completion, ReplayBody, ResponseBody, StreamEnd, StreamLimits};
 use crate::cluster::{Cluster, Endpoint, Permit, SendError};
 use crate::error::ProxyError;
@@ -63,18 +64,16 @@ async fn forward(
     let body: Body = body.map_err(Into::into).boxed_unsync();
     let version = cluster.upstream_version(parts.version);
     let upstream = Upstream::new(&parts, version);
-    let (rsp, endpoint) = match &route.action.retry {
+    let (rsp, in_flight) = match &route.action.retry {
         Some(policy) => {
             send_with_retries(&cluster, &upstream, parts, body, policy, route, deadline).await?
         }
         _ => {
             let endpoint = cluster.pick(&parts.headers)?;
             let req = upstream.request(parts, body, deadline);
-            let rsp = send(&cluster, &endpoint, req, route, deadline).await?;
-            (rsp, endpoint)
+            send(&cluster, &endpoint, req, route, deadline).await?
         }
     };
-    drop(endpoint);
 
     let (mut rparts, rbody) = rsp.into_parts();
     headers::strip_hop_by_hop(&mut rparts.headers);
@@ -90,6 +89,7 @@ async fn forward(
         cluster,
         start,
         _admission: admission,
+        _in_flight: in_flight,
         recorded: false,
     };
     let limits = StreamLimits {
@@ -181,14 +181,16 @@ impl Upstream {
 }
 
 /// Sends one attempt and waits for response headers within the route's
-/// limits.
+/// limits. The endpoint counts the request as in flight until the returned
+/// guard is dropped with the end of the response stream.
 async fn send(
     cluster: &Cluster,
     endpoint: &Endpoint,
     req: Request<Body>,
     route: &Route,
     deadline: Option<Instant>,
-) -> Result<Response<Incoming>, ProxyError> {
+) -> Result<(Response<Incoming>, InFlight), ProxyError> {
+    let in_flight = endpoint.load.start();
     let headers_deadline = route
         .action
         .timeouts
@@ -207,12 +209,22 @@ async fn send(
             .map_err(|_| on_expiry)?,
         None => attempt.await,
     };
-    result.map_err(|e| match e {
-        SendError::ConnectFailure => ProxyError::ConnectFailure,
-        SendError::ConnectTimeout => ProxyError::ConnectTimeout,
-        SendError::PendingOverflow => ProxyError::PendingOverflow,
-        SendError::Reset => ProxyError::UpstreamReset,
-    })
+    match result {
+        Ok(rsp) => {
+            // Time to response headers is the latency the balancer learns
+            // from: a long stream is load, not slowness.
+            in_flight.record_latency();
+            Ok((rsp, in_flight))
+        }
+        // A failed attempt records no latency sample: an endpoint that fails
+        // fast must not look fast.
+        Err(e) => Err(match e {
+            SendError::ConnectFailure => ProxyError::ConnectFailure,
+            SendError::ConnectTimeout => ProxyError::ConnectTimeout,
+            SendError::PendingOverflow => ProxyError::PendingOverflow,
+            SendError::Reset => ProxyError::UpstreamReset,
+        }),
+    }
 }
 
 async fn send_with_retries(
@@ -223,7 +235,7 @@ async fn send_with_retries(
     policy: &RetryPolicy,
     route: &Route,
     deadline: Option<Instant>,
-) -> Result<(Response<Incoming>, Arc<Endpoint>), ProxyError> {
+) -> Result<(Response<Incoming>, InFlight), ProxyError> {
     let replay = ReplayBody::new(body, policy.max_replay_body_bytes);
     let mut attempt = 0;
     loop {
@@ -235,7 +247,7 @@ async fn send_with_retries(
         let req = upstream.request(clone_parts(&parts), body, deadline);
         let result = send(cluster, &endpoint, req, route, deadline).await;
         let retryable = match &result {
-            Ok(rsp) => retryable_response(policy, rsp),
+            Ok((rsp, _)) => retryable_response(policy, rsp),
             Err(e) => retryable_error(policy, *e),
         };
         let can_retry = retryable
@@ -243,12 +255,12 @@ async fn send_with_retries(
             && replay.replay().is_some()
             && cluster.try_retry();
         if !can_retry {
-            return result.map(|rsp| (rsp, endpoint));
+            return result;
         }
         attempt += 1;
         let backoff = backoff(policy.backoff, attempt);
         if deadline.is_some_and(|d| Instant::now() + backoff >= d) {
-            return result.map(|rsp| (rsp, endpoint));
+            return result;
         }
         drop(result);
         tokio::time::sleep(backoff).await;
@@ -285,13 +297,14 @@ fn clone_parts(parts: &Parts) -> Parts {
 }
 
 /// Accounts for one exchange until its response stream ends: the cluster's
-/// in-flight permit, response and duration metrics.
+/// in-flight permit, the endpoint's load, response and duration metrics.
 struct Exchange {
     cluster: Arc<Cluster>,
     start: Instant,
     status: StatusCode,
     header_grpc_status: Option<u32>,
     _admission: Permit,
+    _in_flight: InFlight,
     recorded: bool,
 }
 

@@ -7,9 +7,11 @@
 #![forbid(unsafe_code)]
 
 mod admin;
+mod balance;
 mod body;
 mod cluster;
 pub mod config;
+mod discovery;
 mod drain;
 mod error;
 mod forward;
@@ -47,6 +49,8 @@ pub enum StartError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("cannot set up DNS resolution from the system configuration: {0}")]
+    Dns(String),
     #[error("cannot start the admin server on {addr}: {source}")]
     Admin {
         addr: SocketAddr,
@@ -67,10 +71,20 @@ impl Proxy {
     /// happens first, so a port in use fails the start before anything serves.
     pub async fn start(snapshot: Snapshot) -> Result<Proxy, StartError> {
         let metrics = Metrics::default();
+        let needs_dns = snapshot.clusters.iter().any(|c| {
+            c.endpoints
+                .iter()
+                .any(|e| matches!(e.address, config::EndpointAddress::Dns { .. }))
+        });
+        // One resolver for every DNS watch, so they share its cache.
+        let resolver = needs_dns
+            .then(discovery::dns::system_resolver)
+            .transpose()
+            .map_err(|e| StartError::Dns(e.to_string()))?;
         let clusters = snapshot
             .clusters
             .iter()
-            .map(|spec| Cluster::new(spec.clone(), &metrics))
+            .map(|spec| Cluster::new(spec.clone(), &metrics, resolver.as_ref()))
             .collect();
         let mut bound = Vec::with_capacity(snapshot.listeners.len());
         for spec in &snapshot.listeners {

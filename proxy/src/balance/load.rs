@@ -95,12 +95,6 @@ impl InFlight {
     pub fn record_latency(&self) {
         self.load.record_rtt(self.started.elapsed());
     }
-
-    /// Records the latency and ends the request: the whole exchange for a
-    /// unary call.
-    pub fn complete(self) {
-        self.record_latency();
-    }
 }
 
 impl Drop for InFlight {
@@ -119,18 +113,19 @@ mod tests {
         let first = load.start();
         let second = load.start();
         assert_eq!(load.in_flight(), 2);
-        first.complete();
+        first.record_latency();
+        drop(first);
         assert_eq!(load.in_flight(), 1);
         drop(second);
         assert_eq!(load.in_flight(), 0);
     }
 
     #[test]
-    fn completing_records_a_latency_sample() {
+    fn recording_latency_feeds_the_estimate() {
         let load = Arc::new(Load::new(DEFAULT_DECAY, Duration::from_secs(5)));
         let request = load.start();
         std::thread::sleep(Duration::from_millis(20));
-        request.complete();
+        request.record_latency();
         let estimate = load.rtt_estimate();
         assert!(
             estimate >= Duration::from_millis(19) && estimate < Duration::from_secs(1),
@@ -163,7 +158,7 @@ mod tests {
                     for i in 0..10_000u64 {
                         let request = load.start();
                         if i % 2 == 0 {
-                            request.complete();
+                            request.record_latency();
                         }
                     }
                 });

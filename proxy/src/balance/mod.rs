@@ -33,7 +33,6 @@ mod peak_ewma;
 mod random;
 mod ring_hash;
 mod round_robin;
-mod xxhash;
 
 use std::sync::Arc;
 
@@ -100,7 +99,7 @@ impl PickContext {
     /// every release computes alike.
     #[must_use]
     pub fn with_hash_key(mut self, key: &[u8]) -> Self {
-        self.request_hash = Some(xxhash::xxh64(key, RING_SEED));
+        self.request_hash = Some(twox_hash::XxHash64::oneshot(RING_SEED, key));
         self
     }
 

@@ -9,8 +9,8 @@
 use rand::{Rng, RngCore};
 
 use super::endpoint_set::EndpointSet;
-use super::xxhash::xxh64;
 use super::{Balance, Candidate, PickContext};
+use twox_hash::XxHash64;
 
 /// The most points a ring holds (16 bytes each: 4 MiB). Above it every
 /// endpoint's share is scaled down alike, which keeps the proportions but
@@ -42,8 +42,10 @@ impl<E: Candidate> RingHash<E> {
             };
             // Each endpoint's points are the hashes of 0, 1, 2... seeded
             // with the hash of its key: a function of the key alone.
-            let seed = xxh64(endpoint.hash_key().as_bytes(), RING_SEED);
-            ring.extend((0..points).map(|replica| (xxh64(&replica.to_le_bytes(), seed), index)));
+            let seed = XxHash64::oneshot(RING_SEED, endpoint.hash_key().as_bytes());
+            ring.extend(
+                (0..points).map(|replica| (XxHash64::oneshot(seed, &replica.to_le_bytes()), index)),
+            );
         }
         // Index breaks ties only between equal 64-bit hashes, which a ring of
         // this size essentially never has.

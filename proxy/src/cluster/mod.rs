@@ -8,17 +8,21 @@ mod retry_budget;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
-use gridmesh_proto::config::cluster::UpstreamProtocol;
+use gridmesh_proto::config::cluster::{LbPolicy, UpstreamProtocol};
+use hickory_resolver::TokioResolver;
 use http::{HeaderMap, Request, Response, Version};
 use hyper::body::Incoming;
 use serde::Serialize;
+use tokio::task::JoinHandle;
 
+use crate::balance::{self, Balance, Candidate, Load, PickContext, Policy};
 use crate::body::Body;
 use crate::config::{ClusterSpec, EndpointAddress};
+use crate::discovery::dns::{self, Addresses, DnsRefresh};
 use crate::error::ProxyError;
 use crate::metrics::{ClusterMetrics, Metrics};
 
@@ -32,26 +36,52 @@ pub struct Cluster {
     pub metrics: ClusterMetrics,
     limits: Arc<limits::Limits>,
     retry_budget: RetryBudget,
-    endpoints: ArcSwap<EndpointSet>,
-}
-
-/// One immutable set of endpoints with the balancer built for it. A change
-/// (DNS, a config update) builds a new set off the request path and swaps it in.
-pub struct EndpointSet {
-    endpoints: Vec<Arc<Endpoint>>,
-    next: AtomicUsize,
+    /// The balancer over the current endpoint set. A change (DNS, config)
+    /// builds a new one off the request path and swaps it in whole.
+    balancer: ArcSwap<Box<dyn Balance<Arc<Endpoint>>>>,
+    /// The latest addresses of each `hostname:port` endpoint, by its
+    /// position in the spec.
+    resolved: Mutex<HashMap<usize, Addresses>>,
+    /// DNS watches; they end with the cluster.
+    discovery: Mutex<Vec<JoinHandle<()>>>,
 }
 
 pub struct Endpoint {
     pub addr: SocketAddr,
     pub weight: u32,
+    /// In-flight requests and latency estimate, read by the balancer.
+    pub load: Arc<Load>,
     pool: Arc<Pool>,
     requests: AtomicU64,
     failures: AtomicU64,
 }
 
+impl Candidate for Arc<Endpoint> {
+    fn weight(&self) -> u32 {
+        self.weight
+    }
+
+    fn load(&self) -> &Arc<Load> {
+        &self.load
+    }
+
+    fn hash_key(&self) -> String {
+        self.addr.to_string()
+    }
+
+    /// Health checking is not built yet: every endpoint takes traffic.
+    fn is_healthy(&self) -> bool {
+        true
+    }
+}
+
 impl Cluster {
-    pub fn new(spec: Arc<ClusterSpec>, metrics: &Metrics) -> Arc<Self> {
+    /// Builds a cluster; `resolver` is required when any endpoint is a DNS name.
+    pub fn new(
+        spec: Arc<ClusterSpec>,
+        metrics: &Metrics,
+        resolver: Option<&TokioResolver>,
+    ) -> Arc<Self> {
         let limits = Arc::new(limits::Limits::new(
             spec.max_requests,
             spec.max_pending_requests,
@@ -61,36 +91,79 @@ impl Cluster {
             metrics: metrics.cluster(&spec.name),
             retry_budget: RetryBudget::new(spec.retry_percent, spec.min_retries_per_second),
             limits,
-            endpoints: ArcSwap::from_pointee(EndpointSet {
-                endpoints: Vec::new(),
-                next: AtomicUsize::new(0),
-            }),
+            balancer: ArcSwap::from_pointee(balance::build(policy(&spec), Vec::new())),
+            resolved: Mutex::new(HashMap::new()),
+            discovery: Mutex::new(Vec::new()),
             spec,
         });
-        let static_endpoints = cluster
-            .spec
-            .endpoints
-            .iter()
-            .filter_map(|e| match e.address {
-                EndpointAddress::Socket(addr) => Some((addr, e.weight)),
-                EndpointAddress::Dns { .. } => None,
-            })
-            .collect();
-        cluster.set_endpoints(static_endpoints);
+        cluster.rebuild();
+        if let Some(resolver) = resolver {
+            cluster.watch_dns(resolver);
+        }
         cluster
     }
 
-    /// Replaces the endpoint set. Endpoints that stay keep their pools and
-    /// load state; removed ones finish their in-flight requests and close.
-    pub fn set_endpoints(&self, addrs: Vec<(SocketAddr, u32)>) {
-        let current = self.endpoints.load();
+    /// Follows every `hostname:port` endpoint; each change rebuilds the set.
+    fn watch_dns(self: &Arc<Self>, resolver: &TokioResolver) {
+        let refresh = DnsRefresh {
+            min_refresh: self.spec.dns_min_refresh,
+            ..Default::default()
+        };
+        let mut tasks = self.discovery.lock().unwrap_or_else(|p| p.into_inner());
+        for (index, spec) in self.spec.endpoints.iter().enumerate() {
+            let EndpointAddress::Dns { host, port } = &spec.address else {
+                continue;
+            };
+            let (mut addresses, lookup) =
+                dns::watch_host(resolver.clone(), host.clone(), *port, refresh);
+            let cluster = Arc::downgrade(self);
+            let follow = tokio::spawn(async move {
+                while addresses.changed().await.is_ok() {
+                    let Some(cluster) = cluster.upgrade() else {
+                        return;
+                    };
+                    let latest = addresses.borrow_and_update().clone();
+                    cluster
+                        .resolved
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(index, latest);
+                    cluster.rebuild();
+                }
+            });
+            tasks.extend([lookup, follow]);
+        }
+    }
+
+    /// Rebuilds the balancer from the spec's static addresses and the latest
+    /// DNS answers. Endpoints that stay keep their pools and load history;
+    /// removed ones finish their in-flight requests and then close.
+    fn rebuild(&self) {
+        let resolved = self.resolved.lock().unwrap_or_else(|p| p.into_inner());
+        let mut addrs: Vec<(SocketAddr, u32)> = Vec::new();
+        for (index, spec) in self.spec.endpoints.iter().enumerate() {
+            match &spec.address {
+                EndpointAddress::Socket(addr) => addrs.push((*addr, spec.weight)),
+                EndpointAddress::Dns { .. } => addrs.extend(
+                    resolved
+                        .get(&index)
+                        .into_iter()
+                        .flat_map(|a| a.iter().map(|addr| (*addr, spec.weight))),
+                ),
+            }
+        }
+        drop(resolved);
+        let current = self.balancer.load();
         let existing: HashMap<(SocketAddr, u32), &Arc<Endpoint>> = current
-            .endpoints
+            .endpoints()
             .iter()
             .map(|e| ((e.addr, e.weight), e))
             .collect();
+        let mut seen = std::collections::HashSet::new();
         let endpoints = addrs
             .into_iter()
+            // Two names resolving to one address are one endpoint.
+            .filter(|(addr, _)| seen.insert(*addr))
             .map(|(addr, weight)| {
                 existing
                     .get(&(addr, weight))
@@ -99,6 +172,7 @@ impl Cluster {
                         Arc::new(Endpoint {
                             addr,
                             weight,
+                            load: Arc::default(),
                             pool: Arc::new(Pool::new(
                                 addr,
                                 self.spec.connect_timeout,
@@ -111,10 +185,8 @@ impl Cluster {
                     })
             })
             .collect();
-        self.endpoints.store(Arc::new(EndpointSet {
-            endpoints,
-            next: AtomicUsize::new(0),
-        }));
+        self.balancer
+            .store(Arc::new(balance::build(policy(&self.spec), endpoints)));
     }
 
     /// Admits a request under the `max_requests` breaker.
@@ -138,13 +210,21 @@ impl Cluster {
         allowed
     }
 
-    pub fn pick(&self, _headers: &HeaderMap) -> Result<Arc<Endpoint>, ProxyError> {
-        let set = self.endpoints.load();
-        if set.endpoints.is_empty() {
-            return Err(ProxyError::NoHealthyUpstream);
+    pub fn pick(&self, headers: &HeaderMap) -> Result<Arc<Endpoint>, ProxyError> {
+        let mut context = PickContext::new();
+        if let Some(value) = self
+            .spec
+            .ring_hash_header
+            .as_ref()
+            .and_then(|h| headers.get(h))
+        {
+            context = context.with_hash_key(value.as_bytes());
         }
-        let i = set.next.fetch_add(1, Ordering::Relaxed) % set.endpoints.len();
-        Ok(set.endpoints[i].clone())
+        self.balancer
+            .load()
+            .pick(&context)
+            .cloned()
+            .ok_or(ProxyError::NoHealthyUpstream)
     }
 
     /// The protocol to speak upstream for a request that arrived as `downstream`.
@@ -158,18 +238,20 @@ impl Cluster {
     }
 
     pub fn status(&self) -> ClusterStatus {
-        let set = self.endpoints.load();
+        let balancer = self.balancer.load();
         ClusterStatus {
             name: self.spec.name.clone(),
             lb_policy: self.spec.lb_policy.as_str_name(),
             requests_in_flight: self.limits.requests_in_flight(),
             connections_open: self.limits.open_connections(),
-            endpoints: set
-                .endpoints
+            endpoints: balancer
+                .endpoints()
                 .iter()
                 .map(|e| EndpointStatus {
                     address: e.addr,
                     weight: e.weight,
+                    requests_in_flight: e.load.in_flight(),
+                    latency_estimate_ms: e.load.rtt_estimate().as_secs_f64() * 1e3,
                     requests: e.requests.load(Ordering::Relaxed),
                     failures: e.failures.load(Ordering::Relaxed),
                     idle_http1_connections: e.pool.idle_http1_connections(),
@@ -214,7 +296,34 @@ pub struct ClusterStatus {
 struct EndpointStatus {
     address: SocketAddr,
     weight: u32,
+    requests_in_flight: u64,
+    latency_estimate_ms: f64,
     requests: u64,
     failures: u64,
     idle_http1_connections: usize,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for task in self
+            .discovery
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain(..)
+        {
+            task.abort();
+        }
+    }
+}
+
+fn policy(spec: &ClusterSpec) -> Policy {
+    match spec.lb_policy {
+        LbPolicy::RoundRobin => Policy::RoundRobin,
+        LbPolicy::Random => Policy::Random,
+        LbPolicy::LeastRequest => Policy::LeastRequest,
+        LbPolicy::PeakEwma => Policy::PeakEwma,
+        LbPolicy::RingHash => Policy::RingHash {
+            replicas_per_weight: spec.ring_replicas_per_weight,
+        },
+    }
 }

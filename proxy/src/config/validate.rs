@@ -567,8 +567,8 @@ fn route_table(c: &mut Checker, t: &pb::RouteTable, clusters: &HashMap<&str, usi
         });
     }
     // Longest wildcard first: the most specific match wins.
-    table.suffixes.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
-    table.prefixes.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+    table.suffixes.sort_by_key(|(s, _)| std::cmp::Reverse(s.len()));
+    table.prefixes.sort_by_key(|(p, _)| std::cmp::Reverse(p.len()));
     table
 }
 
