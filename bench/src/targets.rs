@@ -1,0 +1,226 @@
+//! The paths a request can take from the load generator to the upstream:
+//! direct, or through one or two hops of a proxy (client -> outbound ->
+//! inbound -> upstream), each hop a real process pinned to the proxy core and
+//! configured as a comparable minimal reverse proxy: one worker, no access
+//! log, no timeouts that could cut a stream.
+
+mod envoy;
+mod gridmesh;
+mod haproxy;
+mod nginx;
+mod process;
+
+use std::fmt;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use bytes::Bytes;
+use serde::Serialize;
+
+use crate::load::clients::{Exchange, GrpcUnaryEcho, Http1Echo, grpc_channel};
+use crate::procfs::ProcessTree;
+use process::PinnedProcess;
+
+/// Envoy needs a second or two to start; a proxy not serving after this is broken.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+const READY_POLL: Duration = Duration::from_millis(50);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum ProxyKind {
+    Gridmesh,
+    Envoy,
+    Nginx,
+    Haproxy,
+}
+
+impl ProxyKind {
+    /// The proxies gridmesh is compared with.
+    pub const PEERS: [ProxyKind; 3] = [ProxyKind::Envoy, ProxyKind::Nginx, ProxyKind::Haproxy];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ProxyKind::Gridmesh => "gridmesh",
+            ProxyKind::Envoy => "envoy",
+            ProxyKind::Nginx => "nginx",
+            ProxyKind::Haproxy => "haproxy",
+        }
+    }
+
+    fn command(self, binary: &Path, hop: &HopPlan) -> Result<Command> {
+        match self {
+            ProxyKind::Gridmesh => gridmesh::command(binary, hop),
+            ProxyKind::Envoy => envoy::command(binary, hop),
+            ProxyKind::Nginx => nginx::command(binary, hop),
+            ProxyKind::Haproxy => haproxy::command(binary, hop),
+        }
+    }
+
+    /// gridmesh and Envoy detect HTTP/1.1 or h2c per connection; nginx and
+    /// HAProxy get a second port for h2c.
+    fn listen_entry(self) -> Result<Entry> {
+        let http1 = free_local_address()?;
+        let grpc = match self {
+            ProxyKind::Gridmesh | ProxyKind::Envoy => http1,
+            ProxyKind::Nginx | ProxyKind::Haproxy => free_local_address()?,
+        };
+        Ok(Entry { http1, grpc })
+    }
+}
+
+/// Where HTTP/1.1 and gRPC requests are sent to reach the upstream.
+#[derive(Debug, Clone, Copy)]
+pub struct Entry {
+    pub http1: SocketAddr,
+    pub grpc: SocketAddr,
+}
+
+/// A request path under test.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct Target {
+    /// `None`: straight to the upstream.
+    pub proxy: Option<ProxyKind>,
+    pub hops: u8,
+}
+
+impl Target {
+    pub const DIRECT: Target = Target {
+        proxy: None,
+        hops: 0,
+    };
+
+    pub fn through(proxy: ProxyKind, hops: u8) -> Self {
+        Self {
+            proxy: Some(proxy),
+            hops,
+        }
+    }
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.proxy {
+            None => f.write_str("direct"),
+            Some(proxy) => write!(f, "{} x{}", proxy.name(), self.hops),
+        }
+    }
+}
+
+/// What one hop listens on and where it forwards; the proxy modules turn it
+/// into their own configuration language.
+pub struct HopPlan {
+    pub name: String,
+    pub listen: Entry,
+    pub forward_to: Entry,
+    /// The hop next to the upstream (the inbound sidecar).
+    pub forwards_to_upstream: bool,
+    pub admin: SocketAddr,
+    /// Configuration, logs and temporary files.
+    pub dir: PathBuf,
+}
+
+/// A target whose hops are all up and serving both protocols end to end.
+pub struct RunningTarget {
+    pub entry: Entry,
+    hops: Vec<PinnedProcess>,
+}
+
+impl RunningTarget {
+    /// Starts the hops from the upstream outwards, each once the one behind
+    /// it serves. `binary` is the proxy's executable (unused for direct).
+    pub async fn start(
+        target: Target,
+        binary: Option<&Path>,
+        upstream: SocketAddr,
+        proxy_core: usize,
+        dir: &Path,
+    ) -> Result<Self> {
+        let mut next = Entry {
+            http1: upstream,
+            grpc: upstream,
+        };
+        let mut hops = Vec::new();
+        if let Some(proxy) = target.proxy {
+            let binary = binary.with_context(|| format!("no {} binary", proxy.name()))?;
+            for index in (1..=target.hops).rev() {
+                let plan = HopPlan {
+                    name: format!("{}-hop{index}-of-{}", proxy.name(), target.hops),
+                    listen: proxy.listen_entry()?,
+                    forward_to: next,
+                    forwards_to_upstream: index == target.hops,
+                    admin: free_local_address()?,
+                    dir: dir.to_owned(),
+                };
+                let log = dir.join(format!("{}.log", plan.name));
+                let command = proxy.command(binary, &plan)?;
+                let mut process = PinnedProcess::spawn(&plan.name, command, proxy_core, &log)?;
+                wait_until_serving(plan.listen, &mut process).await?;
+                next = plan.listen;
+                hops.push(process);
+            }
+        }
+        Ok(Self { entry: next, hops })
+    }
+
+    /// Every process of every hop; `None` for the direct path.
+    pub fn processes(&self) -> Option<ProcessTree> {
+        let roots: Vec<u32> = self.hops.iter().map(PinnedProcess::pid).collect();
+        (!roots.is_empty()).then(|| ProcessTree::of(&roots))
+    }
+
+    pub async fn stop(self) {
+        for hop in self.hops {
+            hop.stop().await;
+        }
+    }
+}
+
+/// Polls until an HTTP/1.1 and a gRPC request through `entry` both succeed.
+async fn wait_until_serving(entry: Entry, process: &mut PinnedProcess) -> Result<()> {
+    let deadline = Instant::now() + READY_TIMEOUT;
+    loop {
+        if let Some(status) = process.exit_status() {
+            bail!(
+                "{} exited with {status} while starting\n{}",
+                process.name(),
+                process.log_tail()
+            );
+        }
+        let attempt = probe(entry).await;
+        match attempt {
+            Ok(()) => return Ok(()),
+            Err(error) if Instant::now() >= deadline => {
+                bail!(
+                    "{} did not serve within {READY_TIMEOUT:?}: {error:#}\n{}",
+                    process.name(),
+                    process.log_tail()
+                )
+            }
+            Err(_) => tokio::time::sleep(READY_POLL).await,
+        }
+    }
+}
+
+async fn probe(entry: Entry) -> Result<()> {
+    let payload = Bytes::from_static(b"ready?");
+    Http1Echo::connect(entry.http1, payload.clone())
+        .await?
+        .exchange()
+        .await
+        .context("HTTP/1.1")?;
+    let channel = grpc_channel(entry.grpc).await?;
+    GrpcUnaryEcho::new(channel, payload)
+        .exchange()
+        .await
+        .context("gRPC")
+}
+
+/// A loopback address nobody listens on right now. Another process could
+/// take it before the proxy binds it; the proxy then fails to start and says so.
+fn free_local_address() -> Result<SocketAddr> {
+    let listener = TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
+    Ok(listener.local_addr()?)
+}
