@@ -128,6 +128,22 @@ impl RouteTable {
     }
 
     fn virtual_host(&self, authority: &str) -> Option<&VirtualHost> {
+        // Host names are case-insensitive (RFC 9110 4.2.3) and domains are
+        // configured lower-cased, so the request's authority is lower-cased
+        // too: on the stack for any real host name, to keep matching
+        // allocation-free.
+        let mut buf = [0u8; 256];
+        let owned: String;
+        let authority = if !authority.bytes().any(|b| b.is_ascii_uppercase()) {
+            authority
+        } else if let Some(lower) = buf.get_mut(..authority.len()) {
+            lower.copy_from_slice(authority.as_bytes());
+            lower.make_ascii_lowercase();
+            std::str::from_utf8(lower).expect("ASCII lower-casing keeps UTF-8 valid")
+        } else {
+            owned = authority.to_ascii_lowercase();
+            &owned
+        };
         let host = strip_port(authority);
         let index = self
             .exact
@@ -156,8 +172,8 @@ impl RouteTable {
 }
 
 /// The request's authority: the URI's (HTTP/2, absolute-form HTTP/1) or the
-/// Host header's. Lower-cased domains are compared case-insensitively because
-/// validation lower-cases configured domains and hyper keeps what the client sent.
+/// Host header's, as the client sent it (hyper keeps its case); validation
+/// lower-cases configured domains and `virtual_host` lower-cases this.
 fn authority(parts: &Parts) -> Option<&str> {
     parts
         .uri
