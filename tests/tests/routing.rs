@@ -310,7 +310,9 @@ async fn header_matchers_and_first_match_wins() {
         "  - name: rt\n    virtualHosts:\n      - name: all\n        domains: [\"*\"]\n        routes: [\n          {routes}]\n"
     );
     let p = proxy(&one_cluster(up.local_addr(), &tables)).await;
-    let cases: &[(&str, &[(&str, &str)], &str)] = &[
+    // (path, request headers, expected route)
+    type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str);
+    let cases: &[Case] = &[
         ("/", &[("x-tenant", "blue")], "exact"),
         ("/", &[("x-tenant", "Blue")], "fallback"),
         ("/", &[("x-tenant", "blue-ish")], "fallback"),
