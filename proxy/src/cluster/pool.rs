@@ -285,12 +285,7 @@ impl Pool {
             .handshake(io)
             .await
             .map_err(|_| SendError::ConnectFailure)?;
-        tokio::spawn(async move {
-            let _slot = slot;
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "upstream HTTP/1.1 connection ended with an error");
-            }
-        });
+        drive(conn, slot, "HTTP/1.1");
         Ok(sender)
     }
 
@@ -309,12 +304,21 @@ impl Pool {
             .handshake(io)
             .await
             .map_err(|_| SendError::ConnectFailure)?;
-        tokio::spawn(async move {
-            let _slot = slot;
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "upstream HTTP/2 connection ended with an error");
-            }
-        });
+        drive(conn, slot, "HTTP/2");
         Ok(sender)
     }
+}
+
+/// Runs a connection's I/O until it closes; its slot under the cluster's
+/// connection cap is released then.
+fn drive<C>(conn: C, slot: ConnectionSlot, protocol: &'static str)
+where
+    C: std::future::Future<Output = Result<(), hyper::Error>> + Send + 'static,
+{
+    tokio::spawn(async move {
+        let _slot = slot;
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, protocol, "upstream connection ended with an error");
+        }
+    });
 }
