@@ -115,7 +115,16 @@ pub async fn accept_loop(
                 result = conn.as_mut() => result,
                 () = shared.drain.started() => {
                     conn.as_mut().graceful_shutdown();
-                    conn.await
+                    // What is still open after the deadline (and the grace
+                    // gRPC streams get for their closing trailers) is closed
+                    // with the connection: a stopped proxy serves nothing.
+                    tokio::select! {
+                        result = conn.as_mut() => result,
+                        () = async {
+                            shared.drain.expired().await;
+                            tokio::time::sleep(crate::DRAIN_GRACE).await;
+                        } => Ok(()),
+                    }
                 }
             };
             if let Err(e) = result {
