@@ -63,7 +63,7 @@ endpoints: [{ cluster: up, endpoints: ${up} }]
 "#,
         &[
             ("route", &sep(route)),
-            ("cluster", &sep(&cluster)),
+            ("cluster", &sep(cluster)),
             ("up", &harness::endpoints(endpoints)),
         ],
     )
