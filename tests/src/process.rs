@@ -537,3 +537,127 @@ pub async fn admin_get(admin: SocketAddr, path: &str) -> Result<AdminResponse> {
         .await
         .with_context(|| format!("no answer from {admin} within {ADMIN_REQUEST_TIMEOUT:?}"))?
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const START_TIMEOUT: Duration = Duration::from_secs(30);
+    const STOP_GRACE: Duration = Duration::from_secs(10);
+
+    /// A loopback address nothing listens on right now. Another process could
+    /// take it before the child binds it, which the child would report.
+    fn unused_loopback_address() -> SocketAddr {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap()
+    }
+
+    fn bootstrap_yaml(admin: SocketAddr, listener: SocketAddr, endpoint: SocketAddr) -> String {
+        format!(
+            "admin: {{ address: \"{admin}\" }}
+drainTimeout: 1s
+listeners:
+  - {{ name: outbound, address: \"{listener}\", routeTable: all }}
+routeTables:
+  - name: all
+    virtualHosts:
+      - {{ name: any, domains: [\"*\"], routes: [{{ name: all, route: {{ cluster: block }} }}] }}
+clusters:
+  - {{ name: block }}
+endpoints:
+  - {{ cluster: block, endpoints: [{{ address: \"{endpoint}\" }}] }}
+"
+        )
+    }
+
+    #[tokio::test]
+    async fn sample_block_serves_until_sigterm() {
+        let address = unused_loopback_address();
+        let args = ["--listen", &address.to_string(), "--name", "harness-test"];
+        let mut block =
+            ManagedProcess::spawn("sample-block", &binary(SAMPLE_BLOCK).unwrap(), args).unwrap();
+        block.wait_listening(address, START_TIMEOUT).await.unwrap();
+        assert!(block.exit_status().unwrap().is_none());
+
+        let status = block.terminate(STOP_GRACE).await.unwrap();
+        assert!(status.success(), "{status}; output:\n{}", block.output());
+        assert!(
+            block.output().contains("harness-test"),
+            "{}",
+            block.output()
+        );
+    }
+
+    #[tokio::test]
+    async fn proxy_from_yaml_gets_ready_answers_admin_and_stops_on_sigterm() {
+        let admin = unused_loopback_address();
+        let yaml = bootstrap_yaml(admin, unused_loopback_address(), unused_loopback_address());
+        let proxy_binary = binary(GRIDMESH_PROXY).unwrap();
+        let mut proxy = ProxyProcess::start(
+            &proxy_binary,
+            "sidecar",
+            ProxyConfig::Yaml(yaml),
+            START_TIMEOUT,
+        )
+        .await
+        .unwrap();
+        assert_eq!(proxy.admin_address().unwrap(), admin);
+        let config_path = proxy.config_path().to_owned();
+        assert!(config_path.exists());
+
+        let ready = proxy.admin_get("/ready").await.unwrap();
+        assert_eq!((ready.status, ready.body.trim()), (200, "ready"));
+
+        let status = proxy.terminate(STOP_GRACE).await.unwrap();
+        assert!(status.success(), "{status}; output:\n{}", proxy.output());
+        drop(proxy);
+        assert!(
+            !config_path.exists(),
+            "the temporary bootstrap file outlived the proxy"
+        );
+    }
+
+    #[tokio::test]
+    async fn proxy_with_invalid_config_exits_64_naming_the_field() {
+        let yaml = bootstrap_yaml(
+            unused_loopback_address(),
+            unused_loopback_address(),
+            unused_loopback_address(),
+        )
+        .replace("drainTimeout: 1s", "drainTimeout: soon");
+        let proxy_binary = binary(GRIDMESH_PROXY).unwrap();
+        let mut proxy =
+            ProxyProcess::spawn(&proxy_binary, "sidecar", ProxyConfig::Yaml(yaml)).unwrap();
+
+        let status = proxy.wait_exit(START_TIMEOUT).await.unwrap();
+        let output = proxy.output();
+        assert_eq!(status.code(), Some(64), "output:\n{output}");
+        let file_name = proxy.config_path().to_string_lossy().into_owned();
+        assert!(
+            output.contains(&file_name),
+            "output does not name {file_name}:\n{output}"
+        );
+        assert!(
+            output.contains("drainTimeout") || output.contains("drain_timeout"),
+            "{output}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_proxy_that_exits_early_fails_the_readiness_wait_with_its_output() {
+        let admin = unused_loopback_address();
+        let yaml = format!("admin: {{ address: \"{admin}\" }}\nlisteners: [ {{ name: broken }} ]");
+        let proxy_binary = binary(GRIDMESH_PROXY).unwrap();
+        let error = ProxyProcess::start(
+            &proxy_binary,
+            "sidecar",
+            ProxyConfig::Yaml(yaml),
+            START_TIMEOUT,
+        )
+        .await
+        .unwrap_err();
+        let message = format!("{error:#}");
+        assert!(message.contains("sidecar exited"), "{message}");
+        assert!(message.contains("broken"), "{message}");
+    }
+}

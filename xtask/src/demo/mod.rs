@@ -30,7 +30,7 @@ use gridmesh_tests::process::{
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::workspace_root;
-use traffic::Protocol;
+use traffic::{Protocol, Tally};
 
 const REQUESTS_PER_PROTOCOL: usize = 300;
 /// Requests in flight at once for each protocol.
@@ -204,15 +204,13 @@ async fn run_mesh(proxy_binary: &Path, sample_block_binary: &Path) -> Result<()>
         .expect("the client sidecar starts last");
     let outbound = outbound_address(&client_sidecar.bootstrap()?)?;
 
-    let mut tallies = Vec::new();
-    for protocol in Protocol::ALL {
-        println!(
-            "==> sending {REQUESTS_PER_PROTOCOL} {} requests through {outbound}",
-            protocol.label()
-        );
-        let tally = traffic::send(protocol, outbound, REQUESTS_PER_PROTOCOL, CONCURRENCY).await?;
-        tallies.push((protocol, tally));
-    }
+    let tallies = match send_traffic(outbound).await {
+        Ok(tallies) => tallies,
+        Err(error) => {
+            summary::print_recent_output(&mesh.sidecars);
+            return Err(error);
+        }
+    };
     let admin_views = summary::AdminViews::fetch(&mesh.sidecars).await;
     let failed_requests: u64 = tallies.iter().map(|(_, tally)| tally.failed()).sum();
     if failed_requests > 0 {
@@ -242,6 +240,19 @@ async fn run_mesh(proxy_binary: &Path, sample_block_binary: &Path) -> Result<()>
     Ok(())
 }
 
+async fn send_traffic(outbound: SocketAddr) -> Result<Vec<(Protocol, Tally)>> {
+    let mut tallies = Vec::new();
+    for protocol in Protocol::ALL {
+        println!(
+            "==> sending {REQUESTS_PER_PROTOCOL} {} requests through {outbound}",
+            protocol.label()
+        );
+        let tally = traffic::send(protocol, outbound, REQUESTS_PER_PROTOCOL, CONCURRENCY).await?;
+        tallies.push((protocol, tally));
+    }
+    Ok(tallies)
+}
+
 fn outbound_address(client_bootstrap: &Bootstrap) -> Result<SocketAddr> {
     let listener = client_bootstrap
         .listeners
@@ -254,4 +265,53 @@ fn outbound_address(client_bootstrap: &Bootstrap) -> Result<SocketAddr> {
             listener.name, listener.address
         )
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bootstrap(sidecar: &Sidecar) -> Bootstrap {
+        let text = std::fs::read_to_string(workspace_root().join(sidecar.config)).unwrap();
+        process::parse_bootstrap(&text).unwrap()
+    }
+
+    fn endpoint_addresses(bootstrap: &Bootstrap) -> Vec<String> {
+        bootstrap
+            .endpoints
+            .iter()
+            .flat_map(|endpoints| &endpoints.endpoints)
+            .map(|endpoint| endpoint.address.clone())
+            .collect()
+    }
+
+    /// The examples and the demo's own constants describe one topology: each
+    /// block sidecar forwards to its sample block, and the client sidecar to
+    /// the block sidecars' inbound listeners.
+    #[test]
+    fn the_examples_wire_the_demo_topology() {
+        let block_sidecars = &SIDECARS[..SAMPLE_BLOCKS.len()];
+        let mut inbound_listeners = Vec::new();
+        for (sidecar, block) in block_sidecars.iter().zip(&SAMPLE_BLOCKS) {
+            let bootstrap = bootstrap(sidecar);
+            assert_eq!(
+                endpoint_addresses(&bootstrap),
+                [block.address],
+                "{}",
+                sidecar.config
+            );
+            let inbound = bootstrap
+                .listeners
+                .iter()
+                .find(|listener| listener.direction() == Direction::Inbound)
+                .unwrap_or_else(|| panic!("{} has no INBOUND listener", sidecar.config));
+            inbound_listeners.push(inbound.address.clone());
+        }
+        let client = bootstrap(&CLIENT_SIDECAR);
+        assert_eq!(endpoint_addresses(&client), inbound_listeners);
+        assert_eq!(
+            outbound_address(&client).unwrap(),
+            "127.0.0.1:15001".parse().unwrap()
+        );
+    }
 }

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use anyhow::{Result, bail};
 use gridmesh_tests::process::ProxyProcess;
+use serde_json::Value;
 
 use super::traffic::{Protocol, Tally};
 
@@ -29,15 +30,28 @@ impl AdminViews {
     pub async fn fetch(sidecars: &[ProxyProcess]) -> AdminViews {
         let mut excerpts = Vec::new();
         if let Some(client) = sidecars.last() {
-            let clusters = admin_excerpt(client, "/clusters", |_| true).await;
+            let clusters = admin_page(client, "/clusters")
+                .await
+                .map(|body| json_as_lines(&body));
             excerpts.push((format!("{} /clusters", client.name()), clusters));
         }
         for sidecar in sidecars {
             let metrics = admin_excerpt(sidecar, "/metrics", is_nonzero_counter).await;
-            excerpts.push((format!("{} /metrics (counters above zero)", sidecar.name()), metrics));
+            excerpts.push((
+                format!("{} /metrics (counters above zero)", sidecar.name()),
+                metrics,
+            ));
         }
         AdminViews { excerpts }
     }
+}
+
+async fn admin_page(sidecar: &ProxyProcess, path: &str) -> Result<String> {
+    let response = sidecar.admin_get(path).await?;
+    if response.status != 200 {
+        bail!("GET {path} answered {}", response.status);
+    }
+    Ok(response.body)
 }
 
 async fn admin_excerpt(
@@ -45,17 +59,60 @@ async fn admin_excerpt(
     path: &str,
     keep: impl Fn(&str) -> bool,
 ) -> Result<Vec<String>> {
-    let response = sidecar.admin_get(path).await?;
-    if response.status != 200 {
-        bail!("GET {path} answered {}", response.status);
-    }
-    Ok(response
-        .body
+    let body = admin_page(sidecar, path).await?;
+    Ok(body
         .lines()
         .filter(|line| !line.trim().is_empty() && keep(line))
         .take(ADMIN_PAGE_LINES)
         .map(str::to_owned)
         .collect())
+}
+
+/// A JSON admin page as indented `key=value` lines, one per object, nested
+/// objects below their parent; the raw text if it is not JSON.
+fn json_as_lines(body: &str) -> Vec<String> {
+    let Ok(value) = serde_json::from_str::<Value>(body) else {
+        return body
+            .lines()
+            .take(ADMIN_PAGE_LINES)
+            .map(str::to_owned)
+            .collect();
+    };
+    let mut lines = Vec::new();
+    describe_json(&value, 0, &mut lines);
+    lines
+}
+
+fn describe_json(value: &Value, indent: usize, lines: &mut Vec<String>) {
+    match value {
+        Value::Array(items) => items
+            .iter()
+            .for_each(|item| describe_json(item, indent, lines)),
+        Value::Object(fields) => {
+            // Identifying fields first, then the rest in key order.
+            let (identity, rest): (Vec<_>, Vec<_>) = fields
+                .iter()
+                .filter(|(_, field)| !field.is_array() && !field.is_object())
+                .partition(|(key, _)| ["name", "address"].contains(&key.as_str()));
+            let scalars: Vec<String> = identity
+                .into_iter()
+                .chain(rest)
+                .map(|(key, field)| format!("{key}={}", scalar_text(field)))
+                .collect();
+            lines.push(format!("{:indent$}{}", "", scalars.join(" ")));
+            for (_, nested) in fields.iter().filter(|(_, f)| f.is_array() || f.is_object()) {
+                describe_json(nested, indent + 2, lines);
+            }
+        }
+        scalar => lines.push(format!("{:indent$}{}", "", scalar_text(scalar))),
+    }
+}
+
+fn scalar_text(value: &Value) -> String {
+    match value {
+        Value::String(text) => text.clone(),
+        other => other.to_string(),
+    }
 }
 
 /// A Prometheus counter sample (`..._total`) that has counted something;
@@ -163,5 +220,46 @@ pub fn print_recent_output(sidecars: &[ProxyProcess]) {
         let recent = &lines[lines.len().saturating_sub(RECENT_OUTPUT_LINES)..];
         println!("\n{} output (last {} lines):", sidecar.name(), recent.len());
         recent.iter().for_each(|line| println!("  {line}"));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_counters_above_zero_are_shown() {
+        let metrics = "\
+# HELP gridmesh_upstream_requests_total Requests sent to a cluster.
+# TYPE gridmesh_upstream_requests_total counter
+gridmesh_upstream_requests_total{cluster=\"echo-block\"} 1200
+gridmesh_upstream_retries_total{cluster=\"echo-block\"} 0
+gridmesh_upstream_duration_seconds_bucket{cluster=\"echo-block\",le=\"0.001\"} 17
+gridmesh_upstream_connections_active{cluster=\"echo-block\"} 3
+";
+        let shown: Vec<&str> = metrics
+            .lines()
+            .filter(|line| is_nonzero_counter(line))
+            .collect();
+        assert_eq!(
+            shown,
+            ["gridmesh_upstream_requests_total{cluster=\"echo-block\"} 1200"]
+        );
+    }
+
+    #[test]
+    fn json_pages_become_one_line_per_object() {
+        let clusters = r#"[{"lbPolicy":"PEAK_EWMA","name":"echo-block","endpoints":[
+            {"weight":1,"address":"127.0.0.1:15006","requests":600},
+            {"weight":1,"address":"127.0.0.1:15106","requests":600}]}]"#;
+        assert_eq!(
+            json_as_lines(clusters),
+            [
+                "name=echo-block lbPolicy=PEAK_EWMA",
+                "  address=127.0.0.1:15006 requests=600 weight=1",
+                "  address=127.0.0.1:15106 requests=600 weight=1",
+            ]
+        );
+        assert_eq!(json_as_lines("not json\n"), ["not json"]);
     }
 }

@@ -317,3 +317,36 @@ async fn grpc_server_stream(client: &mut EchoClient<Channel>, _index: usize) -> 
 fn describe_status(status: tonic::Status) -> anyhow::Error {
     anyhow::anyhow!("grpc-status {:?}: {}", status.code(), status.message())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tally_of(latencies_ms: &[u64]) -> Tally {
+        let mut tally = Tally::default();
+        for &ms in latencies_ms {
+            tally.record(Duration::from_millis(ms), Ok("block-a".into()));
+        }
+        tally
+    }
+
+    #[test]
+    fn latency_quantiles_pick_the_nearest_rank() {
+        let tally = tally_of(&[5, 1, 4, 2, 3]);
+        assert_eq!(tally.latency_quantile(0.0), Some(Duration::from_millis(1)));
+        assert_eq!(tally.latency_quantile(0.5), Some(Duration::from_millis(3)));
+        assert_eq!(tally.latency_quantile(1.0), Some(Duration::from_millis(5)));
+        assert_eq!(Tally::default().latency_quantile(0.5), None);
+    }
+
+    #[test]
+    fn failures_are_counted_by_reason_and_kept_out_of_latencies() {
+        let mut tally = tally_of(&[1]);
+        tally.record(Duration::from_millis(9), Err(anyhow::anyhow!("HTTP 503")));
+        tally.record(Duration::from_millis(9), Err(anyhow::anyhow!("HTTP 503")));
+        assert_eq!((tally.succeeded(), tally.failed()), (1, 2));
+        assert_eq!(tally.failures["HTTP 503"], 2);
+        assert_eq!(tally.served_by["block-a"], 1);
+        assert_eq!(tally.latency_quantile(1.0), Some(Duration::from_millis(1)));
+    }
+}
