@@ -162,6 +162,15 @@ impl Checker {
     }
 
     fn regex(&mut self, field: &str, pattern: &str) -> Option<Regex> {
+        // The pattern must stand on its own: `/a)|(/b` only balances once
+        // wrapped, and would then escape the anchors (`^(?:/a)|(/b)$`).
+        if let Err(e) = regex::RegexBuilder::new(pattern)
+            .size_limit(1 << 20)
+            .build()
+        {
+            self.problem(field, format!("invalid regex: {e}"));
+            return None;
+        }
         // Anchored: a route regex describes the whole path or value.
         match regex::RegexBuilder::new(&format!("^(?:{pattern})$"))
             .size_limit(1 << 20)
