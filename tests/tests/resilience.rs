@@ -102,6 +102,8 @@ async fn eventually(what: &str, condition: impl Fn() -> bool) {
 enum Act {
     /// This status, empty body.
     Status(u16),
+    /// This status at once, without reading the request body.
+    EarlyStatus(u16),
     /// A trailers-only gRPC response with grpc-status 14.
     GrpcUnavailable,
     /// Drop the connection (HTTP/1.1) or reset the stream (HTTP/2) without
@@ -180,9 +182,13 @@ async fn answer(
 ) -> Result<Response<ScriptBody>, ScriptError> {
     let n = count.fetch_add(1, Ordering::SeqCst);
     let act = plan(n);
-    let body = match req.into_body().collect().await {
-        Ok(body) => body.to_bytes(),
-        Err(_) => return Err(ScriptError("request body failed")),
+    let body = if let Act::EarlyStatus(_) = act {
+        Bytes::new()
+    } else {
+        match req.into_body().collect().await {
+            Ok(body) => body.to_bytes(),
+            Err(_) => return Err(ScriptError("request body failed")),
+        }
     };
     bodies.lock().unwrap().push(body.clone());
     let boxed = |b: Bytes| {
@@ -191,7 +197,7 @@ async fn answer(
             .boxed()
     };
     let mut rsp = match act {
-        Act::Status(code) => {
+        Act::Status(code) | Act::EarlyStatus(code) => {
             let mut rsp = Response::new(boxed(Bytes::new()));
             *rsp.status_mut() = StatusCode::from_u16(code).unwrap();
             rsp
@@ -617,6 +623,60 @@ async fn request_bodies_within_the_replay_limit_are_replayed_intact() {
         .await;
     assert_eq!(reply.status, StatusCode::OK);
     assert!(reply.body == payload);
+}
+
+/// The failing attempt answers before it has read the request body, which
+/// is still streaming in from the client: the retry must still carry the
+/// whole body, in order.
+#[tokio::test]
+async fn a_body_still_streaming_when_the_first_attempt_failed_is_replayed_whole() {
+    let early = scripted("early", |_| Act::EarlyStatus(503)).await;
+    let good = upstream("good").await;
+    let proxy = proxy(
+        "retryPolicy: { maxRetries: 1, retryOn: [UNAVAILABLE_503], backoff: 0.001s }",
+        "",
+        &[early.addr(), good.local_addr()],
+    )
+    .await;
+    for client in [http1_client(), h2c_client()] {
+        let before = (early.requests(), good.stats().http_requests());
+        // Round robin: send until one request has gone to `early` first.
+        loop {
+            let payload: Vec<u8> = (0..5 * 1024).map(|i| (i % 241) as u8).collect();
+            let (mut tx, body) = harness::streaming_body();
+            let chunks: Vec<Bytes> = payload.chunks(1024).map(Bytes::copy_from_slice).collect();
+            let writer = tokio::spawn(async move {
+                for chunk in chunks {
+                    tokio::time::sleep(Duration::from_millis(40)).await;
+                    if tx.send_data(chunk).await.is_err() {
+                        break;
+                    }
+                }
+            });
+            let reply = client.request(proxy.addr("in"), post("/echo", body)).await;
+            let _ = within("writer", writer).await;
+            assert_eq!(
+                reply.status,
+                StatusCode::OK,
+                "{:?}: {reply:?}",
+                client.protocol
+            );
+            assert_eq!(reply.upstream(), Some("good"));
+            assert_eq!(reply.body.len(), payload.len(), "{:?}", client.protocol);
+            assert!(
+                reply.body == payload,
+                "{:?}: the body arrived altered",
+                client.protocol
+            );
+            if early.requests() > before.0 {
+                break;
+            }
+            assert!(
+                good.stats().http_requests() - before.1 < 4,
+                "never reached `early`"
+            );
+        }
+    }
 }
 
 #[tokio::test]
