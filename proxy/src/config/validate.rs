@@ -576,8 +576,12 @@ fn route_table(c: &mut Checker, t: &pb::RouteTable, clusters: &HashMap<&str, usi
         });
     }
     // Longest wildcard first: the most specific match wins.
-    table.suffixes.sort_by_key(|(s, _)| std::cmp::Reverse(s.len()));
-    table.prefixes.sort_by_key(|(p, _)| std::cmp::Reverse(p.len()));
+    table
+        .suffixes
+        .sort_by_key(|(s, _)| std::cmp::Reverse(s.len()));
+    table
+        .prefixes
+        .sort_by_key(|(p, _)| std::cmp::Reverse(p.len()));
     table
 }
 
