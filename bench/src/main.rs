@@ -95,6 +95,7 @@ fn run(args: Args) -> Result<()> {
     let placement = Placement::choose()?;
     machine::raise_open_file_limit().context("raising the open-file limit")?;
     machine::pin_current_thread(placement.load_core).context("pinning the load generator")?;
+    let raised_priority = machine::raise_priority();
     let bench_dir = target_dir(repo).join("bench");
     let work_dir = bench_dir.join("work");
     // Configs and logs of the previous run would only confuse.
@@ -121,7 +122,7 @@ fn run(args: Args) -> Result<()> {
             started_at,
             revision: install::workspace_revision(repo),
             quick: args.quick,
-            machine: MachineInfo::read(placement),
+            machine: MachineInfo::read(placement, raised_priority),
             settings,
             proxies,
             scenarios,

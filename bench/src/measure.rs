@@ -10,7 +10,7 @@ use futures_util::future::try_join_all;
 use crate::load::clients::{Exchange, GrpcUnaryEcho, Http1Echo, grpc_channel};
 use crate::load::{closed_loop, fixed_rate, streams};
 use crate::machine::IdleSpinner;
-use crate::procfs::ProcessTree;
+use crate::procfs::{BackgroundLoad, ProcessTree};
 use crate::results::{Figure, Results, Scenario};
 use crate::settings::Settings;
 use crate::targets::{RunningTarget, Target};
@@ -32,6 +32,7 @@ pub struct Measurement<'a> {
 impl Measurement<'_> {
     /// Runs `scenarios`; a failed scenario is recorded and the next one runs.
     pub async fn run_all(&mut self, scenarios: &[Scenario]) {
+        let background = BackgroundLoad::start();
         let processes = self.running.processes();
         let memory = scenarios.contains(&Scenario::Rss);
         if memory && let Some(processes) = &processes {
@@ -61,6 +62,8 @@ impl Measurement<'_> {
                 processes.peak_rss_bytes() as f64 / MIB,
             );
         }
+        self.results
+            .record_background(self.round, self.target, background.cores());
     }
 
     async fn run(&mut self, scenario: Scenario, processes: Option<&ProcessTree>) -> Result<()> {
@@ -143,6 +146,8 @@ impl Measurement<'_> {
                     cpu.as_secs_f64() * 1e6 / completed as f64,
                 );
             }
+            let lateness = outcome.send_lateness_ns.value_at_quantile(0.99);
+            self.record(scenario, Figure::SendLatenessP99Us, lateness as f64 / 1e3);
         }
         self.results
             .record_errors(self.target, scenario, outcome.errors);

@@ -1,9 +1,10 @@
 //! CPU time and memory of a proxy, read from /proc. A proxy may be several
 //! processes (nginx's master and worker), so every figure covers the process
-//! and all its descendants.
+//! and all its descendants. Also the CPU the rest of the machine used
+//! meanwhile, which tells whether a run's figures can be trusted.
 
 use std::fs;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Some processes and all their descendants, as found when listed.
 #[derive(Debug, Clone)]
@@ -54,6 +55,25 @@ impl ProcessTree {
         Duration::from_nanos(nanos)
     }
 
+    /// CPU time from each process's `stat` (utime + stime, clock ticks):
+    /// coarse, but it keeps the time of threads that have exited.
+    fn cpu_time_in_ticks(&self) -> Duration {
+        let ticks: u64 = self
+            .pids
+            .iter()
+            .filter_map(|pid| {
+                let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+                let mut fields = fields_after_name(&stat)?;
+                // utime and stime are the 14th and 15th fields, i.e. the 12th
+                // and 13th after the name.
+                let utime: u64 = fields.nth(11)?.parse().ok()?;
+                let stime: u64 = fields.next()?.parse().ok()?;
+                Some(utime + stime)
+            })
+            .sum();
+        ticks_to_duration(ticks)
+    }
+
     /// Resident memory now (`VmRSS`), in bytes.
     pub fn rss_bytes(&self) -> u64 {
         self.sum_status_field("VmRSS:")
@@ -75,12 +95,74 @@ impl ProcessTree {
     }
 }
 
+/// CPU time used by everything outside this process tree (the benchmark
+/// and the proxies it started), from a starting point on.
+pub struct BackgroundLoad {
+    own: ProcessTree,
+    machine_busy_before: Duration,
+    own_before: Duration,
+    since: Instant,
+}
+
+impl BackgroundLoad {
+    pub fn start() -> Self {
+        let own = ProcessTree::of(&[std::process::id()]);
+        Self {
+            machine_busy_before: machine_busy_time(),
+            own_before: own.cpu_time_in_ticks(),
+            own,
+            since: Instant::now(),
+        }
+    }
+
+    /// Average number of cores other processes kept busy since `start`.
+    pub fn cores(&self) -> f64 {
+        let machine = machine_busy_time().saturating_sub(self.machine_busy_before);
+        // Ticks rather than schedstat: the benchmark's spinner threads come
+        // and go, and their time must still count as ours.
+        let own = self.own.cpu_time_in_ticks().saturating_sub(self.own_before);
+        machine.saturating_sub(own).as_secs_f64() / self.since.elapsed().as_secs_f64()
+    }
+}
+
+/// Busy time of all CPUs together from the first line of /proc/stat: user,
+/// nice, system, irq, softirq and steal (time the hypervisor gave to someone
+/// else is lost to us too), in clock ticks.
+fn machine_busy_time() -> Duration {
+    let stat = fs::read_to_string("/proc/stat").unwrap_or_default();
+    let ticks: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|field| field.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal
+    ticks_to_duration(
+        [0, 1, 2, 5, 6, 7]
+            .iter()
+            .filter_map(|&i| ticks.get(i))
+            .sum(),
+    )
+}
+
+fn ticks_to_duration(ticks: u64) -> Duration {
+    // SAFETY: sysconf has no preconditions.
+    let ticks_per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Duration::from_nanos(ticks * 1_000_000_000 / ticks_per_second)
+}
+
 fn parent_of(pid: u32) -> Option<u32> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name is in parentheses and may itself contain spaces or
-    // parentheses, so fields are counted from the last ')'.
-    let after_name = &stat[stat.rfind(')')? + 1..];
-    after_name.split_whitespace().nth(1)?.parse().ok()
+    // state, then ppid.
+    fields_after_name(&stat)?.nth(1)?.parse().ok()
+}
+
+/// The fields of a `/proc/<pid>/stat` line after the command name, which is
+/// in parentheses and may itself contain spaces or parentheses.
+fn fields_after_name(stat: &str) -> Option<std::str::SplitWhitespace<'_>> {
+    Some(stat[stat.rfind(')')? + 1..].split_whitespace())
 }
 
 fn kib_field(status: &str, field: &str) -> Option<u64> {
@@ -105,6 +187,19 @@ mod tests {
         assert!(tree.cpu_time() >= Duration::from_millis(15));
         assert!(tree.rss_bytes() > 1024 * 1024);
         assert!(tree.peak_rss_bytes() >= tree.rss_bytes());
+    }
+
+    #[test]
+    fn stat_ticks_agree_with_schedstat() {
+        let tree = ProcessTree::of(&[std::process::id()]);
+        let spin_until = std::time::Instant::now() + Duration::from_millis(100);
+        while std::time::Instant::now() < spin_until {}
+        let (ticks, precise) = (tree.cpu_time_in_ticks(), tree.cpu_time());
+        assert!(ticks >= Duration::from_millis(50), "{ticks:?}");
+        assert!(
+            ticks <= precise + Duration::from_millis(50),
+            "{ticks:?} vs {precise:?}"
+        );
     }
 
     #[test]

@@ -40,8 +40,18 @@ pub struct Report {
     pub errors: Vec<ErrorRow>,
     pub ratios: Vec<Ratio>,
     pub checks: Vec<Check>,
+    /// Cores other processes kept busy while each target was measured: well
+    /// above zero, the machine was not quiet and the figures are suspect.
+    pub background_load: Vec<BackgroundRow>,
     /// Targets or scenarios that could not be measured, and why.
     pub failures: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct BackgroundRow {
+    pub target: String,
+    pub round: u32,
+    pub cores: f64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -142,6 +152,14 @@ impl Report {
             })
             .collect();
         let ratios = ratios(&context, &results);
+        let background_load = results
+            .background()
+            .map(|(&(target, round), &cores)| BackgroundRow {
+                target: target.to_string(),
+                round: round + 1,
+                cores,
+            })
+            .collect();
         let checks = checks::evaluate(&context.scenarios, &per_hop);
         Report {
             started_at: context.started_at,
@@ -167,6 +185,7 @@ impl Report {
             errors,
             ratios,
             checks,
+            background_load,
             failures: results.failures,
         }
     }

@@ -42,6 +42,9 @@ pub enum Figure {
     P50Us,
     P99Us,
     P999Us,
+    /// 99th percentile of how late the load generator sent (part of the
+    /// latencies above): near zero on a quiet machine.
+    SendLatenessP99Us,
     /// Proxy CPU time / requests during the fixed-rate run.
     CpuUsPerRequest,
     /// Closed loop, proxy pinned to one core.
@@ -65,6 +68,7 @@ impl Figure {
             Figure::P50Us => "p50 us",
             Figure::P99Us => "p99 us",
             Figure::P999Us => "p99.9 us",
+            Figure::SendLatenessP99Us => "send late p99 us",
             Figure::CpuUsPerRequest => "CPU us/req",
             Figure::MaxRequestsPerS => "max req/s",
             Figure::CpuUsPerRequestAtMax => "CPU us/req @max",
@@ -80,7 +84,7 @@ impl Figure {
 
     pub fn unit(self) -> &'static str {
         match self {
-            Figure::P50Us | Figure::P99Us | Figure::P999Us => "us",
+            Figure::P50Us | Figure::P99Us | Figure::P999Us | Figure::SendLatenessP99Us => "us",
             Figure::CpuUsPerRequest | Figure::CpuUsPerRequestAtMax => "us",
             Figure::MaxRequestsPerS => "req/s",
             Figure::ProxyCoreBusyAtMax => "fraction",
@@ -97,6 +101,8 @@ pub struct Results {
     /// round -> value
     values: BTreeMap<(Target, Scenario, Figure), BTreeMap<u32, f64>>,
     errors: BTreeMap<(Target, Scenario), ErrorTally>,
+    /// Cores kept busy by other processes while a target was measured.
+    background_cores: BTreeMap<(Target, u32), f64>,
     /// Targets or scenarios that could not be measured in some round, and why.
     pub failures: Vec<String>,
 }
@@ -132,6 +138,14 @@ impl Results {
         figure: Figure,
     ) -> Option<&BTreeMap<u32, f64>> {
         self.values.get(&(target, scenario, figure))
+    }
+
+    pub fn record_background(&mut self, round: u32, target: Target, cores: f64) {
+        self.background_cores.insert((target, round), cores);
+    }
+
+    pub fn background(&self) -> impl Iterator<Item = (&(Target, u32), &f64)> {
+        self.background_cores.iter()
     }
 
     pub fn all(&self) -> impl Iterator<Item = (&(Target, Scenario, Figure), &BTreeMap<u32, f64>)> {

@@ -13,16 +13,32 @@ use hdrhistogram::Histogram;
 use super::ErrorTally;
 use super::clients::{Exchange, exchange_in_time};
 
-/// tokio's timer fires on whole milliseconds; the last stretch before a due
-/// time is spent yielding to the runtime instead, which keeps sends within a
-/// few microseconds of schedule (and keeps the load core awake).
-const SPIN_BEFORE_DUE: Duration = Duration::from_micros(1_500);
+/// tokio's timer works in whole milliseconds and rounds up twice (the
+/// deadline to a tick, the wait to a millisecond), so a sleep can end up to
+/// 2 ms after its deadline. The last stretch before a due time is therefore
+/// spent yielding to the runtime instead, which keeps sends within a
+/// microsecond or so of schedule on a quiet machine (and the load core awake).
+const SPIN_BEFORE_DUE: Duration = Duration::from_millis(3);
 
 #[derive(Debug)]
 pub struct FixedRateOutcome {
     /// Latency in nanoseconds of each request that succeeded.
     pub latency_ns: Histogram<u64>,
+    /// How late each request was sent, in nanoseconds: the load generator's
+    /// own delay, already part of the latency. Large values mean the
+    /// generator was starved (a busy machine) or behind schedule.
+    pub send_lateness_ns: Histogram<u64>,
     pub errors: ErrorTally,
+}
+
+impl FixedRateOutcome {
+    fn new() -> Self {
+        Self {
+            latency_ns: new_histogram(),
+            send_lateness_ns: new_histogram(),
+            errors: ErrorTally::default(),
+        }
+    }
 }
 
 /// Sends `rate` requests per second for `duration`, spread over the given
@@ -43,15 +59,13 @@ pub async fn run<E: Exchange>(
         .into_iter()
         .map(|exchange| tokio::spawn(worker(exchange, schedule.clone())))
         .collect();
-    let mut outcome = FixedRateOutcome {
-        latency_ns: new_histogram(),
-        errors: ErrorTally::default(),
-    };
+    let mut outcome = FixedRateOutcome::new();
     let mut exchanges = Vec::with_capacity(workers.len());
     for worker in workers {
         let (exchange, part) = worker.await.expect("load worker panicked");
         exchanges.push(exchange);
         outcome.latency_ns += part.latency_ns;
+        outcome.send_lateness_ns += part.send_lateness_ns;
         outcome.errors.merge(part.errors);
     }
     (outcome, exchanges)
@@ -74,12 +88,11 @@ impl Schedule {
 }
 
 async fn worker<E: Exchange>(mut exchange: E, schedule: Schedule) -> (E, FixedRateOutcome) {
-    let mut outcome = FixedRateOutcome {
-        latency_ns: new_histogram(),
-        errors: ErrorTally::default(),
-    };
+    let mut outcome = FixedRateOutcome::new();
     while let Some(due) = schedule.next_due() {
         wait_until(due).await;
+        let lateness = due.elapsed().as_nanos() as u64;
+        outcome.send_lateness_ns.saturating_record(lateness.max(1));
         match exchange_in_time(&mut exchange).await {
             Ok(()) => {
                 let latency = due.elapsed().as_nanos() as u64;

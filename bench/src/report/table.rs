@@ -33,6 +33,7 @@ impl Column {
                 Measured(Figure::MaxRequestsPerS),
                 Hop(PerHop::CpuUsPerRequestAtMax),
                 Measured(Figure::ProxyCoreBusyAtMax),
+                Measured(Figure::SendLatenessP99Us),
             ],
             Scenario::GrpcStream => &[
                 Measured(Figure::StreamMs),
@@ -48,6 +49,10 @@ impl Column {
         }
     }
 }
+
+/// Background load above which a run's figures are flagged: a tenth of a
+/// core is already enough to disturb tail latencies on a 2-core machine.
+const NOISY_BACKGROUND_CORES: f64 = 0.1;
 
 pub fn print(report: &Report) {
     print_header(report);
@@ -74,12 +79,17 @@ fn print_header(report: &Report) {
         report.revision.as_deref().unwrap_or("unknown")
     );
     println!(
-        "machine: {} x{}, kernel {}; proxy on CPU {}, load generator + upstream on CPU {}",
+        "machine: {} x{}, kernel {}; proxy on CPU {}, load generator + upstream on CPU {}; {}",
         machine.cpu_model,
         machine.online_cpus,
         machine.kernel,
         machine.placement.proxy_core,
-        machine.placement.load_core
+        machine.placement.load_core,
+        if machine.raised_priority {
+            "both at nice -10"
+        } else {
+            "at normal priority (not root)"
+        }
     );
     println!(
         "{} round(s); fixed rate {} req/s for {:?} over {} connections/calls; closed loop {:?} over {}; \
@@ -105,6 +115,15 @@ fn print_header(report: &Report) {
     }
     if report.settings.rounds > 1 {
         println!("Cells: median of the rounds, ± spread (max - min) as % of the median.");
+    }
+    let busiest = report
+        .background_load
+        .iter()
+        .map(|row| row.cores)
+        .fold(0.0, f64::max);
+    println!("Other processes kept up to {busiest:.2} cores busy while targets were measured.");
+    if busiest > NOISY_BACKGROUND_CORES {
+        println!("WARNING: the machine was not quiet; these figures are not representative.");
     }
 }
 
