@@ -79,8 +79,10 @@ impl PinnedProcess {
     }
 
     fn signal_group(&self, signal: libc::c_int) {
-        // SAFETY: kill(2) on the process group our child leads; the group id
-        // is the child's pid, which stays reserved until `self.child` reaps it.
+        // SAFETY: kill(2) has no memory-safety preconditions. The group id is
+        // our child's pid, which cannot name anyone else's group before the
+        // child is reaped; after that (Drop after stop) only members the
+        // child forked can still be in the group.
         unsafe { libc::kill(-(self.child.id() as libc::pid_t), signal) };
     }
 }
