@@ -166,10 +166,13 @@ fn version_of(proxy: ProxyKind, binary: &Path) -> Option<String> {
     // nginx prints its version on stderr, the others on stdout.
     let text = [output.stdout, output.stderr].concat();
     let text = String::from_utf8_lossy(&text);
-    text.lines()
-        .map(str::trim)
-        .find(|line| !line.is_empty())
-        .map(str::to_owned)
+    let line = text.lines().map(str::trim).find(|line| !line.is_empty())?;
+    // Envoy prints its own path before "version: <sha>/<version>/...".
+    Some(
+        line.split_once("version: ")
+            .map_or(line, |(_, version)| version)
+            .to_owned(),
+    )
 }
 
 /// The workspace commit the gridmesh figures belong to, `+dirty` when the

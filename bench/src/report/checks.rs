@@ -117,7 +117,10 @@ impl Requirement {
         let (limit, bound_text) = match self.bound {
             Bound::Absolute(limit) => (Some(limit), format!("{limit}")),
             Bound::TimesPeer(factor, peer) => (
-                median(Target::through(peer, self.hops)).map(|value| factor * value),
+                median(Target::through(peer, self.hops))
+                    // A peer that measured as adding nothing (noise) is no yardstick.
+                    .filter(|&value| value > 0.0)
+                    .map(|value| factor * value),
                 format!("{factor}x {}", peer.name()),
             ),
         };

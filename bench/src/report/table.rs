@@ -196,8 +196,8 @@ fn print_ratios(report: &Report) {
                 .find(|r| {
                     r.scenario == scenario && r.hops == hops && r.figure == figure && r.peer == peer
                 })
-                // A peer that added no latency (or less than noise) has no meaningful ratio.
-                .filter(|r| r.peer_value > 0.0)
+                // An added latency at or below zero is noise; a ratio of it means nothing.
+                .filter(|r| r.peer_value > 0.0 && r.gridmesh > 0.0)
                 .map_or_else(|| "-".to_owned(), |r| format!("{:.2}x", r.ratio))
         }));
         rows.push(row);
