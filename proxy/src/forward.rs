@@ -21,17 +21,20 @@ use crate::error::ProxyError;
 use crate::grpc;
 use crate::headers;
 use crate::route::{RetryPolicy, Route};
-use crate::server::{ListenerContext, Shared};
+use crate::server::{ListenerContext, RequestGuard, Shared};
 
 /// Serves one downstream request. Never fails: errors become replies.
+/// `connection` keeps the downstream connection counted as busy until the
+/// response stream ends.
 pub async fn serve(
     shared: Arc<Shared>,
     listener: Arc<ListenerContext>,
     req: Request<Incoming>,
+    connection: RequestGuard,
 ) -> Response<Body> {
     listener.metrics.requests.inc();
     let grpc = grpc::is_grpc(req.headers());
-    match forward(&shared, &listener, req, grpc).await {
+    match forward(&shared, &listener, req, grpc, connection).await {
         Ok(rsp) => rsp,
         Err(e) => {
             listener.metrics.local_reply(e.reason());
@@ -45,6 +48,7 @@ async fn forward(
     listener: &ListenerContext,
     req: Request<Incoming>,
     grpc: bool,
+    connection: RequestGuard,
 ) -> Result<Response<Body>, ProxyError> {
     let start = Instant::now();
     // The snapshot this request started with serves it to the end, whatever
@@ -90,6 +94,7 @@ async fn forward(
         start,
         _admission: admission,
         _in_flight: in_flight,
+        _connection: connection,
         recorded: false,
     };
     let limits = StreamLimits {
@@ -297,7 +302,8 @@ fn clone_parts(parts: &Parts) -> Parts {
 }
 
 /// Accounts for one exchange until its response stream ends: the cluster's
-/// in-flight permit, the endpoint's load, response and duration metrics.
+/// in-flight permit, the endpoint's load, the downstream connection's busy
+/// count, response and duration metrics.
 struct Exchange {
     cluster: Arc<Cluster>,
     start: Instant,
@@ -305,6 +311,7 @@ struct Exchange {
     header_grpc_status: Option<u32>,
     _admission: Permit,
     _in_flight: InFlight,
+    _connection: RequestGuard,
     recorded: bool,
 }
 

@@ -2,13 +2,19 @@
 //! or HTTP/2 (prior knowledge), and serving requests until drained.
 
 use std::convert::Infallible;
+use std::io;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use pin_project_lite::pin_project;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 use tokio_util::task::TaskTracker;
 
@@ -38,8 +44,10 @@ pub struct ListenerContext {
     pub metrics: ListenerMetrics,
 }
 
-/// Slow clients get this long to send a complete request head (slowloris).
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long an idle connection gets to close gracefully (HTTP/2 GOAWAY). It
+/// has no request in flight, so this only covers the GOAWAY round trip; a
+/// half-sent request head would otherwise hold graceful shutdown open.
+const IDLE_CLOSE_GRACE: Duration = Duration::from_secs(1);
 /// HTTP/2 streams per connection; more are refused with REFUSED_STREAM.
 const MAX_CONCURRENT_STREAMS: u32 = 1024;
 /// Backoff after accept() fails (e.g. out of file descriptors), so the
@@ -51,7 +59,8 @@ fn connection_builder(spec: &ListenerSpec) -> auto::Builder<TokioExecutor> {
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
+        // Replaced by the connection watchdog (`Activity::idle`).
+        .header_read_timeout(None::<Duration>)
         .max_buf_size(spec.max_request_headers_bytes)
         .keep_alive(true);
     builder
@@ -79,6 +88,7 @@ pub async fn accept_loop(
     connections: TaskTracker,
 ) {
     let builder = Arc::new(connection_builder(&spec));
+    let spec_idle = spec.idle_timeout;
     loop {
         let (stream, peer) = tokio::select! {
             biased;
@@ -95,17 +105,24 @@ pub async fn accept_loop(
         let _ = stream.set_nodelay(true);
         context.metrics.connections.inc();
         context.metrics.connections_active.inc();
+        let activity = Arc::new(Activity::default());
         let service = {
             let shared = shared.clone();
             let context = context.clone();
+            let activity = activity.clone();
             service_fn(move |req| {
                 let shared = shared.clone();
                 let context = context.clone();
-                async move { Ok::<_, Infallible>(forward::serve(shared, context, req).await) }
+                let request = activity.request();
+                async move { Ok::<_, Infallible>(forward::serve(shared, context, req, request).await) }
             })
         };
+        let io = Watched {
+            io: stream,
+            activity: activity.clone(),
+        };
         let conn = builder
-            .serve_connection(TokioIo::new(stream), service)
+            .serve_connection(TokioIo::new(io), service)
             .into_owned();
         let context = context.clone();
         let shared = shared.clone();
@@ -113,6 +130,12 @@ pub async fn accept_loop(
             tokio::pin!(conn);
             let result = tokio::select! {
                 result = conn.as_mut() => result,
+                () = activity.idle(spec_idle) => {
+                    conn.as_mut().graceful_shutdown();
+                    tokio::time::timeout(IDLE_CLOSE_GRACE.min(spec_idle), conn.as_mut())
+                        .await
+                        .unwrap_or(Ok(()))
+                }
                 () = shared.drain.started() => {
                     conn.as_mut().graceful_shutdown();
                     // What is still open after the deadline (and the grace
@@ -132,5 +155,104 @@ pub async fn accept_loop(
             }
             context.metrics.connections_active.dec();
         });
+    }
+}
+
+/// What a connection's watchdog needs to tell idle from busy.
+#[derive(Default)]
+struct Activity {
+    reads: AtomicU64,
+    requests: AtomicUsize,
+}
+
+impl Activity {
+    /// Counts a request until the returned guard is dropped, which the
+    /// request path does when the response stream ends.
+    fn request(self: &Arc<Self>) -> RequestGuard {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        RequestGuard(self.clone())
+    }
+
+    /// Resolves once a whole `period` passed with no request in flight and
+    /// nothing read. A connection that stalls mid-request-head (slowloris)
+    /// or sits idle in keep-alive is closed this way. One timer per
+    /// connection per period, instead of hyper's per-request header timer,
+    /// which cost an extra runtime wake-up on every request.
+    async fn idle(&self, period: Duration) {
+        let mut ticks = tokio::time::interval(period);
+        ticks.tick().await;
+        let mut reads = self.reads.load(Ordering::Relaxed);
+        loop {
+            ticks.tick().await;
+            let now = self.reads.load(Ordering::Relaxed);
+            if now == reads && self.requests.load(Ordering::Relaxed) == 0 {
+                return;
+            }
+            reads = now;
+        }
+    }
+}
+
+/// Held by the request path while a request (and its response stream) is open.
+pub struct RequestGuard(Arc<Activity>);
+
+impl Drop for RequestGuard {
+    fn drop(&mut self) {
+        self.0.requests.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+pin_project! {
+    /// A downstream socket that counts reads for the idle watchdog.
+    struct Watched<T> {
+        #[pin]
+        io: T,
+        activity: Arc<Activity>,
+    }
+}
+
+impl<T: AsyncRead> AsyncRead for Watched<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.project();
+        let before = buf.filled().len();
+        let result = this.io.poll_read(cx, buf);
+        if buf.filled().len() > before {
+            this.activity.reads.fetch_add(1, Ordering::Relaxed);
+        }
+        result
+    }
+}
+
+impl<T: AsyncWrite> AsyncWrite for Watched<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.project().io.poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        self.project().io.poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.project().io.poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.project().io.poll_shutdown(cx)
     }
 }

@@ -288,15 +288,19 @@ fn listener() -> impl Strategy<Value = pb::Listener> {
         name(),
         enum_number(3),
         prop_oneof![Just(0u32), 0u32..2_000_000],
+        duration(),
     )
         .prop_map(
-            |(name, address, direction, route_table, protocol, max_headers)| pb::Listener {
-                name,
-                address,
-                direction,
-                route_table,
-                protocol,
-                max_request_headers_bytes: max_headers,
+            |(name, address, direction, route_table, protocol, max_headers, idle_timeout)| {
+                pb::Listener {
+                    name,
+                    address,
+                    direction,
+                    route_table,
+                    protocol,
+                    max_request_headers_bytes: max_headers,
+                    idle_timeout,
+                }
             },
         )
 }

@@ -27,11 +27,14 @@ pub use gridmesh_proto::config::listener::DownstreamProtocol as Protocol;
 const DEFAULT_ADMIN: &str = "127.0.0.1:15000";
 const DEFAULT_DRAIN: Duration = Duration::from_secs(30);
 const DEFAULT_MAX_HEADERS: u32 = 64 * 1024;
+const DEFAULT_LISTENER_IDLE: Duration = Duration::from_secs(60);
 /// hyper's HTTP/1 parser needs at least 8 KiB of buffer.
 const MIN_MAX_HEADERS: u32 = 8 * 1024;
 const MAX_MAX_HEADERS: u32 = 1024 * 1024;
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
-const DEFAULT_IDLE_CONNECTION: Duration = Duration::from_secs(90);
+/// Below the listeners' default idle timeout, so that between gridmesh hops
+/// the pool, not the server, closes idle connections.
+const DEFAULT_IDLE_CONNECTION: Duration = Duration::from_secs(30);
 const DEFAULT_DNS_MIN_REFRESH: Duration = Duration::from_secs(1);
 const DEFAULT_CIRCUIT_LIMIT: u32 = 1024;
 const DEFAULT_RETRY_PERCENT: u32 = 20;
@@ -69,6 +72,7 @@ pub struct ListenerSpec {
     pub route_table: usize,
     pub protocol: Protocol,
     pub max_request_headers_bytes: usize,
+    pub idle_timeout: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -345,6 +349,9 @@ fn listeners(
             }
             n => n,
         };
+        let idle_timeout = c
+            .positive("idleTimeout", l.idle_timeout.as_ref())
+            .unwrap_or(DEFAULT_LISTENER_IDLE);
         if let (Some(addr), Some(route_table)) = (addr, table) {
             specs.push(ListenerSpec {
                 name: l.name.clone(),
@@ -353,6 +360,7 @@ fn listeners(
                 route_table,
                 protocol,
                 max_request_headers_bytes: max_headers as usize,
+                idle_timeout,
             });
         }
     }
