@@ -1,5 +1,6 @@
 //! Compiles the `.proto` files with `protox` (pure Rust, so no system `protoc`)
-//! and generates prost messages, tonic services and, for the configuration
+//! and generates prost messages, tonic services (the test Echo service and
+//! the xDS aggregated discovery service) and, for the configuration
 //! messages, serde impls that follow the proto3 JSON mapping (bootstrap YAML).
 
 use std::path::PathBuf;
@@ -7,6 +8,7 @@ use std::path::PathBuf;
 const PROTOS: &[&str] = &[
     "proto/gridmesh/v1/config.proto",
     "proto/gridmesh/testing/v1/echo.proto",
+    "proto/envoy/service/discovery/v3/ads.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -17,5 +17,30 @@ pub mod gridmesh {
     }
 }
 
+/// The xDS transport, wire-compatible with Envoy's (trimmed copy).
+pub mod envoy {
+    pub mod config {
+        pub mod core {
+            pub mod v3 {
+                tonic::include_proto!("envoy.config.core.v3");
+            }
+        }
+    }
+    pub mod service {
+        pub mod discovery {
+            pub mod v3 {
+                tonic::include_proto!("envoy.service.discovery.v3");
+            }
+        }
+    }
+}
+
+pub mod google {
+    pub mod rpc {
+        tonic::include_proto!("google.rpc");
+    }
+}
+
+pub use envoy::service::discovery::v3 as discovery;
 pub use gridmesh::testing::v1 as testing;
 pub use gridmesh::v1 as config;
