@@ -77,3 +77,83 @@ async fn concurrent_http1_requests_open_more_connections_then_reuse_them() {
         "the second wave reuses the pooled connections"
     );
 }
+
+/// An address whose SYNs go unanswered, like a blackholed host: a listener
+/// with a zero backlog whose accept queue is already full (Linux then drops
+/// new SYNs). Unreachable for as long as it is alive.
+struct Unreachable {
+    addr: std::net::SocketAddr,
+    _listener: socket2::Socket,
+    _queued: Vec<std::net::TcpStream>,
+}
+
+fn unreachable_address() -> Unreachable {
+    use socket2::{Domain, Socket, Type};
+    let listener = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    listener
+        .bind(
+            &"127.0.0.1:0"
+                .parse::<std::net::SocketAddr>()
+                .unwrap()
+                .into(),
+        )
+        .unwrap();
+    listener.listen(0).unwrap();
+    let addr = listener.local_addr().unwrap().as_socket().unwrap();
+    let mut queued = Vec::new();
+    while let Ok(stream) =
+        std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_millis(200))
+    {
+        queued.push(stream);
+        assert!(queued.len() < 16, "the accept queue never filled up");
+    }
+    Unreachable {
+        addr,
+        _listener: listener,
+        _queued: queued,
+    }
+}
+
+#[tokio::test]
+async fn requests_queued_behind_an_unreachable_http2_endpoint_fail_within_one_connect_timeout() {
+    let unreachable = unreachable_address();
+    let proxy = proxy(&gridmesh_tests::harness::render(
+        r#"
+listeners:
+  - { name: in, address: "127.0.0.1:0", routeTable: rt }
+routeTables:
+  - name: rt
+    virtualHosts:
+      - name: all
+        domains: ["*"]
+        routes: [{ name: all, route: { cluster: up } }]
+clusters: [{ name: up, protocol: HTTP2, connectTimeout: 0.3s }]
+endpoints: [{ cluster: up, endpoints: [{ address: "${up}" }] }]
+"#,
+        &[("up", &unreachable.addr)],
+    ))
+    .await;
+    let conn = h2c_client().connect(proxy.addr("in")).await;
+    let started = tokio::time::Instant::now();
+    let replies = within(
+        "10 requests to an unreachable endpoint",
+        join_all((0..10).map(|_| {
+            let mut stream = conn.stream();
+            async move {
+                let rsp = stream.send(get("up", "/")).await.unwrap();
+                gridmesh_tests::harness::collect(rsp).await.unwrap()
+            }
+        })),
+    )
+    .await;
+    for reply in &replies {
+        assert_eq!(reply.status, 503);
+        assert_eq!(reply.error(), Some("upstream_connect_timeout"));
+    }
+    // One connect timeout (plus scheduling), not ten of them in a row.
+    assert!(
+        started.elapsed() < std::time::Duration::from_millis(1500),
+        "took {:?}",
+        started.elapsed()
+    );
+}

@@ -49,7 +49,8 @@ pub struct Pool {
     http1_idle: Mutex<Vec<(http1::SendRequest<Body>, Instant)>>,
     http2: Mutex<Option<http2::SendRequest<Body>>>,
     /// One HTTP/2 connect at a time: concurrent first requests share it.
-    http2_connect: tokio::sync::Mutex<()>,
+    /// Holds the last failed connect, which requests queued behind it share.
+    http2_connect: tokio::sync::Mutex<Option<(Instant, SendError)>>,
 }
 
 impl Pool {
@@ -66,7 +67,7 @@ impl Pool {
             limits,
             http1_idle: Mutex::new(Vec::new()),
             http2: Mutex::new(None),
-            http2_connect: tokio::sync::Mutex::new(()),
+            http2_connect: tokio::sync::Mutex::new(None),
         }
     }
 
@@ -177,14 +178,34 @@ impl Pool {
         if let Some(sender) = self.live_http2() {
             return Ok(sender);
         }
-        let _connecting = self.http2_connect.lock().await;
+        let queued_at = Instant::now();
+        let mut last_failure = self.http2_connect.lock().await;
         if let Some(sender) = self.live_http2() {
             return Ok(sender);
         }
-        let slot = self.slot(metrics).await?;
-        let sender = self.connect_http2(slot, metrics).await?;
-        *self.http2.lock().unwrap_or_else(|p| p.into_inner()) = Some(sender.clone());
-        Ok(sender)
+        // The connect this request queued behind failed: share its outcome
+        // instead of trying again, so that requests piled up behind an
+        // unreachable endpoint fail within one connect timeout, not one each.
+        if let Some((failed_at, error)) = *last_failure
+            && failed_at >= queued_at
+        {
+            return Err(error);
+        }
+        let connected = match self.slot(metrics).await {
+            Ok(slot) => self.connect_http2(slot, metrics).await,
+            Err(e) => Err(e),
+        };
+        match connected {
+            Ok(sender) => {
+                *last_failure = None;
+                *self.http2.lock().unwrap_or_else(|p| p.into_inner()) = Some(sender.clone());
+                Ok(sender)
+            }
+            Err(error) => {
+                *last_failure = Some((Instant::now(), error));
+                Err(error)
+            }
+        }
     }
 
     fn live_http2(&self) -> Option<http2::SendRequest<Body>> {
