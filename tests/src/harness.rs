@@ -73,6 +73,26 @@ pub async fn within_for<F: Future>(limit: Duration, what: &str, future: F) -> F:
     }
 }
 
+/// Reads a gRPC response stream until it ends with an error status, within
+/// [`TIMEOUT`]; returns how many messages arrived first and the status.
+/// Panics if the stream ends with OK: these tests expect it to be cut.
+pub async fn ended_with_status<T>(
+    what: &str,
+    stream: &mut tonic::Streaming<T>,
+) -> (usize, tonic::Status) {
+    within(what, async {
+        let mut received = 0;
+        loop {
+            match stream.message().await {
+                Ok(Some(_)) => received += 1,
+                Err(status) => return (received, status),
+                Ok(None) => panic!("{what}: the stream ended with OK"),
+            }
+        }
+    })
+    .await
+}
+
 /// Logs to the test output when `RUST_LOG` is set (e.g.
 /// `RUST_LOG=gridmesh_proxy=debug`); safe to call from every test.
 pub fn init_tracing() {

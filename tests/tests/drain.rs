@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use gridmesh_proto::testing::{EchoRequest, StreamRequest};
 use gridmesh_tests::harness::{
-    self, ERROR_HEADER, collect, get, grpc_echo_client, h2c_client, http1_client, raw_http1,
-    raw_status, render, within, within_for,
+    self, ERROR_HEADER, collect, ended_with_status, get, grpc_echo_client, h2c_client,
+    http1_client, raw_http1, raw_status, render, within, within_for,
 };
 use gridmesh_tests::process::{self, GRIDMESH_PROXY, ProxyConfig, ProxyProcess};
 use gridmesh_tests::upstream::UpstreamHandle;
@@ -156,17 +156,9 @@ async fn sigterm_drains_and_exits_zero() {
     assert_eq!(reply.header("connection"), Some("close"), "{reply:?}");
     assert!(closed, "the keep-alive connection still took a request");
 
-    let mut replies = 1;
-    let status = within("the stream to be ended at the drain deadline", async {
-        loop {
-            match stream.next().await {
-                Some(Ok(_)) => replies += 1,
-                Some(Err(status)) => break status,
-                None => panic!("the stream ended with OK"),
-            }
-        }
-    })
-    .await;
+    let (more, status) =
+        ended_with_status("the stream to be ended at the drain deadline", &mut stream).await;
+    let replies = 1 + more;
     let ended = sigterm.elapsed();
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     assert_eq!(
@@ -248,16 +240,7 @@ async fn admin_post_drain_stops_the_binary() {
     assert_eq!(ready.status, 503, "/ready while draining: {}", ready.body);
     refuses_connections(listen).await;
 
-    let status = within("the stream to end", async {
-        loop {
-            match stream.next().await {
-                Some(Ok(_)) => continue,
-                Some(Err(status)) => break status,
-                None => panic!("the stream ended with OK"),
-            }
-        }
-    })
-    .await;
+    let (_, status) = ended_with_status("the stream to end", &mut stream).await;
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     let status = proxy.wait_exit(Duration::from_secs(10)).await.unwrap();
     assert_eq!(status.code(), Some(0), "{}", proxy.output());
@@ -267,22 +250,7 @@ async fn admin_post_drain_stops_the_binary() {
 // ------------------------------------------------------------- in process
 
 fn in_process_yaml(upstream: SocketAddr) -> String {
-    render(
-        r#"
-drainTimeout: 1s
-listeners:
-  - { name: in, address: "127.0.0.1:0", routeTable: rt }
-routeTables:
-  - name: rt
-    virtualHosts:
-      - name: all
-        domains: ["*"]
-        routes: [{ name: all, route: { cluster: up } }]
-clusters: [{ name: up, connectTimeout: 1s }]
-endpoints: [{ cluster: up, endpoints: ${up} }]
-"#,
-        &[("up", &harness::endpoints(&[upstream]))],
-    )
+    format!("drainTimeout: 1s\n{}", harness::forward_all(&[upstream]))
 }
 
 #[tokio::test]
@@ -380,16 +348,7 @@ async fn open_grpc_stream_ends_with_unavailable_at_the_drain_deadline() {
 
     let start = Instant::now();
     proxy.drain();
-    let status = within("the stream to end", async {
-        loop {
-            match stream.next().await {
-                Some(Ok(_)) => continue,
-                Some(Err(status)) => break status,
-                None => panic!("the stream ended with OK"),
-            }
-        }
-    })
-    .await;
+    let (_, status) = ended_with_status("the stream to end", &mut stream).await;
     let ended = start.elapsed();
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     assert_eq!(

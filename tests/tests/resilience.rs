@@ -16,8 +16,8 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use gridmesh_proto::testing::{EchoRequest, StreamRequest};
 use gridmesh_tests::harness::{
-    self, Body, ERROR_HEADER, TestProxy, closed_port, collect, full, get, grpc_echo_client,
-    h2c_client, http1_client, render, within,
+    self, Body, ERROR_HEADER, TestProxy, closed_port, collect, ended_with_status, full, get,
+    grpc_echo_client, h2c_client, http1_client, render, within,
 };
 use gridmesh_tests::upstream::UpstreamHandle;
 use http::{HeaderValue, Request, Response, StatusCode};
@@ -562,16 +562,7 @@ async fn grpc_stream_breaking_midway_ends_with_unavailable_and_is_not_retried() 
     let first = within("first reply", stream.next()).await.unwrap().unwrap();
     let (crashed, other) = if first.server == "a" { (a, b) } else { (b, a) };
     drop(crashed);
-    let status = within("the broken stream to end", async {
-        loop {
-            match stream.next().await {
-                Some(Ok(_)) => continue,
-                Some(Err(status)) => break status,
-                None => panic!("the stream ended with OK although it broke"),
-            }
-        }
-    })
-    .await;
+    let (_, status) = ended_with_status("the broken stream to end", &mut stream).await;
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     assert_eq!(other.stats().grpc_requests(), 0, "the stream was retried");
 }
@@ -933,17 +924,7 @@ async fn max_duration_ends_a_long_grpc_stream_with_deadline_exceeded() {
         .await
         .unwrap()
         .into_inner();
-    let mut received = 0;
-    let status = within("the stream to be ended", async {
-        loop {
-            match stream.next().await {
-                Some(Ok(_)) => received += 1,
-                Some(Err(status)) => break status,
-                None => panic!("the stream ended with OK"),
-            }
-        }
-    })
-    .await;
+    let (received, status) = ended_with_status("the stream to be ended", &mut stream).await;
     // Trailers, not a reset: a reset would surface as another code.
     assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
     assert_eq!(
@@ -995,16 +976,7 @@ async fn a_shorter_grpc_timeout_wins_over_max_duration() {
     });
     request.set_timeout(Duration::from_millis(300));
     let mut stream = client.server_stream(request).await.unwrap().into_inner();
-    let status = within("the stream to be ended", async {
-        loop {
-            match stream.next().await {
-                Some(Ok(_)) => continue,
-                Some(Err(status)) => break status,
-                None => panic!("the stream ended with OK"),
-            }
-        }
-    })
-    .await;
+    let (_, status) = ended_with_status("the stream to be ended", &mut stream).await;
     assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
     let elapsed = start.elapsed();
     assert!(
