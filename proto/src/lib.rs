@@ -41,6 +41,8 @@ pub mod google {
     }
 }
 
+pub mod resource;
+
 pub use envoy::service::discovery::v3 as discovery;
 pub use gridmesh::testing::v1 as testing;
 pub use gridmesh::v1 as config;

@@ -14,9 +14,11 @@ use std::fmt;
 use std::path::Path;
 
 use gridmesh_proto::config::Bootstrap;
+use gridmesh_proto::resource::Kind;
 
 pub use validate::{
     ClusterSpec, EndpointAddress, EndpointSpec, ListenerSpec, Protocol, Snapshot, build_snapshot,
+    validate_served,
 };
 
 /// Exit status for invalid configuration (EX_USAGE / EX_DATAERR family).
@@ -34,10 +36,21 @@ pub struct ConfigError {
 pub struct Problem {
     /// e.g. `cluster "echo"`, or `file` for a parse error.
     pub resource: String,
+    /// Which resource of the validated set the problem belongs to, for
+    /// callers that map it back (the control plane to a file, the xDS
+    /// client to the update it rejects). `None`: the set as a whole.
+    pub at: Option<ResourceAt>,
     /// The field path in the proto3 JSON names used by the file, e.g.
     /// `virtualHosts[0].routes[1].match.regex`.
     pub field: String,
     pub message: String,
+}
+
+/// The `index`th resource of `kind` in the validated [`Bootstrap`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResourceAt {
+    pub kind: Kind,
+    pub index: usize,
 }
 
 impl fmt::Display for ConfigError {
@@ -63,6 +76,7 @@ pub fn load_file(path: &Path) -> Result<Snapshot, ConfigError> {
         source: source.clone(),
         problems: vec![Problem {
             resource: "file".into(),
+            at: None,
             field: "-".into(),
             message: format!("cannot read: {e}"),
         }],
@@ -83,6 +97,7 @@ pub fn parse_bootstrap(text: &str, source: &str) -> Result<Bootstrap, ConfigErro
         source: source.to_string(),
         problems: vec![Problem {
             resource: "file".into(),
+            at: None,
             field: e
                 .location()
                 .map(|l| format!("line {} column {}", l.line(), l.column()))

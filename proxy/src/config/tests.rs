@@ -15,7 +15,9 @@ use gridmesh_proto::config::{
 use http::HeaderValue;
 use proptest::prelude::*;
 
-use super::{ConfigError, build_snapshot, load_str, parse_bootstrap};
+use gridmesh_proto::resource::Kind;
+
+use super::{ConfigError, ResourceAt, build_snapshot, load_str, parse_bootstrap, validate_served};
 use crate::grpc;
 
 type PbDuration = pbjson_types::Duration;
@@ -322,6 +324,7 @@ fn bootstrap() -> impl Strategy<Value = Bootstrap> {
                 clusters,
                 endpoints,
                 drain_timeout,
+                xds: None,
             },
         )
 }
@@ -450,6 +453,84 @@ fn expect_problem(b: Bootstrap, resource: &str, field: &str) {
         "expected a problem at {resource} {field}, got {:#?}",
         error.problems
     );
+}
+
+/// Problems point back at the resource they belong to by kind and position,
+/// which is how the control plane finds the file and the xDS client the
+/// update to reject.
+#[test]
+fn problems_locate_their_resource() {
+    let mut b = good();
+    b.clusters.push(b.clusters[0].clone());
+    b.clusters[1].name = "c2".into();
+    b.clusters[1].connect_timeout = Some(pbjson_types::Duration {
+        seconds: -1,
+        nanos: 0,
+    });
+    action_of(&mut b).cluster_specifier = Some(ClusterSpecifier::Cluster("missing".into()));
+    let error = build_snapshot(b, "located.yaml").unwrap_err();
+    let at = |kind, index| Some(ResourceAt { kind, index });
+    let located: Vec<_> = error
+        .problems
+        .iter()
+        .map(|p| (p.at, p.field.as_str()))
+        .collect();
+    assert!(
+        located.contains(&(at(Kind::Cluster, 1), "connectTimeout")),
+        "{located:?}"
+    );
+    assert!(
+        located.contains(&(
+            at(Kind::RouteTable, 0),
+            "virtualHosts[0].routes[0].route.cluster"
+        )),
+        "{located:?}"
+    );
+}
+
+/// What a control plane serves is validated like a sidecar's bootstrap,
+/// except that listeners of different sidecars may share an address and
+/// sidecar-local settings are refused.
+#[test]
+fn served_resources_may_share_listener_addresses_but_not_carry_sidecar_settings() {
+    let mut b = good();
+    b.listeners[0].address = "0.0.0.0:15006".into();
+    let mut second = b.listeners[0].clone();
+    second.name = "in-2".into();
+    b.listeners.push(second);
+    let error = build_snapshot(b.clone(), "sidecar.yaml").unwrap_err();
+    assert!(
+        error.problems.iter().any(|p| p.field == "address"),
+        "{error}"
+    );
+
+    let error = validate_served(b.clone(), "served.yaml").unwrap_err();
+    let fields: Vec<_> = error.problems.iter().map(|p| p.field.as_str()).collect();
+    assert_eq!(fields, ["admin", "drainTimeout"], "{error}");
+
+    b.admin = None;
+    b.drain_timeout = None;
+    validate_served(b, "served.yaml").expect("shared addresses are fine when served");
+}
+
+#[test]
+fn the_xds_address_must_be_host_and_port() {
+    for (address, valid) in [
+        ("gridmesh-control:15012", true),
+        ("http://127.0.0.1:15012", true),
+        ("gridmesh-control", false),
+        ("http://:15012", false),
+        ("host:0", false),
+        ("", false),
+    ] {
+        let mut b = good();
+        b.xds = Some(pb::Xds {
+            address: address.into(),
+            listeners: vec![],
+        });
+        let result = build_snapshot(b, "xds.yaml");
+        assert_eq!(result.is_ok(), valid, "{address:?}: {:?}", result.err());
+    }
 }
 
 /// No regression files: a failure prints its minimal input, which belongs

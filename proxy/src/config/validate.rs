@@ -16,7 +16,9 @@ use gridmesh_proto::config::{
 use http::header::{HeaderName, HeaderValue};
 use regex::Regex;
 
-use super::{ConfigError, Problem};
+use gridmesh_proto::resource::Kind;
+
+use super::{ConfigError, Problem, ResourceAt};
 use crate::route::{
     GrpcMatch, HeaderMatchKind, HeaderMatcher, HeaderMutation, PathMatch, RetryPolicy, Route,
     RouteAction, RouteMatcher, RouteTable, Target, Timeouts, VirtualHost,
@@ -113,12 +115,25 @@ pub enum EndpointAddress {
 struct Checker {
     problems: Vec<Problem>,
     resource: String,
+    at: Option<ResourceAt>,
 }
 
 impl Checker {
+    /// Starts checking the `index`th resource of `kind`, named in messages
+    /// by its name or, without one, by its position.
+    fn enter(&mut self, kind: Kind, index: usize, name: &str) {
+        self.resource = if name.is_empty() {
+            format!("{kind}[{index}]")
+        } else {
+            format!("{kind} {name:?}")
+        };
+        self.at = Some(ResourceAt { kind, index });
+    }
+
     fn problem(&mut self, field: impl Into<String>, message: impl Into<String>) {
         self.problems.push(Problem {
             resource: self.resource.clone(),
+            at: self.at,
             field: field.into(),
             message: message.into(),
         });
@@ -210,10 +225,43 @@ impl Checker {
 /// Validates a whole bootstrap and converts it. Either every resource is good
 /// and a snapshot comes back, or nothing is built.
 pub fn build_snapshot(bootstrap: Bootstrap, source: &str) -> Result<Snapshot, ConfigError> {
+    build(bootstrap, source, Scope::Sidecar)
+}
+
+/// Validates a set of resources a control plane serves to many sidecars:
+/// every check a sidecar makes, except that listeners may share an address
+/// (each sidecar binds its own, so every block's inbound listener can be
+/// `0.0.0.0:15006`), and settings that belong to one sidecar (admin, drain
+/// timeout, xds) are refused.
+pub fn validate_served(resources: Bootstrap, source: &str) -> Result<Snapshot, ConfigError> {
+    build(resources, source, Scope::ControlPlane)
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Scope {
+    Sidecar,
+    ControlPlane,
+}
+
+fn build(bootstrap: Bootstrap, source: &str, scope: Scope) -> Result<Snapshot, ConfigError> {
     let mut c = Checker {
         problems: Vec::new(),
         resource: "bootstrap".into(),
+        at: None,
     };
+    if scope == Scope::ControlPlane {
+        let local = [
+            ("admin", bootstrap.admin.is_some()),
+            ("drainTimeout", bootstrap.drain_timeout.is_some()),
+            ("xds", bootstrap.xds.is_some()),
+        ];
+        for (field, _) in local.iter().filter(|(_, set)| *set) {
+            c.problem(
+                *field,
+                "belongs in a sidecar's own bootstrap, not in what the control plane serves",
+            );
+        }
+    }
 
     let admin = bootstrap
         .admin
@@ -225,15 +273,18 @@ pub fn build_snapshot(bootstrap: Bootstrap, source: &str) -> Result<Snapshot, Co
     let drain_timeout = c
         .duration("drainTimeout", bootstrap.drain_timeout.as_ref())
         .unwrap_or(DEFAULT_DRAIN);
+    if let Some(xds) = &bootstrap.xds {
+        xds_address(&mut c, &xds.address);
+    }
 
     let cluster_index = index_names(
         &mut c,
-        "cluster",
+        Kind::Cluster,
         bootstrap.clusters.iter().map(|x| &x.name),
     );
     let table_index = index_names(
         &mut c,
-        "routeTable",
+        Kind::RouteTable,
         bootstrap.route_tables.iter().map(|x| &x.name),
     );
 
@@ -241,17 +292,27 @@ pub fn build_snapshot(bootstrap: Bootstrap, source: &str) -> Result<Snapshot, Co
     let clusters = bootstrap
         .clusters
         .iter()
-        .map(|cl| {
+        .enumerate()
+        .map(|(i, cl)| {
             let eps = endpoints.get(cl.name.as_str()).cloned().unwrap_or_default();
+            c.enter(Kind::Cluster, i, &cl.name);
             Arc::new(cluster(&mut c, cl, eps))
         })
         .collect();
     let route_tables = bootstrap
         .route_tables
         .iter()
-        .map(|t| Arc::new(route_table(&mut c, t, &cluster_index)))
+        .enumerate()
+        .map(|(i, t)| {
+            c.enter(Kind::RouteTable, i, &t.name);
+            Arc::new(route_table(&mut c, t, &cluster_index))
+        })
         .collect();
-    let listeners = listeners(&mut c, &bootstrap.listeners, &table_index, admin_addr);
+    let exclusive_addrs = match scope {
+        Scope::Sidecar => Some(admin_addr.into_iter().collect()),
+        Scope::ControlPlane => None,
+    };
+    let listeners = listeners(&mut c, &bootstrap.listeners, &table_index, exclusive_addrs);
 
     if !c.problems.is_empty() {
         return Err(ConfigError {
@@ -270,6 +331,20 @@ pub fn build_snapshot(bootstrap: Bootstrap, source: &str) -> Result<Snapshot, Co
     })
 }
 
+/// The control plane's address: `host:port`, optionally with `http://`.
+fn xds_address(c: &mut Checker, value: &str) {
+    let authority = value.strip_prefix("http://").unwrap_or(value);
+    let valid = authority
+        .rsplit_once(':')
+        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0));
+    if !valid {
+        c.problem(
+            "xds.address",
+            format!("{value:?} is not a host:port address (e.g. \"gridmesh-control:15012\")"),
+        );
+    }
+}
+
 fn parse_socket_addr(c: &mut Checker, field: &str, value: &str) -> Option<SocketAddr> {
     match value.parse() {
         Ok(a) => Some(a),
@@ -283,12 +358,12 @@ fn parse_socket_addr(c: &mut Checker, field: &str, value: &str) -> Option<Socket
 /// Name -> position for one resource kind, reporting empty and duplicate names.
 fn index_names<'a>(
     c: &mut Checker,
-    kind: &str,
+    kind: Kind,
     names: impl Iterator<Item = &'a String>,
 ) -> HashMap<&'a str, usize> {
     let mut index = HashMap::new();
     for (i, name) in names.enumerate() {
-        c.resource = format!("{kind}[{i}]");
+        c.enter(kind, i, "");
         if name.is_empty() {
             c.problem("name", "must not be empty");
         } else if index.insert(name.as_str(), i).is_some() {
@@ -302,21 +377,18 @@ fn listeners(
     c: &mut Checker,
     listeners: &[pb::Listener],
     tables: &HashMap<&str, usize>,
-    admin: Option<SocketAddr>,
+    // Addresses taken so far (admin's), when listeners must not share one.
+    mut exclusive_addrs: Option<HashSet<SocketAddr>>,
 ) -> Vec<ListenerSpec> {
     let mut names = HashSet::new();
-    let mut addrs: HashSet<SocketAddr> = admin.into_iter().collect();
     let mut specs = Vec::new();
     for (i, l) in listeners.iter().enumerate() {
-        c.resource = format!("listener {:?}", l.name);
-        if l.name.is_empty() {
-            c.resource = format!("listener[{i}]");
-        }
+        c.enter(Kind::Listener, i, &l.name);
         c.unique(&mut names, "name", &l.name);
         let addr = parse_socket_addr(c, "address", &l.address);
-        if let Some(a) = addr
+        if let (Some(a), Some(taken)) = (addr, exclusive_addrs.as_mut())
             && a.port() != 0
-            && !addrs.insert(a)
+            && !taken.insert(a)
         {
             c.problem(
                 "address",
@@ -373,8 +445,8 @@ fn endpoints_by_cluster<'a>(
     clusters: &HashMap<&str, usize>,
 ) -> HashMap<&'a str, Vec<EndpointSpec>> {
     let mut by_cluster = HashMap::new();
-    for res in resources {
-        c.resource = format!("endpoints {:?}", res.cluster);
+    for (i, res) in resources.iter().enumerate() {
+        c.enter(Kind::Endpoints, i, &res.cluster);
         if !clusters.contains_key(res.cluster.as_str()) {
             c.problem("cluster", format!("no cluster named {:?}", res.cluster));
         }
@@ -457,7 +529,6 @@ fn endpoint_address(c: &mut Checker, field: &str, value: &str) -> Option<Endpoin
 }
 
 fn cluster(c: &mut Checker, cl: &pb::Cluster, endpoints: Vec<EndpointSpec>) -> ClusterSpec {
-    c.resource = format!("cluster {:?}", cl.name);
     let protocol = UpstreamProtocol::try_from(cl.protocol).unwrap_or_else(|_| {
         c.problem("protocol", format!("unknown value {}", cl.protocol));
         UpstreamProtocol::UseDownstream
@@ -539,7 +610,6 @@ fn route_table(c: &mut Checker, t: &pb::RouteTable, clusters: &HashMap<&str, usi
     let mut host_names = HashSet::new();
     let mut domains_seen = HashSet::new();
     for (h, vh) in t.virtual_hosts.iter().enumerate() {
-        c.resource = format!("routeTable {:?}", t.name);
         let prefix = format!("virtualHosts[{h}]");
         c.unique(&mut host_names, &format!("{prefix}.name"), &vh.name);
         if vh.domains.is_empty() {
