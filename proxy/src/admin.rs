@@ -1,6 +1,5 @@
-//! The admin server (port 15000, loopback by default). It runs on its own
-//! thread and runtime so that scrapes and dumps never take time from the
-//! data-plane workers, and stay answerable when those are saturated.
+//! The admin server (port 15000, loopback by default), on the control
+//! thread.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -13,21 +12,12 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 
+use gridmesh_proto::resource::Kind;
+
 use crate::server::Shared;
 
-/// Starts the admin server on an already-bound listener.
-pub fn spawn(listener: std::net::TcpListener, shared: Arc<Shared>) -> std::io::Result<()> {
-    listener.set_nonblocking(true)?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    std::thread::Builder::new()
-        .name("gridmesh-admin".into())
-        .spawn(move || runtime.block_on(serve(listener, shared)))?;
-    Ok(())
-}
-
-async fn serve(listener: std::net::TcpListener, shared: Arc<Shared>) {
+/// Serves admin requests on an already-bound (non-blocking) listener.
+pub async fn serve(listener: std::net::TcpListener, shared: Arc<Shared>) {
     let listener = match tokio::net::TcpListener::from_std(listener) {
         Ok(l) => l,
         Err(e) => {
@@ -58,6 +48,10 @@ fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>> {
         (&Method::GET, "/ready") if shared.drain.is_draining() => {
             text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
         }
+        (&Method::GET, "/ready") if !shared.is_ready() => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "waiting for the first complete config from the control plane\n",
+        ),
         (&Method::GET, "/ready") => text(StatusCode::OK, "ready\n"),
         (&Method::GET, "/metrics") => {
             let mut rsp = text(StatusCode::OK, shared.metrics.encode());
@@ -67,13 +61,7 @@ fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>> {
             );
             rsp
         }
-        (&Method::GET, "/config_dump") => {
-            let runtime = shared.runtime.load();
-            json(&serde_json::json!({
-                "source": runtime.snapshot.source,
-                "bootstrap": &runtime.snapshot.bootstrap,
-            }))
-        }
+        (&Method::GET, "/config_dump") => json(&config_dump(shared)),
         (&Method::GET, "/clusters") => {
             let runtime = shared.runtime.load();
             let clusters: Vec<_> = runtime.clusters.iter().map(|c| c.status()).collect();
@@ -91,6 +79,42 @@ fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>> {
             "not found; try /ready /live /metrics /config_dump /clusters, POST /drain\n",
         ),
     }
+}
+
+/// The config being served, in the bootstrap's own shape (it loads again
+/// as a bootstrap), with each resource's version and origin, and the xDS
+/// client's state (warming listeners, rejected resources and why).
+fn config_dump(shared: &Shared) -> serde_json::Value {
+    let runtime = shared.runtime.load();
+    let snapshot = &runtime.snapshot;
+    let resources: serde_json::Map<String, serde_json::Value> = Kind::PUSH_ORDER
+        .into_iter()
+        .map(|kind| {
+            let list = kind
+                .names(&snapshot.bootstrap)
+                .into_iter()
+                .map(|name| {
+                    let origin = snapshot.origins.get(&(kind, name.to_string()));
+                    serde_json::json!({
+                        "name": name,
+                        "source": origin.map_or(snapshot.source.as_str(), |o| o.source.as_str()),
+                        "version": origin.map_or("static", |o| o.version.as_str()),
+                    })
+                })
+                .collect();
+            (kind.label().to_string(), serde_json::Value::Array(list))
+        })
+        .collect();
+    let xds = shared
+        .xds_status
+        .as_ref()
+        .map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).clone());
+    serde_json::json!({
+        "source": snapshot.source,
+        "bootstrap": &snapshot.bootstrap,
+        "resources": resources,
+        "xds": xds,
+    })
 }
 
 fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {

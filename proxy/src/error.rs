@@ -36,6 +36,8 @@ pub enum ProxyError {
     BadGrpcTimeout,
     #[error("the proxy is shutting down")]
     Draining,
+    #[error("the listener was removed from the configuration and is draining")]
+    ListenerRemoved,
 }
 
 impl ProxyError {
@@ -55,6 +57,7 @@ impl ProxyError {
             ProxyError::DeadlineExceeded => "deadline_exceeded",
             ProxyError::BadGrpcTimeout => "bad_grpc_timeout",
             ProxyError::Draining => "draining",
+            ProxyError::ListenerRemoved => "listener_removed",
         }
     }
 
@@ -71,7 +74,8 @@ impl ProxyError {
             | ProxyError::PendingOverflow
             | ProxyError::ConnectFailure
             | ProxyError::ConnectTimeout
-            | ProxyError::Draining => StatusCode::SERVICE_UNAVAILABLE,
+            | ProxyError::Draining
+            | ProxyError::ListenerRemoved => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -87,7 +91,8 @@ impl ProxyError {
             | ProxyError::ConnectFailure
             | ProxyError::ConnectTimeout
             | ProxyError::UpstreamReset
-            | ProxyError::Draining => Code::Unavailable,
+            | ProxyError::Draining
+            | ProxyError::ListenerRemoved => Code::Unavailable,
         }
     }
 

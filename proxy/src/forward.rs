@@ -55,7 +55,9 @@ async fn forward(
     // config arrives meanwhile.
     let runtime = shared.runtime.load_full();
     let (mut parts, body) = req.into_parts();
-    let table = &runtime.snapshot.route_tables[listener.route_table];
+    let table = runtime
+        .route_table(&listener.name)
+        .ok_or(ProxyError::ListenerRemoved)?;
     let route = table.route(&parts).ok_or(ProxyError::RouteNotFound)?;
     let cluster = runtime.clusters[route.action.target.pick()].clone();
     let deadline = deadline(&parts, grpc, route, start)?;
@@ -100,7 +102,7 @@ async fn forward(
     let limits = StreamLimits {
         deadline,
         idle: route.action.timeouts.idle,
-        drain_expired: grpc.then(|| shared.drain.expiry_token()),
+        drain_expired: grpc.then(|| listener.drain.expiry_token()),
     };
     let body = ResponseBody::new(rbody, grpc, limits, exchange).boxed_unsync();
     Ok(Response::from_parts(rparts, body))

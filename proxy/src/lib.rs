@@ -11,31 +11,35 @@ mod balance;
 mod body;
 mod cluster;
 pub mod config;
+mod control;
 mod discovery;
 mod drain;
 mod error;
 mod forward;
 mod grpc;
 mod headers;
+mod listeners;
 mod metrics;
 mod route;
+mod runtime;
 mod server;
+mod shared;
+mod xds;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
-use tokio::net::TcpListener;
+use tokio::runtime::Handle;
 use tokio::task::JoinHandle;
-use tokio_util::task::TaskTracker;
 
 pub use error::ERROR_HEADER;
+pub use shared::ApplyError;
 
-use crate::cluster::Cluster;
 use crate::config::Snapshot;
+use crate::listeners::Listeners;
 use crate::metrics::Metrics;
-use crate::server::{ListenerContext, Runtime, Shared};
+use crate::shared::Shared;
 
 /// After the drain deadline, how long gRPC streams get to send their
 /// closing trailers before the proxy stops regardless.
@@ -43,14 +47,8 @@ const DRAIN_GRACE: Duration = Duration::from_millis(500);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("cannot bind listener {name:?} on {addr}: {source}")]
-    Bind {
-        name: String,
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
-    #[error("cannot set up DNS resolution from the system configuration: {0}")]
-    Dns(String),
+    #[error(transparent)]
+    Apply(#[from] ApplyError),
     #[error("cannot start the admin server on {addr}: {source}")]
     Admin {
         addr: SocketAddr,
@@ -61,85 +59,40 @@ pub enum StartError {
 /// A running proxy.
 pub struct Proxy {
     shared: Arc<Shared>,
-    listeners: Vec<(String, SocketAddr)>,
     admin_addr: SocketAddr,
     stopped: JoinHandle<()>,
 }
 
 impl Proxy {
     /// Binds every listener and the admin server, then serves. Binding
-    /// happens first, so a port in use fails the start before anything serves.
+    /// happens first, so a port in use fails the start before anything
+    /// serves. With an `xds` section, the proxy then follows the control
+    /// plane, and is ready once its first complete config is applied.
     pub async fn start(snapshot: Snapshot) -> Result<Proxy, StartError> {
         let metrics = Metrics::default();
-        let needs_dns = snapshot.clusters.iter().any(|c| {
-            c.endpoints
-                .iter()
-                .any(|e| matches!(e.address, config::EndpointAddress::Dns { .. }))
-        });
-        // One resolver for every DNS watch, so they share its cache.
-        let resolver = needs_dns
-            .then(discovery::dns::system_resolver)
-            .transpose()
-            .map_err(|e| StartError::Dns(e.to_string()))?;
-        let clusters = snapshot
-            .clusters
-            .iter()
-            .map(|spec| Cluster::new(spec.clone(), &metrics, resolver.as_ref()))
-            .collect();
-        let mut bound = Vec::with_capacity(snapshot.listeners.len());
-        for spec in &snapshot.listeners {
-            let listener =
-                TcpListener::bind(spec.addr)
-                    .await
-                    .map_err(|source| StartError::Bind {
-                        name: spec.name.clone(),
-                        addr: spec.addr,
-                        source,
-                    })?;
-            let addr = listener.local_addr().map_err(|source| StartError::Bind {
-                name: spec.name.clone(),
-                addr: spec.addr,
-                source,
-            })?;
-            bound.push((spec.clone(), listener, addr));
-        }
+        let listeners = Listeners::new(Handle::current());
+        let resolver = Mutex::new(None);
         let admin_error = |source| StartError::Admin {
             addr: snapshot.admin_addr,
             source,
         };
         let admin = std::net::TcpListener::bind(snapshot.admin_addr).map_err(admin_error)?;
         let admin_addr = admin.local_addr().map_err(admin_error)?;
-
-        let shared = Arc::new(Shared {
-            metrics,
-            drain: Default::default(),
-            runtime: ArcSwap::from_pointee(Runtime {
-                snapshot: Arc::new(snapshot),
-                clusters,
-            }),
-        });
-        admin::spawn(admin, shared.clone()).map_err(|source| StartError::Admin {
+        let drain_timeout = snapshot.drain_timeout;
+        let xds = snapshot
+            .bootstrap
+            .xds
+            .clone()
+            .map(|source| xds::Client::new(source, snapshot.bootstrap.clone()));
+        let staged = Shared::stage(&listeners, &metrics, &resolver, snapshot, None)?;
+        let xds_status = xds.as_ref().map(xds::Client::status);
+        let (shared, plan) = Shared::new(staged, listeners, metrics, resolver, xds_status);
+        control::spawn(admin, shared.clone(), xds).map_err(|source| StartError::Admin {
             addr: admin_addr,
             source,
         })?;
+        shared.listeners.commit(plan, &shared, drain_timeout);
 
-        let connections = TaskTracker::new();
-        let mut listeners = Vec::with_capacity(bound.len());
-        for (spec, listener, addr) in bound {
-            listeners.push((spec.name.clone(), addr));
-            let context = Arc::new(ListenerContext {
-                name: spec.name.clone(),
-                route_table: spec.route_table,
-                metrics: shared.metrics.listener(&spec.name),
-            });
-            tokio::spawn(server::accept_loop(
-                listener,
-                spec,
-                context,
-                shared.clone(),
-                connections.clone(),
-            ));
-        }
         let stopped = tokio::spawn({
             let shared = shared.clone();
             async move {
@@ -147,6 +100,7 @@ impl Proxy {
                 // Connections shut down gracefully on their own; wait for
                 // their in-flight requests, but not past the deadline (plus
                 // time for gRPC streams' closing trailers).
+                let connections = &shared.listeners.connections;
                 connections.close();
                 tokio::select! {
                     () = connections.wait() => {}
@@ -159,7 +113,6 @@ impl Proxy {
         });
         Ok(Proxy {
             shared,
-            listeners,
             admin_addr,
             stopped,
         })
@@ -167,14 +120,23 @@ impl Proxy {
 
     /// The bound address of a listener (useful with port 0).
     pub fn listener_addr(&self, name: &str) -> Option<SocketAddr> {
-        self.listeners
-            .iter()
+        self.shared
+            .listeners
+            .addrs()
+            .into_iter()
             .find(|(n, _)| n == name)
-            .map(|(_, a)| *a)
+            .map(|(_, a)| a)
     }
 
     pub fn admin_addr(&self) -> SocketAddr {
         self.admin_addr
+    }
+
+    /// Serves `snapshot` from now on (what the xDS client does with each
+    /// accepted update): in-flight requests finish on the config they
+    /// started with; listeners, clusters, pools that did not change stay.
+    pub fn apply(&self, snapshot: Snapshot) -> Result<(), ApplyError> {
+        self.shared.apply(snapshot)
     }
 
     /// Starts draining (as SIGTERM or `POST /drain` do).
@@ -190,12 +152,5 @@ impl Proxy {
     /// Waits until the proxy has drained and stopped.
     pub async fn stopped(self) {
         let _ = self.stopped.await;
-    }
-}
-
-impl Shared {
-    pub(crate) fn start_drain(&self) {
-        let timeout = self.runtime.load().snapshot.drain_timeout;
-        self.drain.start(timeout);
     }
 }

@@ -9,7 +9,6 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -18,30 +17,19 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 use tokio_util::task::TaskTracker;
 
-use crate::cluster::Cluster;
-use crate::config::{ListenerSpec, Protocol, Snapshot};
+use crate::config::{ListenerSpec, Protocol};
 use crate::drain::Drain;
 use crate::forward;
-use crate::metrics::{ListenerMetrics, Metrics};
+use crate::metrics::ListenerMetrics;
 
-/// State every request and the admin server can see.
-pub struct Shared {
-    pub runtime: ArcSwap<Runtime>,
-    pub metrics: Metrics,
-    pub drain: Drain,
-}
-
-/// The config being served: a snapshot and the clusters built for it, in
-/// the snapshot's cluster order (routes refer to clusters by index).
-pub struct Runtime {
-    pub snapshot: Arc<Snapshot>,
-    pub clusters: Vec<Arc<Cluster>>,
-}
+pub use crate::shared::Shared;
 
 pub struct ListenerContext {
     pub name: String,
-    pub route_table: usize,
     pub metrics: ListenerMetrics,
+    /// Started when this listener is removed or replaced, or the proxy
+    /// drains: stop accepting, close connections gracefully.
+    pub drain: Drain,
 }
 
 /// How long an idle connection gets to close gracefully (HTTP/2 GOAWAY). It
@@ -77,11 +65,12 @@ fn connection_builder(spec: &ListenerSpec) -> auto::Builder<TokioExecutor> {
     }
 }
 
-/// Accepts connections until draining starts, then stops accepting (the
-/// socket closes). Each connection then shuts down gracefully: HTTP/2 sends
-/// GOAWAY, HTTP/1.1 answers in-flight requests with `Connection: close`.
+/// Accepts connections until the listener drains, then stops accepting (the
+/// socket closes once no newer accept loop shares it). Each connection then
+/// shuts down gracefully: HTTP/2 sends GOAWAY, HTTP/1.1 answers in-flight
+/// requests with `Connection: close`.
 pub async fn accept_loop(
-    listener: TcpListener,
+    listener: Arc<TcpListener>,
     spec: ListenerSpec,
     context: Arc<ListenerContext>,
     shared: Arc<Shared>,
@@ -92,7 +81,7 @@ pub async fn accept_loop(
     loop {
         let (stream, peer) = tokio::select! {
             biased;
-            () = shared.drain.started() => return,
+            () = context.drain.started() => return,
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
                 Err(e) => {
@@ -125,7 +114,6 @@ pub async fn accept_loop(
             .serve_connection(TokioIo::new(io), service)
             .into_owned();
         let context = context.clone();
-        let shared = shared.clone();
         connections.spawn(async move {
             tokio::pin!(conn);
             let result = tokio::select! {
@@ -136,7 +124,7 @@ pub async fn accept_loop(
                         .await
                         .unwrap_or(Ok(()))
                 }
-                () = shared.drain.started() => {
+                () = context.drain.started() => {
                     conn.as_mut().graceful_shutdown();
                     // What is still open after the deadline (and the grace
                     // gRPC streams get for their closing trailers) is closed
@@ -144,7 +132,7 @@ pub async fn accept_loop(
                     tokio::select! {
                         result = conn.as_mut() => result,
                         () = async {
-                            shared.drain.expired().await;
+                            context.drain.expired().await;
                             tokio::time::sleep(crate::DRAIN_GRACE).await;
                         } => Ok(()),
                     }

@@ -32,18 +32,32 @@ pub use pool::SendError;
 use retry_budget::RetryBudget;
 
 pub struct Cluster {
-    pub spec: Arc<ClusterSpec>,
+    /// The settings this cluster was built with, and its latest endpoint
+    /// list. Only the endpoints ever change (see [`Cluster::update`]): a
+    /// change to anything else builds a new cluster.
+    spec: ArcSwap<ClusterSpec>,
     pub metrics: ClusterMetrics,
     limits: Arc<limits::Limits>,
     retry_budget: RetryBudget,
     /// The balancer over the current endpoint set. A change (DNS, config)
     /// builds a new one off the request path and swaps it in whole.
     balancer: ArcSwap<Box<dyn Balance<Arc<Endpoint>>>>,
-    /// The latest addresses of each `hostname:port` endpoint, by its
-    /// position in the spec.
-    resolved: Mutex<HashMap<usize, Addresses>>,
-    /// DNS watches; they end with the cluster.
-    discovery: Mutex<Vec<JoinHandle<()>>>,
+    resolver: Option<TokioResolver>,
+    /// The latest addresses of each `hostname:port` endpoint.
+    resolved: Mutex<HashMap<HostPort, Addresses>>,
+    /// One DNS watch per name; each ends when its name leaves the spec, or
+    /// with the cluster.
+    discovery: Mutex<HashMap<HostPort, [JoinHandle<()>; 2]>>,
+}
+
+type HostPort = (String, u16);
+
+/// Why a cluster cannot take a spec.
+#[derive(Debug, thiserror::Error)]
+#[error("cluster {cluster:?} has hostname endpoints but DNS is unavailable: {reason}")]
+pub struct NoResolver {
+    pub cluster: String,
+    pub reason: String,
 }
 
 pub struct Endpoint {
@@ -76,12 +90,14 @@ impl Candidate for Arc<Endpoint> {
 }
 
 impl Cluster {
-    /// Builds a cluster; `resolver` is required when any endpoint is a DNS name.
+    /// Builds a cluster; `resolver` is required when any endpoint is a DNS
+    /// name. Must run inside the data plane's runtime (DNS watches are
+    /// spawned onto it).
     pub fn new(
         spec: Arc<ClusterSpec>,
         metrics: &Metrics,
         resolver: Option<&TokioResolver>,
-    ) -> Arc<Self> {
+    ) -> Result<Arc<Self>, NoResolver> {
         let limits = Arc::new(limits::Limits::new(
             spec.max_requests,
             spec.max_pending_requests,
@@ -92,31 +108,89 @@ impl Cluster {
             retry_budget: RetryBudget::new(spec.retry_percent, spec.min_retries_per_second),
             limits,
             balancer: ArcSwap::from_pointee(balance::build(policy(&spec), Vec::new())),
+            resolver: resolver.cloned(),
             resolved: Mutex::new(HashMap::new()),
-            discovery: Mutex::new(Vec::new()),
-            spec,
+            discovery: Mutex::new(HashMap::new()),
+            spec: ArcSwap::new(Arc::new(ClusterSpec {
+                endpoints: Vec::new(),
+                ..(*spec).clone()
+            })),
         });
-        cluster.rebuild();
-        if let Some(resolver) = resolver {
-            cluster.watch_dns(resolver);
-        }
-        cluster
+        cluster.update(spec)?;
+        Ok(cluster)
     }
 
-    /// Follows every `hostname:port` endpoint; each change rebuilds the set.
-    fn watch_dns(self: &Arc<Self>, resolver: &TokioResolver) {
+    /// Whether `spec` differs from this cluster's only in its endpoints, so
+    /// that [`Cluster::update`] can take it and keep pools, breakers, load
+    /// history and the retry budget.
+    pub fn can_update_to(&self, spec: &ClusterSpec) -> bool {
+        let current = self.spec.load();
+        let endpoints_aside = ClusterSpec {
+            endpoints: current.endpoints.clone(),
+            ..spec.clone()
+        };
+        **current == endpoints_aside
+    }
+
+    /// Takes a new endpoint list (the caller checked [`Cluster::can_update_to`]).
+    /// Endpoints that stay keep their pools; removed ones stop getting new
+    /// requests, finish those in flight, and then close.
+    pub fn update(self: &Arc<Self>, spec: Arc<ClusterSpec>) -> Result<(), NoResolver> {
+        if **self.spec.load() == *spec {
+            return Ok(());
+        }
+        self.spec.store(spec);
+        self.watch_dns()?;
+        self.rebuild();
+        Ok(())
+    }
+
+    /// Follows every `hostname:port` endpoint of the spec, and stops
+    /// following names it no longer has; each change rebuilds the set.
+    fn watch_dns(self: &Arc<Self>) -> Result<(), NoResolver> {
+        let spec = self.spec.load();
+        let names: HashMap<HostPort, ()> = spec
+            .endpoints
+            .iter()
+            .filter_map(|e| match &e.address {
+                EndpointAddress::Dns { host, port } => Some(((host.clone(), *port), ())),
+                EndpointAddress::Socket(_) => None,
+            })
+            .collect();
+        let mut watches = self.discovery.lock().unwrap_or_else(|p| p.into_inner());
+        watches.retain(|name, tasks| {
+            let keep = names.contains_key(name);
+            if !keep {
+                tasks.iter().for_each(JoinHandle::abort);
+            }
+            keep
+        });
+        self.resolved
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|name, _| names.contains_key(name));
+        let new: Vec<HostPort> = names
+            .into_keys()
+            .filter(|name| !watches.contains_key(name))
+            .collect();
+        if new.is_empty() {
+            return Ok(());
+        }
+        let Some(resolver) = &self.resolver else {
+            return Err(NoResolver {
+                cluster: spec.name.clone(),
+                reason: "no resolver was set up".into(),
+            });
+        };
         let refresh = DnsRefresh {
-            min_refresh: self.spec.dns_min_refresh,
+            min_refresh: spec.dns_min_refresh,
             ..Default::default()
         };
-        let mut tasks = self.discovery.lock().unwrap_or_else(|p| p.into_inner());
-        for (index, spec) in self.spec.endpoints.iter().enumerate() {
-            let EndpointAddress::Dns { host, port } = &spec.address else {
-                continue;
-            };
+        for name in new {
             let (mut addresses, lookup) =
-                dns::watch_host(resolver.clone(), host.clone(), *port, refresh);
+                dns::watch_host(resolver.clone(), name.0.clone(), name.1, refresh);
             let cluster = Arc::downgrade(self);
+            let key = name.clone();
             let follow = tokio::spawn(async move {
                 while addresses.changed().await.is_ok() {
                     let Some(cluster) = cluster.upgrade() else {
@@ -127,28 +201,30 @@ impl Cluster {
                         .resolved
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
-                        .insert(index, latest);
+                        .insert(key.clone(), latest);
                     cluster.rebuild();
                 }
             });
-            tasks.extend([lookup, follow]);
+            watches.insert(name, [lookup, follow]);
         }
+        Ok(())
     }
 
     /// Rebuilds the balancer from the spec's static addresses and the latest
     /// DNS answers. Endpoints that stay keep their pools and load history;
     /// removed ones finish their in-flight requests and then close.
     fn rebuild(&self) {
+        let spec = self.spec.load();
         let resolved = self.resolved.lock().unwrap_or_else(|p| p.into_inner());
         let mut addrs: Vec<(SocketAddr, u32)> = Vec::new();
-        for (index, spec) in self.spec.endpoints.iter().enumerate() {
-            match &spec.address {
-                EndpointAddress::Socket(addr) => addrs.push((*addr, spec.weight)),
-                EndpointAddress::Dns { .. } => addrs.extend(
+        for endpoint in &spec.endpoints {
+            match &endpoint.address {
+                EndpointAddress::Socket(addr) => addrs.push((*addr, endpoint.weight)),
+                EndpointAddress::Dns { host, port } => addrs.extend(
                     resolved
-                        .get(&index)
+                        .get(&(host.clone(), *port))
                         .into_iter()
-                        .flat_map(|a| a.iter().map(|addr| (*addr, spec.weight))),
+                        .flat_map(|a| a.iter().map(|addr| (*addr, endpoint.weight))),
                 ),
             }
         }
@@ -175,8 +251,8 @@ impl Cluster {
                             load: Arc::default(),
                             pool: Arc::new(Pool::new(
                                 addr,
-                                self.spec.connect_timeout,
-                                self.spec.idle_connection_timeout,
+                                spec.connect_timeout,
+                                spec.idle_connection_timeout,
                                 self.limits.clone(),
                             )),
                             requests: AtomicU64::new(0),
@@ -186,7 +262,11 @@ impl Cluster {
             })
             .collect();
         self.balancer
-            .store(Arc::new(balance::build(policy(&self.spec), endpoints)));
+            .store(Arc::new(balance::build(policy(&spec), endpoints)));
+    }
+
+    pub fn name(&self) -> String {
+        self.spec.load().name.clone()
     }
 
     /// Admits a request under the `max_requests` breaker.
@@ -214,6 +294,7 @@ impl Cluster {
         let mut context = PickContext::new();
         if let Some(value) = self
             .spec
+            .load()
             .ring_hash_header
             .as_ref()
             .and_then(|h| headers.get(h))
@@ -229,7 +310,7 @@ impl Cluster {
 
     /// The protocol to speak upstream for a request that arrived as `downstream`.
     pub fn upstream_version(&self, downstream: Version) -> Version {
-        match self.spec.protocol {
+        match self.spec.load().protocol {
             UpstreamProtocol::Http1 => Version::HTTP_11,
             UpstreamProtocol::Http2 => Version::HTTP_2,
             UpstreamProtocol::UseDownstream if downstream == Version::HTTP_2 => Version::HTTP_2,
@@ -239,9 +320,10 @@ impl Cluster {
 
     pub fn status(&self) -> ClusterStatus {
         let balancer = self.balancer.load();
+        let spec = self.spec.load();
         ClusterStatus {
-            name: self.spec.name.clone(),
-            lb_policy: self.spec.lb_policy.as_str_name(),
+            name: spec.name.clone(),
+            lb_policy: spec.lb_policy.as_str_name(),
             requests_in_flight: self.limits.requests_in_flight(),
             connections_open: self.limits.open_connections(),
             endpoints: balancer
@@ -305,13 +387,13 @@ struct EndpointStatus {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        for task in self
+        for tasks in self
             .discovery
             .get_mut()
             .unwrap_or_else(|p| p.into_inner())
-            .drain(..)
+            .values()
         {
-            task.abort();
+            tasks.iter().for_each(JoinHandle::abort);
         }
     }
 }

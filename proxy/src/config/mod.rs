@@ -46,6 +46,14 @@ pub struct Problem {
     pub message: String,
 }
 
+/// Where a resource came from and which version of it is served.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Origin {
+    /// e.g. `xds:gridmesh-control:15012`.
+    pub source: String,
+    pub version: String,
+}
+
 /// The `index`th resource of `kind` in the validated [`Bootstrap`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ResourceAt {

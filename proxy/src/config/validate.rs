@@ -18,7 +18,7 @@ use regex::Regex;
 
 use gridmesh_proto::resource::Kind;
 
-use super::{ConfigError, Problem, ResourceAt};
+use super::{ConfigError, Origin, Problem, ResourceAt};
 use crate::route::{
     GrpcMatch, HeaderMatchKind, HeaderMatcher, HeaderMutation, PathMatch, RetryPolicy, Route,
     RouteAction, RouteMatcher, RouteTable, Target, Timeouts, VirtualHost,
@@ -59,6 +59,9 @@ pub struct Snapshot {
     pub source: String,
     /// The resources as given, for `/config_dump`.
     pub bootstrap: Bootstrap,
+    /// Where resources that did not come from `source` came from (the xDS
+    /// client fills this in), by kind and name.
+    pub origins: HashMap<(Kind, String), Origin>,
     pub admin_addr: SocketAddr,
     pub drain_timeout: Duration,
     pub listeners: Vec<ListenerSpec>,
@@ -323,6 +326,7 @@ fn build(bootstrap: Bootstrap, source: &str, scope: Scope) -> Result<Snapshot, C
     Ok(Snapshot {
         source: source.to_string(),
         bootstrap,
+        origins: HashMap::new(),
         admin_addr: admin_addr.expect("no problems, so the address parsed"),
         drain_timeout,
         listeners,

@@ -1,0 +1,31 @@
+//! The control thread: the admin server and the xDS client run here, on a
+//! runtime of their own, so that scrapes, dumps and config conversion never
+//! take time from the data-plane workers, and stay responsive when those
+//! are saturated.
+
+use std::sync::Arc;
+
+use crate::shared::Shared;
+use crate::{admin, xds};
+
+pub fn spawn(
+    admin_listener: std::net::TcpListener,
+    shared: Arc<Shared>,
+    xds: Option<xds::Client>,
+) -> std::io::Result<()> {
+    admin_listener.set_nonblocking(true)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    std::thread::Builder::new()
+        .name("gridmesh-control".into())
+        .spawn(move || {
+            runtime.block_on(async move {
+                if let Some(client) = xds {
+                    tokio::spawn(client.run(shared.clone()));
+                }
+                admin::serve(admin_listener, shared).await
+            })
+        })?;
+    Ok(())
+}

@@ -1,0 +1,192 @@
+//! The listeners being served, and how they follow config changes.
+//!
+//! A change is applied in two steps. [`Listeners::prepare`] does everything
+//! that can fail (binding new addresses) and changes nothing, so a port in
+//! use rejects the update as a whole. [`Listeners::commit`] cannot fail: a
+//! removed listener stops accepting and drains its connections; a changed
+//! one keeps its socket (no window where the port refuses connections),
+//! starts accepting with the new settings, and drains the connections
+//! accepted under the old ones. A listener whose settings did not change is
+//! left alone: its route table comes from the runtime, so a route change
+//! never touches connections.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpSocket};
+use tokio::runtime::Handle;
+use tokio_util::task::TaskTracker;
+
+use crate::config::ListenerSpec;
+use crate::drain::Drain;
+use crate::server::{self, ListenerContext, Shared};
+
+/// Pending connections the kernel queues per listener.
+const BACKLOG: u32 = 1024;
+
+#[derive(Debug, thiserror::Error)]
+#[error("cannot bind listener {name:?} on {addr}: {source}")]
+pub struct BindError {
+    pub name: String,
+    pub addr: SocketAddr,
+    pub source: std::io::Error,
+}
+
+pub struct Listeners {
+    /// The data plane's runtime: sockets register with its reactor and
+    /// accept loops run on its workers, wherever the apply runs.
+    data_plane: Handle,
+    active: Mutex<Vec<Active>>,
+    /// Every downstream connection, so a proxy drain can wait for them.
+    pub connections: TaskTracker,
+}
+
+struct Active {
+    spec: ListenerSpec,
+    socket: Arc<TcpListener>,
+    local_addr: SocketAddr,
+    context: Arc<ListenerContext>,
+}
+
+/// What [`Listeners::commit`] will do, with the sockets already bound.
+pub struct Plan {
+    listeners: Vec<Planned>,
+}
+
+struct Planned {
+    spec: ListenerSpec,
+    socket: Arc<TcpListener>,
+    local_addr: SocketAddr,
+    /// Unchanged: keep serving as is.
+    keep: bool,
+}
+
+impl Listeners {
+    pub fn new(data_plane: Handle) -> Listeners {
+        Listeners {
+            data_plane,
+            active: Mutex::new(Vec::new()),
+            connections: TaskTracker::new(),
+        }
+    }
+
+    pub fn data_plane(&self) -> &Handle {
+        &self.data_plane
+    }
+
+    /// Binds what `specs` need that is not bound yet. Changes nothing.
+    pub fn prepare(&self, specs: &[ListenerSpec]) -> Result<Plan, BindError> {
+        let active = self.active.lock().unwrap_or_else(|p| p.into_inner());
+        let mut listeners = Vec::with_capacity(specs.len());
+        for spec in specs {
+            if let Some(same) = active.iter().find(|a| a.spec == *spec) {
+                listeners.push(Planned {
+                    spec: spec.clone(),
+                    socket: same.socket.clone(),
+                    local_addr: same.local_addr,
+                    keep: true,
+                });
+                continue;
+            }
+            // A socket already bound to the address (this listener's, or
+            // one being renamed) is taken over rather than bound again.
+            let bound = active
+                .iter()
+                .find(|a| spec.addr.port() != 0 && a.spec.addr == spec.addr)
+                .map(|a| (a.socket.clone(), a.local_addr));
+            let (socket, local_addr) = match bound {
+                Some(bound) => bound,
+                None => self.bind(spec)?,
+            };
+            listeners.push(Planned {
+                spec: spec.clone(),
+                socket,
+                local_addr,
+                keep: false,
+            });
+        }
+        Ok(Plan { listeners })
+    }
+
+    fn bind(&self, spec: &ListenerSpec) -> Result<(Arc<TcpListener>, SocketAddr), BindError> {
+        let error = |source| BindError {
+            name: spec.name.clone(),
+            addr: spec.addr,
+            source,
+        };
+        let _data_plane = self.data_plane.enter();
+        let socket = if spec.addr.is_ipv4() {
+            TcpSocket::new_v4()
+        } else {
+            TcpSocket::new_v6()
+        }
+        .map_err(error)?;
+        // Rebinding a port this proxy just released must not wait out
+        // TIME_WAIT.
+        socket.set_reuseaddr(true).map_err(error)?;
+        socket.bind(spec.addr).map_err(error)?;
+        let listener = socket.listen(BACKLOG).map_err(error)?;
+        let local_addr = listener.local_addr().map_err(error)?;
+        Ok((Arc::new(listener), local_addr))
+    }
+
+    /// Serves `plan`: starts new and changed listeners, drains removed and
+    /// replaced ones (their connections get `drain_timeout`).
+    pub fn commit(&self, plan: Plan, shared: &Arc<Shared>, drain_timeout: Duration) {
+        let mut active = self.active.lock().unwrap_or_else(|p| p.into_inner());
+        let mut previous = std::mem::take(&mut *active);
+        for planned in plan.listeners {
+            if planned.keep
+                && let Some(i) = previous.iter().position(|a| a.spec == planned.spec)
+            {
+                active.push(previous.swap_remove(i));
+                continue;
+            }
+            let context = Arc::new(ListenerContext {
+                name: planned.spec.name.clone(),
+                metrics: shared.metrics.listener(&planned.spec.name),
+                drain: Drain::default(),
+            });
+            self.data_plane.spawn(server::accept_loop(
+                planned.socket.clone(),
+                planned.spec.clone(),
+                context.clone(),
+                shared.clone(),
+                self.connections.clone(),
+            ));
+            tracing::info!(listener = %planned.spec.name, addr = %planned.local_addr, "listener serving");
+            active.push(Active {
+                spec: planned.spec,
+                socket: planned.socket,
+                local_addr: planned.local_addr,
+                context,
+            });
+        }
+        let _data_plane = self.data_plane.enter();
+        for gone in previous {
+            tracing::info!(listener = %gone.spec.name, "listener draining");
+            gone.context.drain.start(drain_timeout);
+        }
+    }
+
+    /// Starts draining every listener (the proxy is shutting down). Their
+    /// sockets close as their accept loops end.
+    pub fn drain_all(&self, drain_timeout: Duration) {
+        let _data_plane = self.data_plane.enter();
+        let all = std::mem::take(&mut *self.active.lock().unwrap_or_else(|p| p.into_inner()));
+        for a in all {
+            a.context.drain.start(drain_timeout);
+        }
+    }
+
+    /// Name and bound address of every listener being served.
+    pub fn addrs(&self) -> Vec<(String, SocketAddr)> {
+        self.active
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|a| (a.spec.name.clone(), a.local_addr))
+            .collect()
+    }
+}

@@ -1,0 +1,143 @@
+//! State every request, the admin server and the xDS client can see, and
+//! the one way config changes: [`Shared::apply`].
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+use hickory_resolver::TokioResolver;
+
+use crate::cluster::NoResolver;
+use crate::config::Snapshot;
+use crate::discovery;
+use crate::drain::Drain;
+use crate::listeners::{BindError, Listeners, Plan};
+use crate::metrics::Metrics;
+use crate::runtime::{self, Runtime};
+use crate::xds;
+
+pub struct Shared {
+    pub runtime: ArcSwap<Runtime>,
+    pub metrics: Metrics,
+    pub drain: Drain,
+    pub listeners: Listeners,
+    /// Whether the first complete config is being served (`/ready`).
+    ready: AtomicBool,
+    /// Created when the first hostname endpoint appears; shared by every
+    /// DNS watch so they share its cache.
+    resolver: Mutex<Option<TokioResolver>>,
+    /// The xDS client's state, when the proxy has one.
+    pub xds_status: Option<Arc<Mutex<xds::Status>>>,
+    /// Applies run one at a time (the xDS client and a drain may race).
+    applying: Mutex<()>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error(transparent)]
+    Bind(#[from] BindError),
+    #[error("cannot set up DNS resolution from the system configuration: {0}")]
+    Dns(String),
+    #[error(transparent)]
+    NoResolver(#[from] NoResolver),
+    #[error("the proxy is draining")]
+    Draining,
+}
+
+/// A snapshot made ready to serve: sockets bound, runtime built. Nothing is
+/// visible to requests yet.
+pub struct Staged {
+    plan: Plan,
+    runtime: Runtime,
+}
+
+impl Shared {
+    /// Everything that can fail about serving `snapshot`, done without
+    /// changing what is served.
+    pub fn stage(
+        listeners: &Listeners,
+        metrics: &Metrics,
+        resolver: &Mutex<Option<TokioResolver>>,
+        snapshot: Snapshot,
+        previous: Option<&Runtime>,
+    ) -> Result<Staged, ApplyError> {
+        let resolver = if runtime::needs_dns(&snapshot) {
+            let mut slot = resolver.lock().unwrap_or_else(|p| p.into_inner());
+            if slot.is_none() {
+                *slot = Some(
+                    discovery::dns::system_resolver()
+                        .map_err(|e| ApplyError::Dns(e.to_string()))?,
+                );
+            }
+            slot.clone()
+        } else {
+            None
+        };
+        let plan = listeners.prepare(&snapshot.listeners)?;
+        let runtime = Runtime::build(snapshot, previous, metrics, resolver.as_ref())?;
+        Ok(Staged { plan, runtime })
+    }
+
+    pub fn new(
+        staged: Staged,
+        listeners: Listeners,
+        metrics: Metrics,
+        resolver: Mutex<Option<TokioResolver>>,
+        xds_status: Option<Arc<Mutex<xds::Status>>>,
+    ) -> (Arc<Shared>, Plan) {
+        // Without a control plane, the bootstrap is the complete config.
+        let ready = xds_status.is_none();
+        let shared = Arc::new(Shared {
+            runtime: ArcSwap::from_pointee(staged.runtime),
+            metrics,
+            drain: Drain::default(),
+            listeners,
+            ready: AtomicBool::new(ready),
+            resolver,
+            xds_status,
+            applying: Mutex::new(()),
+        });
+        (shared, staged.plan)
+    }
+
+    /// Serves `snapshot` from now on: new requests use it, requests in
+    /// flight finish on the config they started with, connections and pools
+    /// that are still valid stay. Either all of it applies or nothing does.
+    pub fn apply(self: &Arc<Self>, snapshot: Snapshot) -> Result<(), ApplyError> {
+        let _one_at_a_time = self.applying.lock().unwrap_or_else(|p| p.into_inner());
+        if self.drain.is_draining() {
+            return Err(ApplyError::Draining);
+        }
+        let drain_timeout = snapshot.drain_timeout;
+        let current = self.runtime.load_full();
+        let staged = {
+            // Clusters spawn their DNS watches onto the data plane.
+            let _data_plane = self.listeners.data_plane().enter();
+            Shared::stage(
+                &self.listeners,
+                &self.metrics,
+                &self.resolver,
+                snapshot,
+                Some(&current),
+            )?
+        };
+        self.runtime.store(Arc::new(staged.runtime));
+        self.listeners.commit(staged.plan, self, drain_timeout);
+        Ok(())
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed) && !self.drain.is_draining()
+    }
+
+    pub fn set_ready(&self) {
+        self.ready.store(true, Ordering::Relaxed);
+    }
+
+    pub(crate) fn start_drain(&self) {
+        let _no_apply_meanwhile = self.applying.lock().unwrap_or_else(|p| p.into_inner());
+        let timeout = self.runtime.load().snapshot.drain_timeout;
+        self.drain.start(timeout);
+        self.listeners.drain_all(timeout);
+    }
+}
