@@ -30,7 +30,24 @@ pub struct Metrics {
     downstream_connections: IntCounterVec,
     downstream_requests: IntCounterVec,
     local_replies: IntCounterVec,
+    pub xds: XdsMetrics,
 }
+
+/// The xDS client's view: how config updates go.
+pub struct XdsMetrics {
+    /// Responses handled, by resource type and `ack` / `nack`.
+    pub updates: IntCounterVec,
+    /// From a response's arrival to its ACK or NACK: decoding, validating
+    /// the whole candidate config and applying it.
+    pub update_duration: HistogramVec,
+    /// 1 while the stream to the control plane is up.
+    pub connected: IntGauge,
+}
+
+/// Apply times are milliseconds; finer buckets than request latencies.
+const APPLY_BUCKETS: &[f64] = &[
+    0.00025, 0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 1.0,
+];
 
 pub struct ClusterMetrics {
     pub requests: IntCounter,
@@ -159,6 +176,31 @@ impl Default for Metrics {
                 "Responses the proxy made itself, by x-gridmesh-error reason.",
                 &["listener", "reason"],
             ),
+            xds: XdsMetrics {
+                updates: counter(
+                    &r,
+                    "xds_updates_total",
+                    "xDS responses handled, by resource type and result (ack or nack).",
+                    &["type", "result"],
+                ),
+                update_duration: {
+                    let opts = HistogramOpts::new(
+                        "xds_update_duration_seconds",
+                        "Time from an xDS response's arrival to its ACK or NACK (decode, validate, apply).",
+                    )
+                    .buckets(APPLY_BUCKETS.to_vec());
+                    let h = HistogramVec::new(opts, &["type"]).expect("valid metric definition");
+                    r.register(Box::new(h.clone())).expect("unique metric name");
+                    h
+                },
+                connected: gauge(
+                    &r,
+                    "xds_connected",
+                    "1 while the stream to the control plane is up.",
+                    &[],
+                )
+                .with_label_values(&[] as &[&str]),
+            },
             registry: r,
         }
     }

@@ -110,6 +110,7 @@ impl Client {
                 s.connected = false;
                 s.reconnects += 1;
             });
+            shared.metrics.xds.connected.set(0);
             tokio::select! {
                 () = tokio::time::sleep(delay) => {}
                 () = shared.drain.started() => return,
@@ -166,6 +167,7 @@ impl Client {
             s.connected = true;
             s.last_error = None;
         });
+        shared.metrics.xds.connected.set(1);
         let mut handled_any = false;
         loop {
             let response = match responses.message().await {
@@ -189,6 +191,28 @@ impl Client {
 
     /// Applies one response; returns the ACK or NACK to send.
     fn handle(
+        &mut self,
+        shared: &Arc<Shared>,
+        response: &DeltaDiscoveryResponse,
+    ) -> DeltaDiscoveryRequest {
+        let arrived = std::time::Instant::now();
+        let reply = self.apply_response(shared, response);
+        let kind = Kind::from_type_url(&response.type_url).map_or("unknown", Kind::label);
+        let result = if reply.error_detail.is_some() {
+            "nack"
+        } else {
+            "ack"
+        };
+        let metrics = &shared.metrics.xds;
+        metrics.updates.with_label_values(&[kind, result]).inc();
+        metrics
+            .update_duration
+            .with_label_values(&[kind])
+            .observe(arrived.elapsed().as_secs_f64());
+        reply
+    }
+
+    fn apply_response(
         &mut self,
         shared: &Arc<Shared>,
         response: &DeltaDiscoveryResponse,
