@@ -1,0 +1,327 @@
+//! The aggregated discovery service: one task per stream runs the protocol
+//! ([`delta`] or [`sotw`]) against the snapshot currently served.
+//!
+//! Both protocols share the loop here: requests and snapshot changes mark
+//! types as needing a look, then the protocol decides what to send, in the
+//! order the xDS ordering rule asks for. Responses go through a small
+//! bounded queue, so a slow sidecar holds at most a couple of responses in
+//! memory and never the control plane's attention: its task just waits.
+
+mod delta;
+mod sotw;
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use futures_util::FutureExt as _;
+use gridmesh_proto::discovery::aggregated_discovery_service_server::{
+    AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
+};
+use gridmesh_proto::discovery::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+};
+use gridmesh_proto::envoy::config::core::v3::Node;
+use gridmesh_proto::resource::Kind;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::Shared;
+use crate::clients::{ClientHandle, Nack, Protocol, Subscribed, TypeView, timestamp};
+use crate::snapshot::Snapshot;
+
+/// Responses queued per stream beyond the one being written.
+const OUTBOUND_QUEUE: usize = 2;
+/// A new stream's first requests are gathered for this long (after each
+/// one) before anything is sent, so that the initial push goes in push
+/// order even when the client subscribes to the types in another order.
+const INITIAL_GATHER: Duration = Duration::from_millis(10);
+const INITIAL_GATHER_MAX: Duration = Duration::from_millis(50);
+
+pub fn service(shared: Arc<Shared>) -> AggregatedDiscoveryServiceServer<Ads> {
+    AggregatedDiscoveryServiceServer::new(Ads { shared })
+}
+
+pub struct Ads {
+    shared: Arc<Shared>,
+}
+
+type Outbound<T> = ReceiverStream<Result<T, Status>>;
+
+#[tonic::async_trait]
+impl AggregatedDiscoveryService for Ads {
+    type StreamAggregatedResourcesStream = Outbound<DiscoveryResponse>;
+    type DeltaAggregatedResourcesStream = Outbound<DeltaDiscoveryResponse>;
+
+    async fn stream_aggregated_resources(
+        &self,
+        request: Request<Streaming<DiscoveryRequest>>,
+    ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
+        Ok(Response::new(self.start(request, sotw::State::default())))
+    }
+
+    async fn delta_aggregated_resources(
+        &self,
+        request: Request<Streaming<DeltaDiscoveryRequest>>,
+    ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
+        Ok(Response::new(self.start(request, delta::State::default())))
+    }
+}
+
+impl Ads {
+    fn start<S: StreamState>(
+        &self,
+        request: Request<Streaming<S::Request>>,
+        state: S,
+    ) -> Outbound<S::Response> {
+        let peer = request.remote_addr();
+        let client = self.shared.clients.add(S::PROTOCOL, peer);
+        let (tx, rx) = mpsc::channel(OUTBOUND_QUEUE);
+        let stream = Stream {
+            shared: self.shared.clone(),
+            inbound: request.into_inner(),
+            tx,
+            client,
+            state,
+            nonces: 0,
+        };
+        tokio::spawn(stream.run());
+        ReceiverStream::new(rx)
+    }
+}
+
+/// One protocol's per-stream state machine.
+trait StreamState: Send + 'static {
+    type Request: Send + 'static;
+    type Response: Send + 'static;
+    const PROTOCOL: Protocol;
+
+    fn node(request: &Self::Request) -> Option<&Node>;
+    fn type_url(request: &Self::Request) -> &str;
+    /// Applies a request for a known type: ACK/NACK and subscriptions.
+    fn on_request(&mut self, kind: Kind, request: Self::Request, ctx: &Context<'_>);
+    /// The served snapshot changed: every subscribed type needs a look.
+    fn on_snapshot(&mut self);
+    /// What to send now, in sending order. `nonce` hands out nonces.
+    fn responses(
+        &mut self,
+        snapshot: &Snapshot,
+        nonce: &mut dyn FnMut() -> String,
+    ) -> Vec<(Kind, Self::Response)>;
+    fn view(&self) -> Vec<TypeView>;
+}
+
+/// What a request handler may look at besides the request.
+struct Context<'a> {
+    node_id: &'a str,
+    metrics: &'a crate::metrics::Metrics,
+}
+
+struct Stream<S: StreamState> {
+    shared: Arc<Shared>,
+    inbound: Streaming<S::Request>,
+    tx: mpsc::Sender<Result<S::Response, Status>>,
+    client: ClientHandle,
+    state: S,
+    nonces: u64,
+}
+
+/// Why a stream ended.
+enum End {
+    ClientClosed,
+    Error(Status),
+    Shutdown,
+}
+
+impl<S: StreamState> Stream<S> {
+    async fn run(mut self) {
+        let metrics = &self.shared.metrics;
+        metrics.client_connected(S::PROTOCOL);
+        let mut snapshots = self.shared.snapshots.subscribe();
+        let shutdown = self.shared.shutdown.clone();
+        let end = self.serve(&mut snapshots, &shutdown).await;
+        let node_id = self.client.node_id();
+        match end {
+            End::ClientClosed => {
+                tracing::info!(node = %node_id, stream = self.client.stream(), "xDS stream closed by the client")
+            }
+            End::Error(status) => {
+                tracing::info!(node = %node_id, stream = self.client.stream(), error = %status.message(), "xDS stream failed")
+            }
+            End::Shutdown => {
+                tracing::debug!(node = %node_id, stream = self.client.stream(), "xDS stream ended: shutting down")
+            }
+        }
+        self.shared.metrics.client_gone(S::PROTOCOL);
+    }
+
+    async fn serve(
+        &mut self,
+        snapshots: &mut tokio::sync::watch::Receiver<Arc<Snapshot>>,
+        shutdown: &CancellationToken,
+    ) -> End {
+        let mut snapshot = snapshots.borrow_and_update().clone();
+        let mut node_id: Option<String> = None;
+        let mut first = true;
+        loop {
+            let batch = tokio::select! {
+                () = shutdown.cancelled() => return End::Shutdown,
+                message = self.inbound.message() => match message {
+                    Ok(Some(request)) => {
+                        let mut batch = vec![request];
+                        if first {
+                            first = false;
+                            self.gather(&mut batch).await;
+                        }
+                        // Whatever else already arrived is handled together.
+                        while let Some(Ok(Some(r))) = self.inbound.message().now_or_never() {
+                            batch.push(r);
+                        }
+                        batch
+                    }
+                    Ok(None) => return End::ClientClosed,
+                    Err(status) => return End::Error(status),
+                },
+                changed = snapshots.changed() => {
+                    if changed.is_err() {
+                        return End::Shutdown;
+                    }
+                    snapshot = snapshots.borrow_and_update().clone();
+                    self.state.on_snapshot();
+                    Vec::new()
+                }
+            };
+            for request in batch {
+                if node_id.is_none()
+                    && let Some(node) = S::node(&request)
+                {
+                    self.client.set_node(node);
+                    tracing::info!(node = %node.id, cluster = %node.cluster, stream = self.client.stream(), protocol = S::PROTOCOL.label(), "xDS client connected");
+                    node_id = Some(node.id.clone());
+                }
+                let type_url = S::type_url(&request);
+                let Some(kind) = Kind::from_type_url(type_url) else {
+                    if self.client.unknown_type(type_url) {
+                        tracing::warn!(
+                            node = node_id.as_deref().unwrap_or(""),
+                            type_url,
+                            "subscription to a type this control plane does not serve; ignored"
+                        );
+                    }
+                    continue;
+                };
+                let ctx = Context {
+                    node_id: node_id.as_deref().unwrap_or(""),
+                    metrics: &self.shared.metrics,
+                };
+                self.state.on_request(kind, request, &ctx);
+            }
+            let stream = self.client.stream();
+            let nonces = &mut self.nonces;
+            let responses = self.state.responses(&snapshot, &mut || {
+                *nonces += 1;
+                format!("{stream}-{nonces}")
+            });
+            let view = self.state.view();
+            self.client.update(|v| v.types = view);
+            for (kind, response) in responses {
+                tokio::select! {
+                    () = shutdown.cancelled() => return End::Shutdown,
+                    sent = self.tx.send(Ok(response)) => if sent.is_err() {
+                        return End::ClientClosed;
+                    },
+                }
+                self.shared.metrics.response(kind);
+            }
+        }
+    }
+
+    /// Collects the requests a new stream sends right after its first.
+    async fn gather(&mut self, batch: &mut Vec<S::Request>) {
+        let deadline = tokio::time::Instant::now() + INITIAL_GATHER_MAX;
+        loop {
+            let wait = (tokio::time::Instant::now() + INITIAL_GATHER).min(deadline);
+            match tokio::time::timeout_at(wait, self.inbound.message()).await {
+                Ok(Ok(Some(request))) => batch.push(request),
+                // The stream's end or error shows on the next read.
+                Ok(_) | Err(_) => return,
+            }
+        }
+    }
+}
+
+/// Where the latest response of one type stands: sent, answered, rejected.
+#[derive(Default)]
+struct Answers {
+    latest_nonce: Option<String>,
+    pending: bool,
+    last_nack: Option<Nack>,
+    /// The client's answer to the latest response it answered was a NACK.
+    rejected: bool,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Answer {
+    Ack,
+    Nack,
+}
+
+impl Answers {
+    fn sent(&mut self, nonce: String) {
+        self.latest_nonce = Some(nonce);
+        self.pending = true;
+    }
+
+    /// Records the client's answer when `response_nonce` is the latest
+    /// response's nonce and that response is still unanswered. Anything
+    /// else (an empty nonce, a stale one, a repeated answer) answers nothing.
+    fn answer(
+        &mut self,
+        kind: Kind,
+        response_nonce: &str,
+        error: Option<&gridmesh_proto::google::rpc::Status>,
+        ctx: &Context<'_>,
+    ) -> Option<Answer> {
+        if !self.pending || response_nonce.is_empty() {
+            return None;
+        }
+        if self.latest_nonce.as_deref() != Some(response_nonce) {
+            tracing::debug!(node = ctx.node_id, %kind, nonce = response_nonce, "stale nonce: neither ACK nor NACK");
+            return None;
+        }
+        self.pending = false;
+        match error {
+            None => {
+                self.rejected = false;
+                ctx.metrics.ack(kind);
+                Some(Answer::Ack)
+            }
+            Some(status) => {
+                tracing::warn!(node = ctx.node_id, %kind, nonce = response_nonce, code = status.code, message = %status.message, "client rejected a response (NACK)");
+                self.rejected = true;
+                self.last_nack = Some(Nack {
+                    nonce: response_nonce.to_string(),
+                    code: status.code,
+                    message: status.message.clone(),
+                    at: timestamp(SystemTime::now()),
+                });
+                ctx.metrics.nack(kind);
+                Some(Answer::Nack)
+            }
+        }
+    }
+
+    /// Fills the answer-related fields of a type's status view.
+    fn view(&self, kind: Kind, subscribed: Subscribed) -> TypeView {
+        TypeView {
+            kind: kind.label().to_string(),
+            subscribed,
+            last_nonce_sent: self.latest_nonce.clone(),
+            pending_nonce: self.latest_nonce.clone().filter(|_| self.pending),
+            last_nack: self.last_nack.clone(),
+            rejected: self.rejected,
+            ..TypeView::default()
+        }
+    }
+}

@@ -1,0 +1,161 @@
+//! State-of-the-world xDS (`StreamAggregatedResources`): every response
+//! carries the whole subscribed set of its type, with a `version_info`
+//! that is a hash over the set, so an unchanged set is never sent twice.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use gridmesh_proto::discovery::{DiscoveryRequest, DiscoveryResponse};
+use gridmesh_proto::envoy::config::core::v3::Node;
+use gridmesh_proto::resource::Kind;
+
+use super::{Answer, Answers, Context, StreamState};
+use crate::clients::{Protocol, Subscribed, TypeView};
+use crate::snapshot::{Snapshot, version_of};
+
+const WILDCARD: &str = "*";
+
+#[derive(Default)]
+pub(super) struct State {
+    types: BTreeMap<Kind, TypeState>,
+}
+
+#[derive(Default)]
+struct TypeState {
+    subscription: Subscription,
+    sent_version: Option<Arc<str>>,
+    acked_version: Option<String>,
+    answers: Answers,
+    dirty: bool,
+    /// Send even if the set's version is unchanged: the first request for
+    /// the type, or a changed subscription, expects an answer.
+    force: bool,
+}
+
+#[derive(Default, PartialEq, Eq)]
+struct Subscription {
+    wildcard: bool,
+    names: BTreeSet<String>,
+}
+
+impl Subscription {
+    /// Empty or `*`: everything.
+    fn of(names: Vec<String>) -> Subscription {
+        if names.is_empty() || names.iter().any(|n| n == WILDCARD) {
+            Subscription {
+                wildcard: true,
+                names: BTreeSet::new(),
+            }
+        } else {
+            Subscription {
+                wildcard: false,
+                names: names.into_iter().collect(),
+            }
+        }
+    }
+}
+
+impl StreamState for State {
+    type Request = DiscoveryRequest;
+    type Response = DiscoveryResponse;
+    const PROTOCOL: Protocol = Protocol::Sotw;
+
+    fn node(request: &DiscoveryRequest) -> Option<&Node> {
+        request.node.as_ref()
+    }
+
+    fn type_url(request: &DiscoveryRequest) -> &str {
+        &request.type_url
+    }
+
+    fn on_request(&mut self, kind: Kind, request: DiscoveryRequest, ctx: &Context<'_>) {
+        let state = self.types.entry(kind).or_default();
+        let answer = state.answers.answer(
+            kind,
+            &request.response_nonce,
+            request.error_detail.as_ref(),
+            ctx,
+        );
+        if answer == Some(Answer::Ack) {
+            state.acked_version = Some(request.version_info);
+        }
+        let subscription = Subscription::of(request.resource_names);
+        // No nonce: a first request (or a client starting over).
+        if request.response_nonce.is_empty() || subscription != state.subscription {
+            state.subscription = subscription;
+            state.force = true;
+            state.dirty = true;
+        }
+    }
+
+    fn on_snapshot(&mut self) {
+        for state in self.types.values_mut() {
+            state.dirty = true;
+        }
+    }
+
+    fn responses(
+        &mut self,
+        snapshot: &Snapshot,
+        nonce: &mut dyn FnMut() -> String,
+    ) -> Vec<(Kind, DiscoveryResponse)> {
+        let mut out = Vec::new();
+        for kind in Kind::PUSH_ORDER {
+            let Some(state) = self.types.get_mut(&kind).filter(|s| s.dirty) else {
+                continue;
+            };
+            state.dirty = false;
+            let served = snapshot.resources(kind);
+            let (version, entries) = if state.subscription.wildcard {
+                (
+                    served.version_info.clone(),
+                    served.entries.values().collect::<Vec<_>>(),
+                )
+            } else {
+                let chosen: Vec<_> = state
+                    .subscription
+                    .names
+                    .iter()
+                    .filter_map(|n| served.entries.get_key_value(n.as_str()))
+                    .collect();
+                (
+                    version_of(chosen.iter().map(|(n, e)| (&***n, &*e.version))),
+                    chosen.into_iter().map(|(_, e)| e).collect(),
+                )
+            };
+            if !std::mem::take(&mut state.force) && state.sent_version.as_ref() == Some(&version) {
+                continue;
+            }
+            let nonce = nonce();
+            state.answers.sent(nonce.clone());
+            state.sent_version = Some(version.clone());
+            out.push((
+                kind,
+                DiscoveryResponse {
+                    version_info: version.to_string(),
+                    resources: entries.into_iter().map(|e| e.any.clone()).collect(),
+                    type_url: kind.type_url().to_string(),
+                    nonce,
+                    control_plane: None,
+                },
+            ));
+        }
+        out
+    }
+
+    fn view(&self) -> Vec<TypeView> {
+        self.types
+            .iter()
+            .map(|(kind, state)| {
+                let subscribed = Subscribed {
+                    wildcard: state.subscription.wildcard,
+                    names: state.subscription.names.iter().cloned().collect(),
+                };
+                TypeView {
+                    acked_version: state.acked_version.clone(),
+                    ..state.answers.view(*kind, subscribed)
+                }
+            })
+            .collect()
+    }
+}

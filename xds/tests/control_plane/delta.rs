@@ -1,0 +1,387 @@
+//! Incremental xDS: what is sent, when, and in which order.
+
+use std::collections::HashMap;
+
+use gridmesh_proto::discovery::DeltaDiscoveryRequest;
+
+use crate::fixtures::{self, CLUSTERS};
+use crate::harness::*;
+
+async fn started() -> Harness {
+    Harness::start(&fixtures::as_refs(&fixtures::base())).await
+}
+
+#[tokio::test]
+async fn wildcard_initial_push_goes_in_push_order() {
+    let h = started().await;
+    let mut client = h.delta("node-1").await;
+    // Subscribed in reverse: the control plane still sends C, E, L, R.
+    for url in [R, L, E, C] {
+        client.subscribe(url, &[]);
+    }
+    let responses = client.recv_acked(4).await;
+    let urls: Vec<&str> = responses.iter().map(|r| r.type_url.as_str()).collect();
+    assert_eq!(urls, [C, E, L, R]);
+    assert_eq!(names(&responses[0]), ["a", "b"]);
+    assert_eq!(names(&responses[1]), ["a", "b"]);
+    assert_eq!(names(&responses[2]), ["outbound"]);
+    assert_eq!(names(&responses[3]), ["outbound"]);
+    let version = h.status().await.config.version;
+    for r in &responses {
+        assert_eq!(r.system_version_info, version);
+        assert!(r.removed_resources.is_empty());
+        assert!(r.resources.iter().all(|r| r.version.len() == 16));
+    }
+}
+
+#[tokio::test]
+async fn nothing_is_pushed_again_without_a_change() {
+    let h = started().await;
+    let mut client = h.delta("node-1").await;
+    client.subscribe_all();
+    client.recv_acked(4).await;
+    client.expect_quiet().await;
+    // Rewriting the same bytes, or only a comment, changes no resource.
+    h.write("clusters.yaml", CLUSTERS);
+    h.write(
+        "routes.yaml",
+        &format!("# a comment\n{}", fixtures::routes("a")),
+    );
+    client.expect_quiet().await;
+    let status = h.status().await;
+    let c = type_view(client_view(&status, "node-1"), "cluster");
+    assert_eq!(
+        (c.held, c.acked, c.pending_nonce.as_ref()),
+        (Some(2), Some(2), None)
+    );
+}
+
+#[tokio::test]
+async fn a_change_pushes_only_the_changed_resources() {
+    let h = started().await;
+    let mut client = h.delta("node-1").await;
+    client.subscribe_all();
+    let initial = client.recv_acked(4).await;
+    h.write(
+        "clusters.yaml",
+        &fixtures::clusters_with_a_at("10.0.0.9:8080"),
+    );
+    let r = client.recv().await;
+    assert_eq!((r.type_url.as_str(), names(&r)), (E, vec!["a"]));
+    assert!(r.removed_resources.is_empty());
+    let old = initial[1]
+        .resources
+        .iter()
+        .find(|r| r.name == "a")
+        .map(|r| &r.version);
+    assert_ne!(Some(&r.resources[0].version), old);
+    client.ack(&r);
+    client.expect_quiet().await;
+}
+
+#[tokio::test]
+async fn removals_follow_upserts_in_reverse_push_order() {
+    let all = |clusters: &str, extra_listener: bool, cluster: &str| {
+        let mut text = clusters.to_string() + &fixtures::routes(cluster);
+        if extra_listener {
+            text = text.replace(
+                "routeTables:",
+                "  - name: extra\n    address: 0.0.0.0:15002\n    direction: INBOUND\n    routeTable: outbound\nrouteTables:",
+            );
+        }
+        text
+    };
+    let h = Harness::start(&[("all.yaml", &all(CLUSTERS, true, "b"))]).await;
+    let mut client = h.delta("node-1").await;
+    client.subscribe_all();
+    client.recv_acked(4).await;
+    // Cluster b goes, c comes, the route moves from b to c, and the extra
+    // listener goes: a client applying in order never routes to a cluster
+    // it lacks.
+    let clusters = CLUSTERS
+        .replace("name: b", "name: c")
+        .replace("cluster: b", "cluster: c");
+    h.write("all.yaml", &all(&clusters, false, "c"));
+    let mut sequence = Vec::new();
+    for r in client.recv_acked(6).await {
+        let change = if r.removed_resources.is_empty() {
+            format!("+{}", names(&r).join(","))
+        } else {
+            assert!(
+                r.resources.is_empty(),
+                "upserts and removals in one response: {r:?}"
+            );
+            format!("-{}", removed(&r).join(","))
+        };
+        sequence.push((r.type_url.clone(), change));
+    }
+    let expected = [
+        (C, "+c"),
+        (E, "+c"),
+        (R, "+outbound"),
+        (L, "-extra"),
+        (E, "-b"),
+        (C, "-b"),
+    ]
+    .map(|(t, c)| (t.to_string(), c.to_string()));
+    assert_eq!(sequence, expected);
+    client.expect_quiet().await;
+}
+
+#[tokio::test]
+async fn a_named_subscription_gets_only_its_names_and_absent_ones_as_removed() {
+    let h = started().await;
+    let mut client = h.delta("node-1").await;
+    client.subscribe(C, &["a", "nope"]);
+    // Upserts and removals travel in separate responses, removals last.
+    let r = client.recv_acked(2).await;
+    assert_eq!((names(&r[0]), removed(&r[0])), (vec!["a"], vec![]));
+    assert_eq!((names(&r[1]), removed(&r[1])), (vec![], vec!["nope"]));
+    // b is not subscribed; "nope" was already answered.
+    h.write("clusters.yaml", &fixtures::clusters_with_timeout("b", "2s"));
+    client.expect_quiet().await;
+    h.write("clusters.yaml", &fixtures::clusters_with_timeout("a", "2s"));
+    let r = client.recv().await;
+    assert_eq!((names(&r), removed(&r)), (vec!["a"], vec![]));
+}
+
+#[tokio::test]
+async fn subscriptions_change_mid_stream() {
+    let h = started().await;
+    let mut client = h.delta("node-1").await;
+    client.subscribe(C, &["a"]);
+    let r = client.recv().await;
+    assert_eq!(names(&r), ["a"]);
+    client.ack(&r);
+    client.subscribe(C, &["b"]);
+    let r = client.recv().await;
+    assert_eq!(names(&r), ["b"], "only the newly subscribed resource");
+    client.ack(&r);
+    client.unsubscribe(C, &["a"]);
+    h.write("clusters.yaml", &fixtures::clusters_with_timeout("a", "2s"));
+    client.expect_quiet().await;
+    h.write("clusters.yaml", &fixtures::clusters_with_timeout("b", "2s"));
+    let r = client.recv().await;
+    assert_eq!(names(&r), ["b"]);
+    let status = h.status().await;
+    let c = type_view(client_view(&status, "node-1"), "cluster");
+    assert_eq!(
+        (c.subscribed.wildcard, c.subscribed.names.clone()),
+        (false, vec!["b".to_string()])
+    );
+}
+
+#[tokio::test]
+async fn a_nack_is_recorded_shown_and_not_pushed_again() {
+    let h = started().await;
+    let mut client = h.delta("node-1").await;
+    client.subscribe_all();
+    client.recv_acked(4).await;
+    h.write("clusters.yaml", &fixtures::clusters_with_timeout("a", "2s"));
+    let r = client.recv().await;
+    assert_eq!((r.type_url.as_str(), names(&r)), (C, vec!["a"]));
+    client.nack(&r, "cluster a: connect timeout too long");
+    client.expect_quiet().await;
+    let status = h
+        .status_until("the NACK", |s| {
+            type_view(client_view(s, "node-1"), "cluster")
+                .last_nack
+                .is_some()
+        })
+        .await;
+    let c = type_view(client_view(&status, "node-1"), "cluster");
+    let nack = c.last_nack.as_ref().expect("NACK");
+    assert_eq!((nack.nonce.as_str(), nack.code), (r.nonce.as_str(), 3));
+    assert_eq!(nack.message, "cluster a: connect timeout too long");
+    assert!(c.rejected && c.pending_nonce.is_none());
+    let (_, metrics) = http_get(h.control.admin_addr(), "/metrics").await;
+    assert!(
+        metrics.contains("gridmesh_control_nacks_total{type=\"cluster\"} 1"),
+        "{metrics}"
+    );
+    // The next change is pushed again.
+    h.write("clusters.yaml", &fixtures::clusters_with_timeout("a", "3s"));
+    let r = client.recv().await;
+    assert_eq!(names(&r), ["a"]);
+    client.ack(&r);
+    let status = h
+        .status_until("the ACK", |s| {
+            type_view(client_view(s, "node-1"), "cluster")
+                .pending_nonce
+                .is_none()
+        })
+        .await;
+    assert!(!type_view(client_view(&status, "node-1"), "cluster").rejected);
+}
+
+#[tokio::test]
+async fn a_stale_nonce_neither_acks_nor_nacks() {
+    let h = started().await;
+    let mut client = h.delta("node-1").await;
+    client.subscribe(C, &[]);
+    let first = client.recv().await;
+    h.write("clusters.yaml", &fixtures::clusters_with_timeout("a", "2s"));
+    let second = client.recv().await;
+    client.ack(&first);
+    client.nack(&first, "stale");
+    // Requests are handled in order: once E is answered, so were those.
+    client.subscribe(E, &[]);
+    let e = client.recv().await;
+    assert_eq!(e.type_url, E);
+    let status = h.status().await;
+    let c = type_view(client_view(&status, "node-1"), "cluster");
+    assert_eq!(c.pending_nonce.as_ref(), Some(&second.nonce));
+    assert_eq!(c.last_nack, None);
+    assert_eq!(c.acked, Some(0));
+    client.ack(&second);
+    let status = h
+        .status_until("the ACK", |s| {
+            type_view(client_view(s, "node-1"), "cluster")
+                .pending_nonce
+                .is_none()
+        })
+        .await;
+    assert_eq!(
+        type_view(client_view(&status, "node-1"), "cluster").acked,
+        Some(2)
+    );
+}
+
+#[tokio::test]
+async fn a_reconnecting_client_gets_only_what_changed() {
+    let h = started().await;
+    let mut first = h.delta("node-1").await;
+    first.subscribe_all();
+    let initial = first.recv_acked(4).await;
+    drop(first);
+    let held: Vec<HashMap<String, String>> = initial
+        .iter()
+        .map(|r| {
+            r.resources
+                .iter()
+                .map(|r| (r.name.clone(), r.version.clone()))
+                .collect()
+        })
+        .collect();
+    let reconnect = |client: &mut DeltaClient| {
+        for (url, versions) in [C, E, L, R].into_iter().zip(&held) {
+            client.send(DeltaDiscoveryRequest {
+                type_url: url.into(),
+                initial_resource_versions: versions.clone(),
+                ..Default::default()
+            });
+        }
+    };
+
+    // Same config: nothing resent, one empty response per type.
+    let mut same = h.delta("node-2").await;
+    reconnect(&mut same);
+    for r in same.recv_acked(4).await {
+        assert!(
+            r.resources.is_empty() && r.removed_resources.is_empty(),
+            "{r:?}"
+        );
+    }
+    same.expect_quiet().await;
+
+    // a changed, b is gone (routes use a only).
+    let clusters = "clusters:\n  - name: a\n    connectTimeout: 2s\nendpoints:\n  - cluster: a\n    endpoints: [{ address: 10.0.0.1:8080 }]\n";
+    h.write("clusters.yaml", clusters);
+    h.status_until("the new config", |s| s.config.resources["cluster"] == 1)
+        .await;
+    let mut changed = h.delta("node-3").await;
+    reconnect(&mut changed);
+    let got: Vec<(String, Vec<String>, Vec<String>)> = changed
+        .recv_acked(5)
+        .await
+        .iter()
+        .map(|r| {
+            let n = names(r).iter().map(|s| s.to_string()).collect();
+            let d = removed(r).iter().map(|s| s.to_string()).collect();
+            (r.type_url.clone(), n, d)
+        })
+        .collect();
+    let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+    assert_eq!(
+        got,
+        [
+            (C.to_string(), s(&["a"]), s(&[])),
+            (L.to_string(), s(&[]), s(&[])),
+            (R.to_string(), s(&[]), s(&[])),
+            (E.to_string(), s(&[]), s(&["b"])),
+            (C.to_string(), s(&[]), s(&["b"])),
+        ]
+    );
+    changed.expect_quiet().await;
+}
+
+#[tokio::test]
+async fn an_unknown_type_is_ignored_and_shown() {
+    let h = started().await;
+    let mut client = h.delta("node-1").await;
+    client.subscribe("type.googleapis.com/gridmesh.v1.NoSuchThing", &[]);
+    client.subscribe(C, &[]);
+    let r = client.recv().await;
+    assert_eq!(r.type_url, C, "the stream stays up and serves known types");
+    client.ack(&r);
+    client.expect_quiet().await;
+    let status = h.status().await;
+    let view = client_view(&status, "node-1");
+    assert_eq!(
+        view.unknown_types,
+        ["type.googleapis.com/gridmesh.v1.NoSuchThing"]
+    );
+    assert_eq!(view.types.len(), 1);
+}
+
+#[tokio::test]
+async fn each_client_has_its_own_state() {
+    let h = started().await;
+    let mut all = h.delta("node-all").await;
+    all.subscribe_all();
+    all.recv_acked(4).await;
+    let mut only_b = h.delta("node-b").await;
+    only_b.subscribe(C, &["b"]);
+    let r = only_b.recv().await;
+    only_b.nack(&r, "no thanks");
+
+    h.write("clusters.yaml", &fixtures::clusters_with_timeout("a", "2s"));
+    let r = all.recv().await;
+    assert_eq!(names(&r), ["a"]);
+    only_b.expect_quiet().await;
+
+    let status = h
+        .status_until("both clients", |s| {
+            type_view(client_view(s, "node-b"), "cluster")
+                .last_nack
+                .is_some()
+        })
+        .await;
+    let a = client_view(&status, "node-all");
+    let b = client_view(&status, "node-b");
+    assert_eq!(
+        (a.protocol, b.protocol),
+        (gridmesh_xds::Protocol::Delta, gridmesh_xds::Protocol::Delta)
+    );
+    assert_eq!(a.types.len(), 4);
+    assert_eq!(
+        type_view(a, "cluster").pending_nonce.as_ref(),
+        Some(&r.nonce)
+    );
+    assert_eq!(type_view(a, "cluster").last_nack, None);
+    assert_eq!(b.types.len(), 1);
+    assert_eq!(type_view(b, "cluster").held, Some(1));
+    assert_eq!(
+        type_view(b, "cluster")
+            .last_nack
+            .as_ref()
+            .map(|n| n.message.as_str()),
+        Some("no thanks")
+    );
+    assert_eq!(a.cluster, "blocks");
+    assert!(
+        a.peer
+            .as_deref()
+            .is_some_and(|p| p.starts_with("127.0.0.1:"))
+    );
+}

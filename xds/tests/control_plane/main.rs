@@ -1,0 +1,9 @@
+//! The control plane end to end: a real server on loopback, a real config
+//! directory, real gRPC streams driven by scripted xDS clients.
+
+mod cli;
+mod config;
+mod delta;
+mod fixtures;
+mod harness;
+mod sotw;
