@@ -409,3 +409,443 @@ fn describe(problems: &[config::Problem]) -> String {
         .collect::<Vec<_>>()
         .join("; ")
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use gridmesh_proto::discovery::Resource;
+    use pbjson_types::Any;
+
+    use super::*;
+
+    const CLUSTERS: &str = r#"
+clusters: [{ name: up }, { name: spare }]
+endpoints: [{ cluster: up, endpoints: [{ address: "127.0.0.1:9001" }] }]
+"#;
+
+    const TABLE: &str = r#"
+routeTables:
+  - name: rt
+    virtualHosts: [{ name: all, domains: ["*"], routes: [{ name: r, route: { cluster: up } }] }]
+"#;
+
+    const LISTENER: &str = r#"
+listeners: [{ name: l, address: "127.0.0.1:0", routeTable: rt }]
+"#;
+
+    fn set(yaml: &str) -> Bootstrap {
+        config::parse_bootstrap(yaml, "test").unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn resources(kind: Kind, yaml: &str, version: &str) -> Vec<Resource> {
+        kind.pack(&set(yaml))
+            .into_iter()
+            .map(|(name, any)| Resource {
+                name,
+                version: version.into(),
+                resource: Some(any),
+                ..Default::default()
+            })
+            .collect()
+    }
+
+    fn response(kind: Kind, resources: Vec<Resource>, removed: &[&str]) -> DeltaDiscoveryResponse {
+        DeltaDiscoveryResponse {
+            type_url: kind.type_url().into(),
+            nonce: "n".into(),
+            resources,
+            removed_resources: removed.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        }
+    }
+
+    fn held() -> Held {
+        Held::new(Bootstrap::default(), "cp:15012")
+    }
+
+    /// Decodes, evaluates and commits one response, as the client does
+    /// after a successful apply.
+    fn step(held: &mut Held, kind: Kind, response: &DeltaDiscoveryResponse) -> Stepped {
+        let update = Update::decode(kind, response);
+        let mut outcome = held.evaluate(&update);
+        let stepped = Stepped {
+            snapshot: outcome.snapshot.take(),
+            rejected: outcome.rejected.clone(),
+            warming: outcome.warming.clone(),
+        };
+        held.commit(outcome);
+        stepped
+    }
+
+    struct Stepped {
+        snapshot: Option<Snapshot>,
+        rejected: Vec<Rejection>,
+        warming: Vec<String>,
+    }
+
+    impl Stepped {
+        fn rejected_names(&self) -> Vec<&str> {
+            let mut names: Vec<&str> = self.rejected.iter().map(|r| r.name.as_str()).collect();
+            names.sort();
+            names
+        }
+
+        fn reason(&self, name: &str) -> &str {
+            &self
+                .rejected
+                .iter()
+                .find(|r| r.name == name)
+                .unwrap_or_else(|| panic!("{name} not rejected: {:?}", self.rejected))
+                .reason
+        }
+
+        fn snapshot(&self) -> &Snapshot {
+            self.snapshot.as_ref().expect("a snapshot to apply")
+        }
+    }
+
+    fn versions(held: &Held, kind: Kind) -> Vec<(String, String)> {
+        held.versions(kind).into_iter().collect()
+    }
+
+    fn pair(name: &str, version: &str) -> (String, String) {
+        (name.into(), version.into())
+    }
+
+    /// Clusters and endpoints, then the route table: a held config with a
+    /// table routing to `up`.
+    fn with_clusters_and_table() -> Held {
+        let mut held = held();
+        for kind in [Kind::Cluster, Kind::Endpoints] {
+            let stepped = step(
+                &mut held,
+                kind,
+                &response(kind, resources(kind, CLUSTERS, "1"), &[]),
+            );
+            assert!(stepped.rejected.is_empty(), "{:?}", stepped.rejected);
+        }
+        let kind = Kind::RouteTable;
+        let stepped = step(
+            &mut held,
+            kind,
+            &response(kind, resources(kind, TABLE, "1"), &[]),
+        );
+        assert!(stepped.rejected.is_empty(), "{:?}", stepped.rejected);
+        held
+    }
+
+    #[test]
+    fn undecodable_resources_are_rejected_while_the_rest_applies() {
+        let kind = Kind::Cluster;
+        let mut sent = resources(
+            kind,
+            "clusters: [{ name: good }, { name: twice, connectTimeout: 3s }]",
+            "7",
+        );
+        // The same name again in one response.
+        sent.extend(resources(
+            kind,
+            "clusters: [{ name: twice, connectTimeout: 2s }]",
+            "7",
+        ));
+        sent.push(Resource {
+            name: "garbage".into(),
+            version: "7".into(),
+            resource: Some(Any {
+                type_url: kind.type_url().into(),
+                value: vec![0xff, 0xff, 0xff].into(),
+            }),
+            ..Default::default()
+        });
+        let mut wrong_type = resources(Kind::Listener, LISTENER, "7").remove(0);
+        wrong_type.name = "wrong-type".into();
+        sent.push(wrong_type);
+        sent.push(Resource {
+            name: "no-body".into(),
+            version: "7".into(),
+            ..Default::default()
+        });
+        let mut renamed = resources(kind, "clusters: [{ name: inside }]", "7").remove(0);
+        renamed.name = "outside".into();
+        sent.push(renamed);
+
+        let mut held = held();
+        let stepped = step(&mut held, kind, &response(kind, sent, &[]));
+
+        assert_eq!(
+            stepped.rejected_names(),
+            ["garbage", "no-body", "outside", "twice", "wrong-type"]
+        );
+        assert!(stepped.reason("garbage").contains("malformed protobuf"));
+        assert!(
+            stepped
+                .reason("wrong-type")
+                .contains("gridmesh.v1.Listener")
+        );
+        assert!(stepped.reason("no-body").contains("no body"));
+        assert!(stepped.reason("outside").contains("\"inside\""));
+        assert!(stepped.reason("twice").contains("twice"));
+        assert!(stepped.rejected.iter().all(|r| r.kind == "cluster"));
+        let served: Vec<&str> = stepped
+            .snapshot()
+            .clusters
+            .iter()
+            .map(|c| c.name.as_str())
+            .collect();
+        // The first copy of a duplicate applies; the second is refused.
+        assert_eq!(served, ["good", "twice"]);
+        assert_eq!(
+            stepped.snapshot().clusters[1].connect_timeout,
+            Duration::from_secs(3),
+            "the first copy of `twice` is served"
+        );
+        assert_eq!(
+            versions(&held, kind),
+            [pair("good", "7"), pair("twice", "7")]
+        );
+    }
+
+    #[test]
+    fn a_route_to_a_missing_cluster_is_rejected_and_the_previous_table_kept() {
+        let mut held = with_clusters_and_table();
+        let kind = Kind::RouteTable;
+        let mut sent = resources(
+            kind,
+            r#"
+routeTables:
+  - name: rt
+    virtualHosts: [{ name: all, domains: ["*"], routes: [{ name: r, route: { cluster: nope } }] }]
+"#,
+            "2",
+        );
+        let other = r#"
+routeTables:
+  - name: other
+    virtualHosts: [{ name: all, domains: ["*"], routes: [{ name: r, route: { cluster: spare } }] }]
+"#;
+        sent.extend(resources(kind, other, "2"));
+        let stepped = step(&mut held, kind, &response(kind, sent, &[]));
+
+        assert_eq!(stepped.rejected_names(), ["rt"]);
+        let reason = stepped.reason("rt");
+        assert!(reason.contains("routeTable \"rt\""), "{reason}");
+        assert!(reason.contains("routes[0].route.cluster"), "{reason}");
+        assert!(reason.contains("nope"), "{reason}");
+        assert_eq!(stepped.rejected[0].kind, "routeTable");
+        // The good table of the same response applies; rt keeps version 1
+        // and its previous content.
+        let snapshot = stepped.snapshot();
+        let tables: Vec<&str> = snapshot
+            .bootstrap
+            .route_tables
+            .iter()
+            .map(|t| t.name.as_str())
+            .collect();
+        assert_eq!(tables, ["rt", "other"]);
+        let rt = &snapshot.bootstrap.route_tables[0];
+        let cluster = rt.virtual_hosts[0].routes[0]
+            .route
+            .as_ref()
+            .unwrap()
+            .cluster_specifier
+            .clone();
+        assert_eq!(
+            cluster,
+            Some(pb::route_action::ClusterSpecifier::Cluster("up".into()))
+        );
+        assert_eq!(versions(&held, kind), [pair("other", "2"), pair("rt", "1")]);
+        // What the snapshot says it serves matches.
+        assert_eq!(snapshot.origins[&(kind, "rt".into())].version, "1");
+        assert_eq!(snapshot.origins[&(kind, "other".into())].version, "2");
+        assert_eq!(
+            snapshot.origins[&(kind, "rt".into())].source,
+            "xds:cp:15012"
+        );
+
+        // Alone, the bad table changes nothing at all.
+        let bad = resources(
+            kind,
+            "routeTables: [{ name: rt, virtualHosts: [{ name: v, domains: [\"*\"], routes: [{ match: { regex: \"(\" }, route: { cluster: up } }] }] }]",
+            "3",
+        );
+        let stepped = step(&mut held, kind, &response(kind, bad, &[]));
+        assert!(stepped.snapshot.is_none());
+        assert!(
+            stepped.reason("rt").contains("regex"),
+            "{}",
+            stepped.reason("rt")
+        );
+        assert_eq!(versions(&held, kind), [pair("other", "2"), pair("rt", "1")]);
+    }
+
+    #[test]
+    fn a_listener_warms_until_its_route_table_arrives() {
+        let mut held = held();
+        for kind in [Kind::Cluster, Kind::Endpoints] {
+            step(
+                &mut held,
+                kind,
+                &response(kind, resources(kind, CLUSTERS, "1"), &[]),
+            );
+        }
+        let kind = Kind::Listener;
+        let stepped = step(
+            &mut held,
+            kind,
+            &response(kind, resources(kind, LISTENER, "1"), &[]),
+        );
+        assert!(stepped.rejected.is_empty(), "{:?}", stepped.rejected);
+        assert_eq!(stepped.warming, ["l"]);
+        assert!(
+            stepped.snapshot().listeners.is_empty(),
+            "a warming listener is not served"
+        );
+        // Held (acknowledged) all the same.
+        assert_eq!(versions(&held, kind), [pair("l", "1")]);
+
+        let kind = Kind::RouteTable;
+        let stepped = step(
+            &mut held,
+            kind,
+            &response(kind, resources(kind, TABLE, "1"), &[]),
+        );
+        assert!(stepped.rejected.is_empty(), "{:?}", stepped.rejected);
+        assert!(stepped.warming.is_empty());
+        let listeners: Vec<&str> = stepped
+            .snapshot()
+            .listeners
+            .iter()
+            .map(|l| l.name.as_str())
+            .collect();
+        assert_eq!(listeners, ["l"]);
+    }
+
+    #[test]
+    fn removing_a_cluster_a_held_route_uses_is_rejected() {
+        let mut held = with_clusters_and_table();
+        let kind = Kind::Endpoints;
+        let stepped = step(&mut held, kind, &response(kind, Vec::new(), &["up"]));
+        assert!(
+            stepped.rejected.is_empty(),
+            "endpoints may go: {:?}",
+            stepped.rejected
+        );
+        assert!(versions(&held, kind).is_empty());
+
+        let kind = Kind::Cluster;
+        let stepped = step(&mut held, kind, &response(kind, Vec::new(), &["up"]));
+        assert_eq!(stepped.rejected_names(), ["up"]);
+        assert!(
+            stepped.reason("up").contains("routeTable \"rt\""),
+            "{}",
+            stepped.reason("up")
+        );
+        assert!(stepped.snapshot.is_none());
+        assert_eq!(versions(&held, kind), [pair("spare", "1"), pair("up", "1")]);
+        assert_eq!(kind.names(&held.dynamic), ["up", "spare"]);
+
+        // A cluster nothing uses can go.
+        let stepped = step(&mut held, kind, &response(kind, Vec::new(), &["spare"]));
+        assert!(stepped.rejected.is_empty(), "{:?}", stepped.rejected);
+        let served: Vec<&str> = stepped
+            .snapshot()
+            .clusters
+            .iter()
+            .map(|c| c.name.as_str())
+            .collect();
+        assert_eq!(served, ["up"]);
+        assert_eq!(versions(&held, kind), [pair("up", "1")]);
+    }
+
+    #[test]
+    fn a_dynamic_resource_with_a_static_name_is_rejected() {
+        let mut held = Held::new(
+            set("clusters: [{ name: up, connectTimeout: 1s }]"),
+            "cp:15012",
+        );
+        let kind = Kind::Cluster;
+        let sent = resources(
+            kind,
+            "clusters: [{ name: up, connectTimeout: 9s }, { name: other, connectTimeout: 3s }]",
+            "1",
+        );
+        let stepped = step(&mut held, kind, &response(kind, sent, &[]));
+        assert_eq!(stepped.rejected_names(), ["up"]);
+        assert!(stepped.reason("up").contains("static"));
+        let snapshot = stepped.snapshot();
+        let served: Vec<(&str, Duration)> = snapshot
+            .clusters
+            .iter()
+            .map(|c| (c.name.as_str(), c.connect_timeout))
+            .collect();
+        assert_eq!(
+            served,
+            [
+                ("up", Duration::from_secs(1)),
+                ("other", Duration::from_secs(3))
+            ]
+        );
+        assert!(
+            !snapshot.origins.contains_key(&(kind, "up".into())),
+            "up stays static"
+        );
+        assert_eq!(versions(&held, kind), [pair("other", "1")]);
+    }
+
+    #[test]
+    fn a_rejected_upsert_is_not_recorded_and_commit_records_the_rest() {
+        let mut held = with_clusters_and_table();
+        let kind = Kind::Listener;
+        let two = r#"
+listeners:
+  - { name: a, address: "127.0.0.1:0", routeTable: rt }
+  - { name: b, address: "127.0.0.1:0", routeTable: rt }
+"#;
+        let mut update = Update::decode(kind, &response(kind, resources(kind, two, "1"), &[]));
+        assert!(update.reject("a", "port taken".into()));
+        assert!(!update.reject("a", "again".into()), "already rejected");
+        assert!(!update.reject("zz", "not in this update".into()));
+        let mut outcome = held.evaluate(&update);
+        let snapshot = outcome.snapshot.take().expect("b applies");
+        let served: Vec<&str> = snapshot.listeners.iter().map(|l| l.name.as_str()).collect();
+        assert_eq!(served, ["b"]);
+        assert_eq!(
+            outcome.rejected,
+            [Rejection {
+                kind: "listener".into(),
+                name: "a".into(),
+                reason: "port taken".into(),
+            }]
+        );
+        assert!(
+            versions(&held, kind).is_empty(),
+            "nothing held before commit"
+        );
+        held.commit(outcome);
+        assert_eq!(versions(&held, kind), [pair("b", "1")]);
+
+        // reject_all: every upsert and removal refused, nothing changes.
+        let sent = resources(
+            kind,
+            "listeners: [{ name: c, address: \"127.0.0.1:0\", routeTable: rt }]",
+            "2",
+        );
+        let mut update = Update::decode(kind, &response(kind, sent, &["b"]));
+        update.reject_all("draining".into());
+        let outcome = held.evaluate(&update);
+        assert!(outcome.snapshot.is_none());
+        let mut names: Vec<&str> = outcome.rejected.iter().map(|r| r.name.as_str()).collect();
+        names.sort();
+        assert_eq!(names, ["b", "c"]);
+        assert!(outcome.rejected.iter().all(|r| r.reason == "draining"));
+        held.commit(outcome);
+        assert_eq!(versions(&held, kind), [pair("b", "1")]);
+
+        // A removal forgets the version.
+        let stepped = step(&mut held, kind, &response(kind, Vec::new(), &["b"]));
+        assert!(stepped.rejected.is_empty());
+        assert!(stepped.snapshot().listeners.is_empty());
+        assert!(versions(&held, kind).is_empty());
+    }
+}
