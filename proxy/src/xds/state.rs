@@ -9,7 +9,7 @@
 //! A listener whose route table has not arrived yet is held but not served
 //! ("warming"): the xDS ordering sends listeners before route tables.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use gridmesh_proto::config::{self as pb, Bootstrap};
 use gridmesh_proto::discovery::DeltaDiscoveryResponse;
@@ -199,7 +199,18 @@ impl Held {
             }
             let dynamic = self.with_changes(kind, &upserts, &removals);
             let (candidate, warming) = self.candidate(&dynamic);
-            match config::build_snapshot(candidate, "xds") {
+            // Warming listeners are checked too (against a stand-in for
+            // their route table), so a bad one is refused now instead of
+            // being held and then blocking its route table.
+            let checked = self.checked(&dynamic);
+            let built = match config::build_snapshot(checked.clone(), "xds") {
+                Ok(snapshot) if warming.is_empty() => Ok(snapshot),
+                Ok(_) => {
+                    config::build_snapshot(candidate.clone(), "xds").map_err(|e| (e, candidate))
+                }
+                Err(e) => Err((e, checked)),
+            };
+            match built {
                 Ok(mut snapshot) => {
                     let versions = self.versions_after(kind, &upserts, &removals);
                     self.record_origins(&mut snapshot, &dynamic, kind, &versions);
@@ -214,8 +225,8 @@ impl Held {
                         },
                     };
                 }
-                Err(error) => {
-                    let culprits = self.culprits(kind, &error, &dynamic, &upserts);
+                Err((error, failed)) => {
+                    let culprits = self.culprits(kind, &error, &failed, &upserts);
                     if culprits.is_empty() {
                         // Not one of this response's resources: what made
                         // the config invalid is a removal, or the response
@@ -320,17 +331,42 @@ impl Held {
         (candidate, warming)
     }
 
+    /// Static plus dynamic resources, with an empty stand-in for each route
+    /// table a listener names that has not arrived yet: what validation
+    /// sees, so that warming listeners are checked like served ones.
+    fn checked(&self, dynamic: &Bootstrap) -> Bootstrap {
+        let mut checked = self.static_config.clone();
+        merge(&mut checked, dynamic);
+        let tables: HashSet<&str> = checked
+            .route_tables
+            .iter()
+            .map(|t| t.name.as_str())
+            .collect();
+        let missing: BTreeSet<String> = checked
+            .listeners
+            .iter()
+            .map(|l| l.route_table.clone())
+            .filter(|t| !t.is_empty() && !tables.contains(t.as_str()))
+            .collect();
+        checked
+            .route_tables
+            .extend(missing.into_iter().map(|name| pb::RouteTable {
+                name,
+                ..Default::default()
+            }));
+        checked
+    }
+
     /// This response's resources that the validator found problems in,
-    /// with the problems as one message each.
+    /// with the problems as one message each. `failed`: the set it validated.
     fn culprits(
         &self,
         kind: Kind,
         error: &ConfigError,
-        dynamic: &Bootstrap,
+        failed: &Bootstrap,
         upserts: &[Upsert],
     ) -> BTreeMap<String, String> {
-        let (candidate, _) = self.candidate(dynamic);
-        let names = kind.names(&candidate);
+        let names = kind.names(failed);
         let updated: HashSet<&str> = upserts.iter().map(|u| u.name.as_str()).collect();
         let mut culprits: BTreeMap<String, Vec<&config::Problem>> = BTreeMap::new();
         for p in &error.problems {
@@ -847,5 +883,52 @@ listeners:
         assert!(stepped.rejected.is_empty());
         assert!(stepped.snapshot().listeners.is_empty());
         assert!(versions(&held, kind).is_empty());
+    }
+
+    #[test]
+    fn a_warming_listener_is_validated_before_it_is_held() {
+        let mut held = held();
+        for kind in [Kind::Cluster, Kind::Endpoints] {
+            step(
+                &mut held,
+                kind,
+                &response(kind, resources(kind, CLUSTERS, "1"), &[]),
+            );
+        }
+        let kind = Kind::Listener;
+        let sent = resources(
+            kind,
+            r#"
+listeners:
+  - { name: bad, address: "nonsense", routeTable: rt }
+  - { name: good, address: "127.0.0.1:0", routeTable: rt }
+"#,
+            "1",
+        );
+        let stepped = step(&mut held, kind, &response(kind, sent, &[]));
+        assert_eq!(stepped.rejected_names(), ["bad"]);
+        assert!(
+            stepped.reason("bad").contains("address"),
+            "{}",
+            stepped.reason("bad")
+        );
+        assert_eq!(stepped.warming, ["good"]);
+        assert_eq!(versions(&held, kind), [pair("good", "1")]);
+
+        // The route table then applies, not blocked by the bad listener.
+        let kind = Kind::RouteTable;
+        let stepped = step(
+            &mut held,
+            kind,
+            &response(kind, resources(kind, TABLE, "1"), &[]),
+        );
+        assert!(stepped.rejected.is_empty(), "{:?}", stepped.rejected);
+        let served: Vec<&str> = stepped
+            .snapshot()
+            .listeners
+            .iter()
+            .map(|l| l.name.as_str())
+            .collect();
+        assert_eq!(served, ["good"]);
     }
 }
