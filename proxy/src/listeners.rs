@@ -80,7 +80,7 @@ impl Listeners {
         let active = self.active.lock().unwrap_or_else(|p| p.into_inner());
         let mut listeners = Vec::with_capacity(specs.len());
         for spec in specs {
-            if let Some(same) = active.iter().find(|a| a.spec == *spec) {
+            if let Some(same) = active.iter().find(|a| serves_same(&a.spec, spec)) {
                 listeners.push(Planned {
                     spec: spec.clone(),
                     socket: same.socket.clone(),
@@ -138,9 +138,13 @@ impl Listeners {
         let mut previous = std::mem::take(&mut *active);
         for planned in plan.listeners {
             if planned.keep
-                && let Some(i) = previous.iter().position(|a| a.spec == planned.spec)
+                && let Some(i) = previous
+                    .iter()
+                    .position(|a| serves_same(&a.spec, &planned.spec))
             {
-                active.push(previous.swap_remove(i));
+                let mut kept = previous.swap_remove(i);
+                kept.spec = planned.spec;
+                active.push(kept);
                 continue;
             }
             let context = Arc::new(ListenerContext {
@@ -189,4 +193,15 @@ impl Listeners {
             .map(|a| (a.spec.name.clone(), a.local_addr))
             .collect()
     }
+}
+
+/// Whether a listener serving `a` can go on as is to serve `b`. Requests
+/// look their route table up by listener name in the current runtime, so
+/// the table's index in the snapshot (which moves whenever a table before
+/// it is added, removed or, over xDS, updated) is no reason to restart.
+fn serves_same(a: &ListenerSpec, b: &ListenerSpec) -> bool {
+    ListenerSpec {
+        route_table: b.route_table,
+        ..a.clone()
+    } == *b
 }
