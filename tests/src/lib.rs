@@ -2,3 +2,4 @@
 pub mod harness;
 pub mod process;
 pub mod upstream;
+pub mod xds_script;
