@@ -11,6 +11,7 @@ mod report;
 mod results;
 mod settings;
 mod targets;
+mod xds;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -32,6 +33,8 @@ use targets::{ProxyKind, RunningTarget, Target};
 #[derive(Parser)]
 #[command(about = "Benchmark gridmesh against the direct path, Envoy, nginx and HAProxy")]
 struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
     /// One short round (about two minutes): a smoke check, not figures to record.
     #[arg(long)]
     quick: bool,
@@ -54,8 +57,24 @@ struct Args {
     gridmesh_proxy: Option<PathBuf>,
 }
 
+#[derive(clap::Subcommand)]
+enum Command {
+    /// Control plane and xDS: convergence of 1,000 simulated sidecars on a
+    /// 10,000-endpoint config, and a sidecar applying 1,000-endpoint updates
+    /// under load (`--quick` for a smaller smoke run).
+    Xds,
+}
+
 fn main() -> ExitCode {
-    match run(Args::parse()) {
+    let args = Args::parse();
+    let result = match args.command {
+        Some(Command::Xds) => {
+            let repo = workspace_root();
+            xds::run(args.quick, repo, &target_dir(repo).join("bench"))
+        }
+        None => run(args),
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("gridmesh-bench: {error:#}");

@@ -80,6 +80,12 @@ pub const GRIDMESH_PROXY: WorkspaceBinary = WorkspaceBinary {
     name: "gridmesh-proxy",
 };
 
+/// The control plane.
+pub const GRIDMESH_CONTROL: WorkspaceBinary = WorkspaceBinary {
+    package: "gridmesh-xds",
+    name: "gridmesh-control",
+};
+
 /// The sample upstream (HTTP endpoints + gRPC Echo), see [`crate::upstream`].
 pub const SAMPLE_BLOCK: WorkspaceBinary = WorkspaceBinary {
     package: "gridmesh-tests",
@@ -96,7 +102,8 @@ pub fn workspace_root() -> &'static Path {
 /// Every binary the harness runs. They are always built together, by one
 /// cargo command, so that every caller (tests, `cargo xtask test` before the
 /// tests, the demo) resolves the same features and reuses the same artifacts.
-pub const WORKSPACE_BINARIES: &[WorkspaceBinary] = &[GRIDMESH_PROXY, SAMPLE_BLOCK];
+pub const WORKSPACE_BINARIES: &[WorkspaceBinary] =
+    &[GRIDMESH_PROXY, GRIDMESH_CONTROL, SAMPLE_BLOCK];
 
 /// Path of `binary` built with this crate's profile, up to date with the
 /// sources. Cargo runs once per process; later calls reuse its answer.
@@ -215,6 +222,11 @@ impl ManagedProcess {
             output,
             output_readers,
         })
+    }
+
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
     }
 
     pub fn name(&self) -> &str {

@@ -77,5 +77,6 @@ fn bootstrap(hop: &HopPlan) -> Bootstrap {
             seconds: 1,
             nanos: 0,
         }),
+        xds: None,
     }
 }
