@@ -1,31 +1,37 @@
 //! `cargo xtask demo`: a local mesh on loopback, made of the release binaries
-//! and the bootstrap files in `examples/`:
+//! and the files in `examples/`. The sidecars' bootstraps only name the
+//! control plane; their listeners, routes, clusters and endpoints come over
+//! xDS from `gridmesh-control` serving a copy of `examples/mesh/`:
 //!
 //! ```text
+//!                  gridmesh-control 127.0.0.1:15012 (xDS) <-- examples/mesh/*.yaml
+//!                     |  (delta ADS to every sidecar)
 //! demo clients --> client sidecar 127.0.0.1:15001 (outbound; balances over both)
 //!                    |--> block-a sidecar 127.0.0.1:15006 --> sample block "block-a" 127.0.0.1:18080
 //!                    '--> block-b sidecar 127.0.0.1:15106 --> sample block "block-b" 127.0.0.1:18081
 //! ```
 //!
 //! It sends HTTP/1.1, h2c, gRPC unary and gRPC server-streaming requests
-//! through the client sidecar, prints what happened, stops every process with
-//! SIGTERM, and succeeds only if every request did and every process stopped
-//! cleanly. Whatever it started is killed if it fails or is interrupted midway.
+//! through the client sidecar, then changes a route in the control plane's
+//! directory while requests flow and waits for the client sidecar to serve
+//! it, prints what happened, stops every process with SIGTERM, and succeeds
+//! only if every request did and every process stopped cleanly. Whatever it
+//! started is killed if it fails or is interrupted midway.
 
+mod live_change;
 mod summary;
 mod traffic;
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use gridmesh_proto::config::Bootstrap;
-use gridmesh_proto::config::listener::Direction;
 use gridmesh_tests::process::{
-    self, CargoOutput, GRIDMESH_PROXY, ManagedProcess, Profile, ProxyConfig, ProxyProcess,
-    SAMPLE_BLOCK,
+    self, CargoOutput, GRIDMESH_CONTROL, GRIDMESH_PROXY, ManagedProcess, Profile, ProxyConfig,
+    ProxyProcess, SAMPLE_BLOCK,
 };
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -41,12 +47,17 @@ const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// timeout (5s) plus a margin.
 const STOP_GRACE: Duration = Duration::from_secs(15);
 
+/// The control plane: what it serves and where.
+const MESH_CONFIG: &str = "examples/mesh";
+const CONTROL_XDS: &str = "127.0.0.1:15012";
+const CONTROL_ADMIN: &str = "127.0.0.1:15014";
+
 struct SampleBlock {
     name: &'static str,
     address: &'static str,
 }
 
-/// The block instances the examples' block sidecars forward to.
+/// The block instances the block sidecars forward to.
 const SAMPLE_BLOCKS: [SampleBlock; 2] = [
     SampleBlock {
         name: "block-a",
@@ -62,6 +73,8 @@ struct Sidecar {
     name: &'static str,
     /// Bootstrap file, relative to the workspace root.
     config: &'static str,
+    /// The listener it asks the control plane for.
+    listener: &'static str,
 }
 
 /// Started in this order: the client sidecar last, once its endpoints serve.
@@ -69,10 +82,12 @@ const SIDECARS: [Sidecar; 3] = [
     Sidecar {
         name: "block-a-sidecar",
         config: "examples/block-a-sidecar.yaml",
+        listener: "block-a-inbound",
     },
     Sidecar {
         name: "block-b-sidecar",
         config: "examples/block-b-sidecar.yaml",
+        listener: "block-b-inbound",
     },
     CLIENT_SIDECAR,
 ];
@@ -81,29 +96,29 @@ const SIDECARS: [Sidecar; 3] = [
 const CLIENT_SIDECAR: Sidecar = Sidecar {
     name: "client-sidecar",
     config: "examples/client-sidecar.yaml",
+    listener: "client-outbound",
 };
 
 pub fn run() -> Result<()> {
     let bootstraps = SIDECARS
         .iter()
-        .map(|sidecar| {
-            let path = workspace_root().join(sidecar.config);
-            let text = std::fs::read_to_string(&path)
-                .with_context(|| format!("cannot read {}", path.display()))?;
-            process::parse_bootstrap(&text).with_context(|| format!("in {}", path.display()))
-        })
+        .map(|sidecar| read_bootstrap(&workspace_root().join(sidecar.config)))
         .collect::<Result<Vec<_>>>()?;
-    check_ports_free(&bootstraps)?;
+    let mesh = read_mesh(&workspace_root().join(MESH_CONFIG))?;
+    check_ports_free(&bootstraps, &mesh)?;
 
     println!("==> building the release binaries (the first build takes a few minutes)");
     let binaries = process::build_all(Profile::Release, CargoOutput::Progress)?;
-    let proxy_binary = &binaries[&GRIDMESH_PROXY];
-    let sample_block_binary = &binaries[&SAMPLE_BLOCK];
+    let programs = Programs {
+        proxy: &binaries[&GRIDMESH_PROXY],
+        control: &binaries[&GRIDMESH_CONTROL],
+        sample_block: &binaries[&SAMPLE_BLOCK],
+    };
 
     let runtime = tokio::runtime::Runtime::new().context("cannot start the tokio runtime")?;
     runtime.block_on(async {
         tokio::select! {
-            outcome = run_mesh(proxy_binary, sample_block_binary) => outcome,
+            outcome = run_mesh(&programs, &mesh) => outcome,
             signal = interrupted() => {
                 signal?;
                 bail!("interrupted; every process the demo started was killed")
@@ -112,20 +127,58 @@ pub fn run() -> Result<()> {
     })
 }
 
+struct Programs<'a> {
+    proxy: &'a Path,
+    control: &'a Path,
+    sample_block: &'a Path,
+}
+
+fn read_bootstrap(path: &Path) -> Result<Bootstrap> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    process::parse_bootstrap(&text).with_context(|| format!("in {}", path.display()))
+}
+
+/// Every resource the control plane will serve, merged from its directory.
+fn read_mesh(dir: &Path) -> Result<Bootstrap> {
+    let mut mesh = Bootstrap::default();
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("cannot read {}", dir.display()))?
+        .map(|entry| Ok(entry?.path()))
+        .collect::<Result<_>>()?;
+    files.sort();
+    for file in files
+        .iter()
+        .filter(|f| f.extension().is_some_and(|e| e == "yaml"))
+    {
+        let part = read_bootstrap(file)?;
+        mesh.listeners.extend(part.listeners);
+        mesh.route_tables.extend(part.route_tables);
+        mesh.clusters.extend(part.clusters);
+        mesh.endpoints.extend(part.endpoints);
+    }
+    Ok(mesh)
+}
+
 /// Every address the demo binds, checked up front so that a busy port gets a
-/// clear message instead of a sidecar failing to start.
-fn check_ports_free(bootstraps: &[Bootstrap]) -> Result<()> {
-    let mut wanted = Vec::new();
+/// clear message instead of a process failing to start.
+fn check_ports_free(bootstraps: &[Bootstrap], mesh: &Bootstrap) -> Result<()> {
+    let mut wanted = vec![
+        ("control plane xDS".to_string(), CONTROL_XDS.to_string()),
+        ("control plane admin".to_string(), CONTROL_ADMIN.to_string()),
+    ];
     for block in &SAMPLE_BLOCKS {
         wanted.push((block.name.to_string(), block.address.to_string()));
     }
     for (sidecar, bootstrap) in SIDECARS.iter().zip(bootstraps) {
         let admin = process::admin_address(bootstrap)?;
         wanted.push((format!("{} admin", sidecar.name), admin.to_string()));
-        for listener in &bootstrap.listeners {
-            let who = format!("{} listener {}", sidecar.name, listener.name);
-            wanted.push((who, listener.address.clone()));
-        }
+    }
+    for listener in &mesh.listeners {
+        wanted.push((
+            format!("listener {}", listener.name),
+            listener.address.clone(),
+        ));
     }
     let mut busy = Vec::new();
     for (who, address) in wanted {
@@ -156,17 +209,23 @@ async fn interrupted() -> Result<()> {
 #[derive(Default)]
 struct Mesh {
     blocks: Vec<ManagedProcess>,
+    control: Option<ManagedProcess>,
     sidecars: Vec<ProxyProcess>,
 }
 
 impl Mesh {
-    /// Stops the sidecars from the client inward, then the blocks, so that no
-    /// process loses its upstream while it still has traffic.
+    /// Stops the sidecars from the client inward, then the control plane,
+    /// then the blocks, so that no process loses its upstream while it still
+    /// has traffic.
     async fn stop(mut self) -> Vec<(String, Result<ExitStatus>)> {
         let mut stopped = Vec::new();
         while let Some(mut sidecar) = self.sidecars.pop() {
             let name = sidecar.name().to_string();
             stopped.push((name, sidecar.terminate(STOP_GRACE).await));
+        }
+        if let Some(mut control) = self.control.take() {
+            let name = control.name().to_string();
+            stopped.push((name, control.terminate(STOP_GRACE).await));
         }
         while let Some(mut block) = self.blocks.pop() {
             let name = block.name().to_string();
@@ -176,7 +235,7 @@ impl Mesh {
     }
 }
 
-async fn run_mesh(proxy_binary: &Path, sample_block_binary: &Path) -> Result<()> {
+async fn run_mesh(programs: &Programs<'_>, resources: &Bootstrap) -> Result<()> {
     let mut mesh = Mesh::default();
     for block in &SAMPLE_BLOCKS {
         println!(
@@ -184,7 +243,7 @@ async fn run_mesh(proxy_binary: &Path, sample_block_binary: &Path) -> Result<()>
             block.name, block.address
         );
         let args = ["--listen", block.address, "--name", block.name];
-        let mut process = ManagedProcess::spawn(block.name, sample_block_binary, args)?;
+        let mut process = ManagedProcess::spawn(block.name, programs.sample_block, args)?;
         let address = block
             .address
             .parse()
@@ -192,17 +251,40 @@ async fn run_mesh(proxy_binary: &Path, sample_block_binary: &Path) -> Result<()>
         process.wait_listening(address, START_TIMEOUT).await?;
         mesh.blocks.push(process);
     }
+    // The control plane serves a copy, which the live change edits.
+    let config_dir = std::env::temp_dir().join(format!("gridmesh-demo-{}", std::process::id()));
+    copy_yaml_files(&workspace_root().join(MESH_CONFIG), &config_dir)?;
+    println!(
+        "==> starting gridmesh-control on {CONTROL_XDS}, serving {MESH_CONFIG} (copied to {})",
+        config_dir.display()
+    );
+    let config_dir_arg = config_dir.display().to_string();
+    let args = [
+        "serve",
+        "--config-dir",
+        &config_dir_arg,
+        "--xds-address",
+        CONTROL_XDS,
+        "--admin-address",
+        CONTROL_ADMIN,
+    ];
+    let mut control = ManagedProcess::spawn("gridmesh-control", programs.control, args)?;
+    control
+        .wait_listening(CONTROL_XDS.parse().expect("ip:port"), START_TIMEOUT)
+        .await?;
+    mesh.control = Some(control);
     for sidecar in &SIDECARS {
-        println!("==> starting {} with {}", sidecar.name, sidecar.config);
+        println!(
+            "==> starting {} with {} (listener {} over xDS)",
+            sidecar.name, sidecar.config, sidecar.listener
+        );
         let config = ProxyConfig::File(workspace_root().join(sidecar.config));
-        let proxy = ProxyProcess::start(proxy_binary, sidecar.name, config, START_TIMEOUT).await?;
+        // Ready means its first complete config came from the control plane.
+        let proxy =
+            ProxyProcess::start(programs.proxy, sidecar.name, config, START_TIMEOUT).await?;
         mesh.sidecars.push(proxy);
     }
-    let client_sidecar = mesh
-        .sidecars
-        .last()
-        .expect("the client sidecar starts last");
-    let outbound = outbound_address(&client_sidecar.bootstrap()?)?;
+    let outbound = listener_address(resources, CLIENT_SIDECAR.listener)?;
 
     let tallies = match send_traffic(outbound).await {
         Ok(tallies) => tallies,
@@ -211,8 +293,23 @@ async fn run_mesh(proxy_binary: &Path, sample_block_binary: &Path) -> Result<()>
             return Err(error);
         }
     };
+    println!("==> changing the client route in the control plane's directory under load");
+    let client_sidecar = mesh
+        .sidecars
+        .last()
+        .expect("the client sidecar starts last");
+    let change = live_change::run(&config_dir, client_sidecar, outbound).await;
+    let _ = std::fs::remove_dir_all(&config_dir);
+    let change = match change {
+        Ok(change) => change,
+        Err(error) => {
+            summary::print_recent_output(&mesh.sidecars);
+            return Err(error);
+        }
+    };
     let admin_views = summary::AdminViews::fetch(&mesh.sidecars).await;
-    let failed_requests: u64 = tallies.iter().map(|(_, tally)| tally.failed()).sum();
+    let failed_requests: u64 =
+        tallies.iter().map(|(_, tally)| tally.failed()).sum::<u64>() + change.traffic.failed();
     if failed_requests > 0 {
         summary::print_recent_output(&mesh.sidecars);
     }
@@ -231,6 +328,7 @@ async fn run_mesh(proxy_binary: &Path, sample_block_binary: &Path) -> Result<()>
         admin_views: &admin_views,
         stopped: &stopped,
     });
+    change.print();
     if failed_requests > 0 {
         bail!("{failed_requests} requests failed");
     }
@@ -253,12 +351,13 @@ async fn send_traffic(outbound: SocketAddr) -> Result<Vec<(Protocol, Tally)>> {
     Ok(tallies)
 }
 
-fn outbound_address(client_bootstrap: &Bootstrap) -> Result<SocketAddr> {
-    let listener = client_bootstrap
+/// The address of a listener the control plane serves.
+fn listener_address(resources: &Bootstrap, name: &str) -> Result<SocketAddr> {
+    let listener = resources
         .listeners
         .iter()
-        .find(|listener| listener.direction() == Direction::Outbound)
-        .with_context(|| format!("{} has no OUTBOUND listener", CLIENT_SIDECAR.config))?;
+        .find(|listener| listener.name == name)
+        .with_context(|| format!("{MESH_CONFIG} has no listener {name:?}"))?;
     listener.address.parse().with_context(|| {
         format!(
             "listener {} address {:?} is not ip:port",
@@ -267,51 +366,98 @@ fn outbound_address(client_bootstrap: &Bootstrap) -> Result<SocketAddr> {
     })
 }
 
+/// Copies the YAML files of `from` into a fresh `to`.
+fn copy_yaml_files(from: &Path, to: &Path) -> Result<()> {
+    let _ = std::fs::remove_dir_all(to);
+    std::fs::create_dir_all(to).with_context(|| format!("cannot create {}", to.display()))?;
+    for entry in
+        std::fs::read_dir(from).with_context(|| format!("cannot read {}", from.display()))?
+    {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "yaml") {
+            let name = path.file_name().expect("a file has a name");
+            std::fs::copy(&path, to.join(name))
+                .with_context(|| format!("cannot copy {}", path.display()))?;
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn bootstrap(sidecar: &Sidecar) -> Bootstrap {
-        let text = std::fs::read_to_string(workspace_root().join(sidecar.config)).unwrap();
-        process::parse_bootstrap(&text).unwrap()
-    }
-
-    fn endpoint_addresses(bootstrap: &Bootstrap) -> Vec<String> {
-        bootstrap
-            .endpoints
-            .iter()
-            .flat_map(|endpoints| &endpoints.endpoints)
-            .map(|endpoint| endpoint.address.clone())
-            .collect()
-    }
-
     /// The examples and the demo's own constants describe one topology: each
-    /// block sidecar forwards to its sample block, and the client sidecar to
-    /// the block sidecars' inbound listeners.
+    /// sidecar names the control plane and a listener it serves, each block
+    /// sidecar's listener forwards to its sample block, and the client
+    /// sidecar balances over the block sidecars' listeners.
     #[test]
     fn the_examples_wire_the_demo_topology() {
-        let block_sidecars = &SIDECARS[..SAMPLE_BLOCKS.len()];
-        let mut inbound_listeners = Vec::new();
-        for (sidecar, block) in block_sidecars.iter().zip(&SAMPLE_BLOCKS) {
-            let bootstrap = bootstrap(sidecar);
-            assert_eq!(
-                endpoint_addresses(&bootstrap),
-                [block.address],
-                "{}",
+        let mesh = read_mesh(&workspace_root().join(MESH_CONFIG)).unwrap();
+        gridmesh_proxy_validates(&mesh);
+        let endpoints_of = |listener: &str| -> Vec<String> {
+            let listener = mesh.listeners.iter().find(|l| l.name == listener).unwrap();
+            let table = mesh
+                .route_tables
+                .iter()
+                .find(|t| t.name == listener.route_table)
+                .unwrap();
+            let cluster = match &table.virtual_hosts[0].routes[0]
+                .route
+                .as_ref()
+                .unwrap()
+                .cluster_specifier
+            {
+                Some(gridmesh_proto::config::route_action::ClusterSpecifier::Cluster(c)) => {
+                    c.clone()
+                }
+                other => panic!("{other:?}"),
+            };
+            let endpoints = mesh
+                .endpoints
+                .iter()
+                .find(|e| e.cluster == cluster)
+                .unwrap();
+            endpoints
+                .endpoints
+                .iter()
+                .map(|e| e.address.clone())
+                .collect()
+        };
+        let mut inbound = Vec::new();
+        for (sidecar, block) in SIDECARS.iter().zip(&SAMPLE_BLOCKS) {
+            let bootstrap = read_bootstrap(&workspace_root().join(sidecar.config)).unwrap();
+            let xds = bootstrap
+                .xds
+                .as_ref()
+                .expect("sidecars follow the control plane");
+            assert_eq!(xds.address, CONTROL_XDS, "{}", sidecar.config);
+            assert_eq!(xds.listeners, [sidecar.listener], "{}", sidecar.config);
+            assert!(
+                bootstrap.listeners.is_empty(),
+                "{}: listeners come over xDS",
                 sidecar.config
             );
-            let inbound = bootstrap
-                .listeners
-                .iter()
-                .find(|listener| listener.direction() == Direction::Inbound)
-                .unwrap_or_else(|| panic!("{} has no INBOUND listener", sidecar.config));
-            inbound_listeners.push(inbound.address.clone());
+            assert_eq!(endpoints_of(sidecar.listener), [block.address]);
+            inbound.push(
+                listener_address(&mesh, sidecar.listener)
+                    .unwrap()
+                    .to_string(),
+            );
         }
-        let client = bootstrap(&CLIENT_SIDECAR);
-        assert_eq!(endpoint_addresses(&client), inbound_listeners);
+        let client = read_bootstrap(&workspace_root().join(CLIENT_SIDECAR.config)).unwrap();
+        assert_eq!(client.xds.unwrap().listeners, [CLIENT_SIDECAR.listener]);
+        assert_eq!(endpoints_of(CLIENT_SIDECAR.listener), inbound);
         assert_eq!(
-            outbound_address(&client).unwrap(),
+            listener_address(&mesh, CLIENT_SIDECAR.listener).unwrap(),
             "127.0.0.1:15001".parse().unwrap()
         );
+    }
+
+    /// What the control plane serves must pass the validator it uses.
+    fn gridmesh_proxy_validates(mesh: &Bootstrap) {
+        if let Err(e) = gridmesh_proxy::config::validate_served(mesh.clone(), MESH_CONFIG) {
+            panic!("{e}");
+        }
     }
 }
