@@ -91,9 +91,13 @@ impl Listeners {
             }
             // A socket already bound to the address (this listener's, or
             // one being renamed) is taken over rather than bound again.
+            // With port 0 only this listener's own: its port was picked
+            // once and stays.
             let bound = active
                 .iter()
-                .find(|a| spec.addr.port() != 0 && a.spec.addr == spec.addr)
+                .find(|a| {
+                    a.spec.addr == spec.addr && (spec.addr.port() != 0 || a.spec.name == spec.name)
+                })
                 .map(|a| (a.socket.clone(), a.local_addr));
             let (socket, local_addr) = match bound {
                 Some(bound) => bound,
