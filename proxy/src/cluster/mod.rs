@@ -122,8 +122,16 @@ impl Cluster {
 
     /// Whether `spec` differs from this cluster's only in its endpoints, so
     /// that [`Cluster::update`] can take it and keep pools, breakers, load
-    /// history and the retry budget.
+    /// history and the retry budget. A cluster built without a resolver
+    /// (it had addresses only) cannot take hostname endpoints.
     pub fn can_update_to(&self, spec: &ClusterSpec) -> bool {
+        let needs_dns = spec
+            .endpoints
+            .iter()
+            .any(|e| matches!(e.address, EndpointAddress::Dns { .. }));
+        if needs_dns && self.resolver.is_none() {
+            return false;
+        }
         let current = self.spec.load();
         let endpoints_aside = ClusterSpec {
             endpoints: current.endpoints.clone(),
