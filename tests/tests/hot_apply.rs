@@ -510,3 +510,42 @@ endpoints: [{ cluster: up, endpoints: ${up} }]
     let reply = h2c_client().get(in_addr, "svc", "/echo").await;
     assert_eq!(reply.status, StatusCode::OK);
 }
+
+#[tokio::test]
+async fn an_endpoint_may_change_from_an_address_to_a_dns_name() {
+    let Two { a, b } = two().await;
+    let (up, bs) = ([a.local_addr()], [b.local_addr()]);
+    let v = Vars {
+        up: &up,
+        b: &bs,
+        ..Default::default()
+    };
+    let proxy = start(&v).await;
+    assert_eq!(answered_by(&proxy).await, "a");
+    // Only up's endpoints change, to a name it has no resolver for.
+    let named = yaml(&v).replacen(
+        &harness::endpoints(&up),
+        &format!("[{{ address: \"localhost:{}\" }}]", a.local_addr().port()),
+        1,
+    );
+    let named = named.replace(
+        "route: { cluster: up }",
+        "route: { cluster: up, retryPolicy: { maxRetries: 3, retryOn: [CONNECT_FAILURE] } }",
+    );
+    proxy
+        .apply(load_str(&named, "hot_apply.yaml").unwrap())
+        .expect("a hostname endpoint is applied");
+    let (_, clusters) = proxy.admin_get("/clusters").await;
+    within("the DNS-named endpoint to answer", async {
+        loop {
+            let (_, clusters) = proxy.admin_get("/clusters").await;
+            if clusters.contains(&format!("127.0.0.1:{}", a.local_addr().port())) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    let _ = clusters;
+    assert_eq!(answered_by(&proxy).await, "a");
+}
