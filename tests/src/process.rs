@@ -336,7 +336,8 @@ impl ManagedProcess {
         }
     }
 
-    async fn kill(&mut self) {
+    /// Kills the process (SIGKILL) and collects its remaining output.
+    pub async fn kill(&mut self) {
         // An error here means the process is already gone, which is the goal.
         let _ = self.child.kill().await;
         self.finish_output().await;

@@ -1,0 +1,422 @@
+//! End to end with the real binaries: `gridmesh-control` serving a temporary
+//! directory, a client sidecar and a block sidecar that get all their
+//! listeners, routes, clusters and endpoints over xDS, and sample upstreams.
+//!
+//! ```text
+//! load --> client sidecar (listener "client-out") --> block sidecar (listener "block-in") --> upstream
+//! ```
+//!
+//! Config changes land while requests flow, and the control plane is killed
+//! and restarted under load: no request may fail.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use gridmesh_tests::harness::{self, closed_port, http1_client, render};
+use gridmesh_tests::process::{
+    self, GRIDMESH_CONTROL, GRIDMESH_PROXY, ManagedProcess, ProxyConfig, ProxyProcess,
+};
+use gridmesh_tests::upstream::UpstreamHandle;
+
+const READY_WITHIN: Duration = Duration::from_secs(30);
+const CONVERGE_WITHIN: Duration = Duration::from_secs(10);
+
+/// The block sidecar forwards to `${upstream}`; the client sidecar to the
+/// block sidecar.
+const MESH: &str = r#"
+listeners:
+  - { name: client-out, address: "${client_out}", direction: OUTBOUND, routeTable: client-out }
+  - { name: block-in, address: "${block_in}", direction: INBOUND, routeTable: block-in }
+routeTables:
+  - name: client-out
+    virtualHosts:
+      - name: all
+        domains: ["*"]
+        routes:
+          - name: all
+            match: { regex: "${path_regex}" }
+            route: { cluster: block }
+  - name: block-in
+    virtualHosts:
+      - { name: all, domains: ["*"], routes: [{ name: all, route: { cluster: local } }] }
+clusters:
+  - { name: block, connectTimeout: 1s }
+  - { name: local, connectTimeout: 1s }
+endpoints:
+  - { cluster: block, endpoints: [{ address: "${block_in}" }] }
+  - { cluster: local, endpoints: [{ address: "${upstream}" }] }
+"#;
+
+struct Mesh {
+    dir: tempfile::TempDir,
+    client_out: SocketAddr,
+    block_in: SocketAddr,
+    xds: SocketAddr,
+    control_admin: SocketAddr,
+    control: ManagedProcess,
+    client: ProxyProcess,
+    block: ProxyProcess,
+}
+
+impl Mesh {
+    async fn start(upstream: &UpstreamHandle) -> Mesh {
+        let dir = tempfile::tempdir().unwrap();
+        let (client_out, block_in) = (closed_port(), closed_port());
+        let (xds, control_admin) = (closed_port(), closed_port());
+        write_mesh(
+            dir.path(),
+            client_out,
+            block_in,
+            upstream.local_addr(),
+            "/.*",
+        );
+        let control = start_control(dir.path(), xds, control_admin).await;
+        let client = start_sidecar("client-sidecar", xds, "client-out").await;
+        let block = start_sidecar("block-sidecar", xds, "block-in").await;
+        Mesh {
+            dir,
+            client_out,
+            block_in,
+            xds,
+            control_admin,
+            control,
+            client,
+            block,
+        }
+    }
+
+    fn rewrite(&self, upstream: SocketAddr, path_regex: &str) {
+        write_mesh(
+            self.dir.path(),
+            self.client_out,
+            self.block_in,
+            upstream,
+            path_regex,
+        );
+    }
+
+    async fn control_status(&self) -> serde_json::Value {
+        admin_json(self.control_admin, "/status").await
+    }
+}
+
+fn write_mesh(
+    dir: &Path,
+    client_out: SocketAddr,
+    block_in: SocketAddr,
+    upstream: SocketAddr,
+    path_regex: &str,
+) {
+    let yaml = render(
+        MESH,
+        &[
+            ("client_out", &client_out),
+            ("block_in", &block_in),
+            ("upstream", &upstream),
+            ("path_regex", &path_regex),
+        ],
+    );
+    write_atomically(&dir.join("mesh.yaml"), &yaml);
+}
+
+/// As a ConfigMap update lands: written beside, renamed over.
+fn write_atomically(path: &Path, text: &str) {
+    let staging = path.with_file_name(".staging");
+    std::fs::write(&staging, text).unwrap();
+    std::fs::rename(&staging, path).unwrap();
+}
+
+async fn start_control(dir: &Path, xds: SocketAddr, admin: SocketAddr) -> ManagedProcess {
+    let binary = process::binary(GRIDMESH_CONTROL).unwrap();
+    let args = [
+        "serve".to_string(),
+        "--config-dir".into(),
+        dir.display().to_string(),
+        "--xds-address".into(),
+        xds.to_string(),
+        "--admin-address".into(),
+        admin.to_string(),
+    ];
+    let mut control = ManagedProcess::spawn("gridmesh-control", &binary, args).unwrap();
+    control.wait_listening(xds, READY_WITHIN).await.unwrap();
+    control
+}
+
+async fn start_sidecar(name: &str, xds: SocketAddr, listener: &str) -> ProxyProcess {
+    let yaml = format!(
+        "admin: {{ address: \"{}\" }}\ndrainTimeout: 2s\nxds: {{ address: \"{xds}\", listeners: [{listener}] }}\n",
+        closed_port()
+    );
+    let binary = process::binary(GRIDMESH_PROXY).unwrap();
+    ProxyProcess::start(&binary, name, ProxyConfig::Yaml(yaml), READY_WITHIN)
+        .await
+        .unwrap()
+}
+
+async fn admin_json(addr: SocketAddr, path: &str) -> serde_json::Value {
+    let reply = http1_client().get(addr, "admin", path).await;
+    serde_json::from_slice(&reply.body)
+        .unwrap_or_else(|e| panic!("GET {path}: {e}: {:?}", reply.body))
+}
+
+/// Requests sent through the client sidecar, 4 at a time, until stopped;
+/// counts failures and remembers which upstream answered last.
+struct Load {
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicU64>,
+    failures: Arc<std::sync::Mutex<Vec<String>>>,
+    last_upstream: Arc<std::sync::Mutex<String>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(target: SocketAddr) -> Load {
+        let load = Load {
+            stop: Arc::default(),
+            ok: Arc::default(),
+            failures: Arc::default(),
+            last_upstream: Arc::default(),
+            tasks: Vec::new(),
+        };
+        let tasks = (0..4)
+            .map(|_| {
+                let (stop, ok) = (load.stop.clone(), load.ok.clone());
+                let (failures, last) = (load.failures.clone(), load.last_upstream.clone());
+                tokio::spawn(async move {
+                    let mut conn = http1_client().connect(target).await;
+                    while !stop.load(Ordering::Relaxed) {
+                        let outcome = match conn.send(harness::get("echo", "/echo")).await {
+                            Ok(rsp) => harness::collect(rsp).await.map_err(|e| e.to_string()),
+                            Err(e) => Err(e.to_string()),
+                        };
+                        match outcome {
+                            Ok(reply) if reply.status == 200 => {
+                                ok.fetch_add(1, Ordering::Relaxed);
+                                if let Some(name) = reply.headers.get("x-upstream") {
+                                    *last.lock().unwrap() =
+                                        name.to_str().unwrap_or_default().to_string();
+                                }
+                            }
+                            Ok(reply) => failures
+                                .lock()
+                                .unwrap()
+                                .push(format!("{} {:?}", reply.status, reply.body)),
+                            Err(e) => {
+                                failures.lock().unwrap().push(e);
+                                conn = http1_client().connect(target).await;
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        Load { tasks, ..load }
+    }
+
+    fn last_upstream(&self) -> String {
+        self.last_upstream.lock().unwrap().clone()
+    }
+
+    /// Stops the load; returns how many requests succeeded and every failure.
+    async fn finish(self) -> (u64, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        for task in self.tasks {
+            task.await.unwrap();
+        }
+        let failures = self.failures.lock().unwrap().clone();
+        (self.ok.load(Ordering::Relaxed), failures)
+    }
+}
+
+async fn until(what: &str, mut done: impl AsyncFnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while !done().await {
+        assert!(
+            start.elapsed() < CONVERGE_WITHIN,
+            "not within {CONVERGE_WITHIN:?}: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    start.elapsed()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn yaml_changes_under_load_converge_with_no_failed_request() {
+    let (first, second) = (
+        harness::upstream("first").await,
+        harness::upstream("second").await,
+    );
+    let mesh = Mesh::start(&first).await;
+    let load = Load::start(mesh.client_out);
+    until("traffic reaches the first upstream", async || {
+        load.last_upstream() == "first"
+    })
+    .await;
+
+    // The block sidecar's endpoints move to the second upstream, then back,
+    // then a route changes on the client sidecar: all under load.
+    mesh.rewrite(second.local_addr(), "/.*");
+    until("the block sidecar serves the new endpoints", async || {
+        load.last_upstream() == "second"
+    })
+    .await;
+    mesh.rewrite(first.local_addr(), "/.*");
+    until("and back", async || load.last_upstream() == "first").await;
+    mesh.rewrite(first.local_addr(), "/(echo|other)");
+    let client_admin = mesh.client.admin_address().unwrap();
+    until(
+        "the client sidecar serves the new route table",
+        async || {
+            let dump = admin_json(client_admin, "/config_dump").await;
+            serde_json::to_string(&dump["bootstrap"]["routeTables"])
+                .unwrap()
+                .contains("other")
+        },
+    )
+    .await;
+
+    let (ok, failures) = load.finish().await;
+    assert!(
+        failures.is_empty(),
+        "{} of {} failed: {:?}",
+        failures.len(),
+        ok,
+        &failures[..failures.len().min(5)]
+    );
+    assert!(ok > 50, "too little traffic to mean anything: {ok}");
+
+    // Both sidecars show on the control plane with everything ACKed.
+    let status = mesh.control_status().await;
+    let clients = status["clients"].as_array().unwrap();
+    assert_eq!(clients.len(), 2, "{status:#}");
+    for client in clients {
+        for t in client["types"].as_array().unwrap() {
+            assert!(t["last_nack"].is_null(), "{t:#}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_file_is_reported_and_the_last_good_config_keeps_serving() {
+    let upstream = harness::upstream("only").await;
+    let mesh = Mesh::start(&upstream).await;
+    let load = Load::start(mesh.client_out);
+
+    // Invalid as a whole: the control plane refuses it and names the file.
+    mesh.rewrite(upstream.local_addr(), "/(unclosed");
+    until("the control plane reports the bad file", async || {
+        let status = mesh.control_status().await;
+        let problems = serde_json::to_string(&status["config"]["last_error"]).unwrap();
+        problems.contains("mesh.yaml") && problems.contains("invalid regex")
+    })
+    .await;
+    let status = std::process::Command::new(process::binary(GRIDMESH_CONTROL).unwrap())
+        .args([
+            "status",
+            "--admin",
+            &format!("http://{}", mesh.control_admin),
+        ])
+        .output()
+        .unwrap();
+    let printed = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        printed.contains("mesh.yaml") && printed.contains("regex"),
+        "{printed}"
+    );
+
+    // Valid for the control plane, but this sidecar cannot bind the port:
+    // the block sidecar NACKs that listener and keeps serving the old one.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let yaml = std::fs::read_to_string(mesh.dir.path().join("mesh.yaml")).unwrap();
+    let good = render(
+        MESH,
+        &[
+            ("client_out", &mesh.client_out),
+            ("block_in", &mesh.block_in),
+            ("upstream", &upstream.local_addr()),
+            ("path_regex", &"/.*"),
+        ],
+    );
+    assert_ne!(yaml, good);
+    let moved = good.replace(
+        &format!("address: \"{}\", direction: INBOUND", mesh.block_in),
+        &format!(
+            "address: \"{}\", direction: INBOUND",
+            taken.local_addr().unwrap()
+        ),
+    );
+    assert_ne!(moved, good);
+    write_atomically(&mesh.dir.path().join("mesh.yaml"), &moved);
+    until(
+        "the control plane shows the block sidecar's NACK",
+        async || {
+            let status = mesh.control_status().await;
+            serde_json::to_string(&status["clients"])
+                .unwrap()
+                .to_lowercase()
+                .contains("address already in use")
+        },
+    )
+    .await;
+    let dump = admin_json(mesh.block.admin_address().unwrap(), "/config_dump").await;
+    let rejected = serde_json::to_string(&dump["xds"]["rejected"]).unwrap();
+    assert!(rejected.contains("block-in"), "{dump:#}");
+
+    let (ok, failures) = load.finish().await;
+    assert!(
+        failures.is_empty(),
+        "{} of {} failed: {:?}",
+        failures.len(),
+        ok,
+        &failures[..failures.len().min(5)]
+    );
+    assert!(ok > 20, "{ok}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sidecars_outlive_a_control_plane_restart_under_load() {
+    let (first, second) = (
+        harness::upstream("first").await,
+        harness::upstream("second").await,
+    );
+    let mut mesh = Mesh::start(&first).await;
+    let load = Load::start(mesh.client_out);
+    until("traffic flows", async || load.last_upstream() == "first").await;
+
+    mesh.control.kill().await;
+    // Serving goes on from the last config while the control plane is gone.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let block_admin = mesh.block.admin_address().unwrap();
+    let dump = admin_json(block_admin, "/config_dump").await;
+    assert_eq!(dump["xds"]["connected"], false, "{:#}", dump["xds"]);
+    assert_eq!(mesh.block.admin_get("/ready").await.unwrap().status, 200);
+
+    // Back on the same port with a changed config: both sidecars reconnect
+    // and converge on it.
+    mesh.rewrite(second.local_addr(), "/.*");
+    mesh.control = start_control(mesh.dir.path(), mesh.xds, mesh.control_admin).await;
+    until(
+        "the block sidecar follows the restarted control plane",
+        async || load.last_upstream() == "second",
+    )
+    .await;
+    until("both sidecars reconnected", async || {
+        mesh.control_status().await["clients"]
+            .as_array()
+            .map_or(0, Vec::len)
+            == 2
+    })
+    .await;
+
+    let (ok, failures) = load.finish().await;
+    assert!(
+        failures.is_empty(),
+        "{} of {} failed: {:?}",
+        failures.len(),
+        ok,
+        &failures[..failures.len().min(5)]
+    );
+}
