@@ -586,3 +586,63 @@ listeners:
     );
     assert_eq!(served_version(&dump, Kind::Listener, "taken"), None);
 }
+
+/// The usual order: the listener arrives first (warming), its route table
+/// next, and only then is there something to bind. A taken port then
+/// refuses that listener alone: the route table applies, a listener sharing
+/// it serves, and the NACK names the listener that could not bind.
+#[tokio::test]
+async fn a_warming_listener_whose_port_is_taken_does_not_hold_back_its_route_table() {
+    let Setup {
+        proxy,
+        mut stream,
+        cp: _cp,
+        a: _a,
+        b: _b,
+    } = setup().await;
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let listeners = render(
+        r#"
+listeners:
+  - { name: taken, address: "${taken}", routeTable: rt2 }
+  - { name: free, address: "127.0.0.1:0", routeTable: rt2 }
+"#,
+        &[("taken", &taken.local_addr().unwrap())],
+    );
+    let nonce = stream.push(
+        Kind::Listener,
+        resources_yaml(Kind::Listener, &listeners, "2"),
+        &[],
+    );
+    stream.ack(&nonce).await;
+
+    let nonce = stream.push(
+        Kind::RouteTable,
+        resources_yaml(Kind::RouteTable, &route_to("rt2", "b"), "2"),
+        &[],
+    );
+    let message = stream.nack(&nonce).await;
+    assert!(message.contains("\"taken\""), "{message}");
+    assert!(!message.contains("rt2"), "{message}");
+    assert_eq!(answered_by(&proxy, "free").await, "b");
+    assert_eq!(proxy.listener_addr("taken"), None);
+    let dump = config_dump(&proxy).await;
+    assert_eq!(
+        served_version(&dump, Kind::RouteTable, "rt2").as_deref(),
+        Some("2")
+    );
+
+    // Once the control plane changes the listener, it is tried again.
+    drop(taken);
+    let nonce = stream.push(
+        Kind::Listener,
+        resources_yaml(Kind::Listener, &listeners, "3"),
+        &[],
+    );
+    stream.ack(&nonce).await;
+    assert!(
+        proxy.listener_addr("taken").is_some(),
+        "{:#}",
+        config_dump(&proxy).await["resources"]
+    );
+}

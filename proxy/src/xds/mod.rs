@@ -224,6 +224,9 @@ impl Client {
             );
         };
         let mut update = Update::decode(kind, response);
+        // Held listeners that became servable with this update (their route
+        // table arrived) but cannot bind: reported with this response.
+        let mut unbound = Vec::new();
         let outcome = loop {
             let mut outcome = self.held.evaluate(&update);
             let Some(snapshot) = outcome.snapshot.take() else {
@@ -233,10 +236,21 @@ impl Client {
                 Ok(()) => break outcome,
                 // The port is taken: refuse that listener, keep the rest.
                 Err(ApplyError::Bind(e)) if update.reject(&e.name, e.to_string()) => {}
+                Err(ApplyError::Bind(e))
+                    if !unbound.iter().any(|r: &Rejection| r.name == e.name) =>
+                {
+                    self.held.set_unbound(&e.name);
+                    unbound.push(Rejection {
+                        kind: Kind::Listener.label().into(),
+                        name: e.name.clone(),
+                        reason: e.to_string(),
+                    });
+                }
                 Err(e) => update.reject_all(e.to_string()),
             }
         };
-        let rejected = outcome.rejected.clone();
+        let mut rejected = outcome.rejected.clone();
+        rejected.extend(unbound);
         let warming = outcome.warming.clone();
         self.held.commit(outcome);
         self.received.insert(kind);

@@ -34,6 +34,9 @@ pub struct Held {
     versions: HashMap<Kind, BTreeMap<String, String>>,
     /// `xds:<address>`, recorded as each dynamic resource's origin.
     origin: String,
+    /// Held listeners this sidecar could not bind (their port is taken),
+    /// left out of what is served until the control plane changes them.
+    unbound: HashSet<String>,
 }
 
 /// One response, decoded.
@@ -161,7 +164,15 @@ impl Held {
             dynamic: Bootstrap::default(),
             versions: HashMap::new(),
             origin: format!("xds:{address}"),
+            unbound: HashSet::new(),
         }
+    }
+
+    /// Leaves out of what is served a held listener that could not be
+    /// bound when a later update (its route table) made it servable. It is
+    /// tried again when its own resource changes.
+    pub fn set_unbound(&mut self, listener: &str) {
+        self.unbound.insert(listener.to_string());
     }
 
     /// Versions held for `kind` (sent as `initial_resource_versions` on
@@ -198,13 +209,23 @@ impl Held {
                 break;
             }
             let dynamic = self.with_changes(kind, &upserts, &removals);
-            let (candidate, warming) = self.candidate(&dynamic);
+            // An unbound listener the control plane changes is tried again.
+            let unbound: HashSet<&str> = self
+                .unbound
+                .iter()
+                .map(String::as_str)
+                .filter(|name| kind != Kind::Listener || !upserts.iter().any(|u| u.name == *name))
+                .collect();
+            let (candidate, warming) = self.candidate(&dynamic, &unbound);
             // Warming listeners are checked too (against a stand-in for
             // their route table), so a bad one is refused now instead of
             // being held and then blocking its route table.
             let checked = self.checked(&dynamic);
             let built = match config::build_snapshot(checked.clone(), "xds") {
-                Ok(snapshot) if warming.is_empty() => Ok(snapshot),
+                // Nothing left out (warming or unbound): serve what was checked.
+                Ok(snapshot) if candidate.listeners.len() == checked.listeners.len() => {
+                    Ok(snapshot)
+                }
                 Ok(_) => {
                     config::build_snapshot(candidate.clone(), "xds").map_err(|e| (e, candidate))
                 }
@@ -275,6 +296,11 @@ impl Held {
             dynamic,
             versions,
         } = outcome.accepted;
+        if kind == Kind::Listener {
+            let before = self.versions(kind);
+            self.unbound
+                .retain(|name| before.get(name) == versions.get(name));
+        }
         self.dynamic = dynamic;
         self.versions.insert(kind, versions);
     }
@@ -310,9 +336,9 @@ impl Held {
         versions
     }
 
-    /// Static plus dynamic resources, less listeners whose route table is
-    /// missing (returned by name: they are warming).
-    fn candidate(&self, dynamic: &Bootstrap) -> (Bootstrap, Vec<String>) {
+    /// Static plus dynamic resources, less `unbound` listeners and those
+    /// whose route table is missing (returned by name: they are warming).
+    fn candidate(&self, dynamic: &Bootstrap, unbound: &HashSet<&str>) -> (Bootstrap, Vec<String>) {
         let mut candidate = self.static_config.clone();
         merge(&mut candidate, dynamic);
         let tables: HashSet<String> = candidate
@@ -321,6 +347,9 @@ impl Held {
             .map(|t| t.name.clone())
             .collect();
         let mut warming = Vec::new();
+        candidate
+            .listeners
+            .retain(|l| !unbound.contains(l.name.as_str()));
         candidate.listeners.retain(|l| {
             let ready = tables.contains(&l.route_table);
             if !ready {
