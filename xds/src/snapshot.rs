@@ -20,8 +20,33 @@ use twox_hash::XxHash64;
 /// One encoded resource.
 #[derive(Debug, Clone)]
 pub struct Entry {
-    pub version: Arc<str>,
+    /// The xxHash64 of `any.value`, never [`UNKNOWN_VERSION`]; sent as 16
+    /// hex digits ([`version_text`]).
+    pub version: u64,
     pub any: Any,
+}
+
+/// No served resource has this version: it stands for a version a client
+/// reports that this control plane cannot have sent (not 16 hex digits).
+pub const UNKNOWN_VERSION: u64 = 0;
+
+/// A resource version as sent on the wire.
+pub fn version_text(version: u64) -> String {
+    format!("{version:016x}")
+}
+
+/// A version a client reports (`initial_resource_versions`), as a number.
+pub fn parse_version(text: &str) -> u64 {
+    if text.len() != 16 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return UNKNOWN_VERSION;
+    }
+    u64::from_str_radix(text, 16).unwrap_or(UNKNOWN_VERSION)
+}
+
+/// The version of an encoded resource.
+fn version_of_bytes(bytes: &[u8]) -> u64 {
+    // 0 is reserved for UNKNOWN_VERSION.
+    XxHash64::oneshot(0, bytes).max(1)
 }
 
 /// The resources of one kind, by name.
@@ -51,12 +76,12 @@ impl Snapshot {
                 .pack(set)
                 .into_iter()
                 .map(|(name, any)| {
-                    let version = hex(XxHash64::oneshot(0, &any.value));
+                    let version = version_of_bytes(&any.value);
                     (Arc::from(name), Entry { version, any })
                 })
                 .collect();
             Resources {
-                version_info: version_of(entries.iter().map(|(n, e)| (&**n, &*e.version))),
+                version_info: version_of(entries.iter().map(|(n, e)| (&**n, e.version))),
                 entries,
             }
         });
@@ -83,13 +108,12 @@ impl Snapshot {
 }
 
 /// The version of a set of (name, version) pairs, given in name order.
-pub fn version_of<'a>(pairs: impl Iterator<Item = (&'a str, &'a str)>) -> Arc<str> {
+pub fn version_of<'a>(pairs: impl Iterator<Item = (&'a str, u64)>) -> Arc<str> {
     let mut hasher = XxHash64::with_seed(0);
     for (name, version) in pairs {
         hasher.write(name.as_bytes());
         hasher.write_u8(0);
-        hasher.write(version.as_bytes());
-        hasher.write_u8(0);
+        hasher.write_u64(version);
     }
     hex(hasher.finish())
 }
@@ -126,5 +150,24 @@ mod tests {
         let (a, c) = (a.resources(Kind::Cluster), c.resources(Kind::Cluster));
         assert_eq!(a.entries["a"].version, c.entries["a"].version);
         assert_ne!(a.version_info, c.version_info);
+    }
+
+    #[test]
+    fn versions_round_trip_as_text() {
+        let a = Snapshot::new(&set(&["a"]), vec![]);
+        let v = a.resources(Kind::Cluster).entries["a"].version;
+        assert_ne!(v, UNKNOWN_VERSION);
+        assert_eq!(version_text(v).len(), 16);
+        assert_eq!(parse_version(&version_text(v)), v);
+        for foreign in [
+            "",
+            "1",
+            "v1",
+            "zzzzzzzzzzzzzzzz",
+            "+000000000000001",
+            "00000000000000001",
+        ] {
+            assert_eq!(parse_version(foreign), UNKNOWN_VERSION, "{foreign}");
+        }
     }
 }

@@ -6,19 +6,32 @@
 //! acknowledges it or not: a NACKed resource is not sent again until the
 //! config changes it again (resending the same bytes would only be
 //! rejected again).
+//!
+//! A type's upserts (and removals) are split into responses of bounded
+//! size, each with its own nonce and answered on its own: a sidecar, and
+//! this stream's encode buffer, never handle a whole large type at once.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
 
 use gridmesh_proto::discovery::{DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource};
 use gridmesh_proto::envoy::config::core::v3::Node;
 use gridmesh_proto::resource::Kind;
 
-use super::{Answer, Answers, Context, StreamState};
+use super::{Answer, Answers, Context, Nonce, StreamState};
 use crate::clients::{Protocol, Subscribed, TypeView};
-use crate::snapshot::{Resources, Snapshot};
+use crate::snapshot::{Entry, Resources, Snapshot, parse_version, version_text};
 
 const WILDCARD: &str = "*";
+
+/// A response carries at most about this many bytes of resources (or
+/// removed names); a single larger resource goes alone.
+pub(super) const MAX_RESPONSE_BYTES: usize = 32 * 1024;
+/// ...and at most this many resources (or removed names).
+pub(super) const MAX_RESPONSE_RESOURCES: usize = 500;
+/// What a `Resource` adds to its name and `Any` when encoded: field tags
+/// and lengths, and the 16-digit version.
+const RESOURCE_OVERHEAD: usize = 48;
 
 #[derive(Default)]
 pub(super) struct State {
@@ -30,12 +43,15 @@ struct TypeState {
     wildcard: bool,
     /// Explicitly subscribed names (besides the wildcard).
     names: BTreeSet<Arc<str>>,
-    /// What the client holds, as far as this stream knows.
-    held: HashMap<Arc<str>, Arc<str>>,
+    /// What the client holds as far as this stream knows: (name, version)
+    /// sorted by name, the names shared with the snapshot's. A sorted
+    /// vector costs 24 bytes a resource, a third of a hash map's.
+    held: Vec<(Arc<str>, u64)>,
     /// Named subscriptions already answered as "does not exist".
     told_absent: HashSet<Arc<str>>,
     answers: Answers,
-    /// Resources held when the latest response was acknowledged.
+    /// Resources held when the client last acknowledged the latest
+    /// response (with nothing else of the type left unanswered).
     acked: usize,
     /// Needs comparing with the snapshot.
     dirty: bool,
@@ -44,9 +60,18 @@ struct TypeState {
     initial: bool,
 }
 
+/// One response to send: built from the snapshot only when its turn comes.
+pub(super) struct Chunk {
+    kind: Kind,
+    nonce: String,
+    upserts: Vec<Arc<str>>,
+    removed: Vec<Arc<str>>,
+}
+
 impl StreamState for State {
     type Request = DeltaDiscoveryRequest;
     type Response = DeltaDiscoveryResponse;
+    type Pending = Chunk;
     const PROTOCOL: Protocol = Protocol::Delta;
 
     fn node(request: &DeltaDiscoveryRequest) -> Option<&Node> {
@@ -66,7 +91,7 @@ impl StreamState for State {
                     request.error_detail.as_ref(),
                     ctx,
                 );
-                if answer == Some(Answer::Ack) {
+                if answer == Some(Answer::Ack) && state.answers.settled() {
                     state.acked = state.held.len();
                 }
                 state
@@ -79,11 +104,13 @@ impl StreamState for State {
                 state.wildcard = request.resource_names_subscribe.is_empty();
                 state.initial = true;
                 state.dirty = true;
-                state.held = request
+                let mut held: Vec<(Arc<str>, u64)> = request
                     .initial_resource_versions
                     .into_iter()
-                    .map(|(name, version)| (Arc::from(name), Arc::from(version)))
+                    .map(|(name, version)| (Arc::from(name), parse_version(&version)))
                     .collect();
+                held.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+                state.held = held;
                 state
             }
         };
@@ -105,7 +132,7 @@ impl StreamState for State {
         // The client drops what it unsubscribed from by itself.
         if !state.wildcard {
             let names = &state.names;
-            state.held.retain(|n, _| names.contains(n));
+            state.held.retain(|(n, _)| names.contains(n));
             state.told_absent.retain(|n| names.contains(n));
         }
     }
@@ -119,8 +146,8 @@ impl StreamState for State {
     fn responses(
         &mut self,
         snapshot: &Snapshot,
-        nonce: &mut dyn FnMut() -> String,
-    ) -> Vec<(Kind, DeltaDiscoveryResponse)> {
+        nonce: &mut dyn FnMut() -> Nonce,
+    ) -> Vec<(Kind, Chunk)> {
         let mut upserts = Vec::new();
         let mut removals = Vec::new();
         for kind in Kind::PUSH_ORDER {
@@ -128,13 +155,25 @@ impl StreamState for State {
                 continue;
             };
             state.dirty = false;
-            let (resources, removed) = state.diff(snapshot.resources(kind));
+            let served = snapshot.resources(kind);
+            let (resources, removed) = state.diff(served);
             let initial = std::mem::take(&mut state.initial);
             if !resources.is_empty() || (initial && removed.is_empty()) {
-                upserts.push((kind, resources, Vec::new()));
+                let size = |name: &Arc<str>| {
+                    served
+                        .entries
+                        .get(&**name)
+                        .map_or(0, |e| e.any.type_url.len() + e.any.value.len())
+                        + name.len()
+                        + RESOURCE_OVERHEAD
+                };
+                for part in chunked(resources, size) {
+                    upserts.push((kind, part, Vec::new()));
+                }
             }
             if !removed.is_empty() {
-                removals.push((kind, Vec::new(), removed));
+                let parts = chunked(removed, |name| name.len() + 4);
+                removals.push(parts.into_iter().map(move |part| (kind, Vec::new(), part)));
             }
         }
         // Removals after every upsert, and in reverse push order: routes
@@ -142,23 +181,46 @@ impl StreamState for State {
         removals.reverse();
         upserts
             .into_iter()
-            .chain(removals)
-            .map(|(kind, resources, removed_resources)| {
+            .chain(removals.into_iter().flatten())
+            .map(|(kind, upserts, removed)| {
                 let nonce = nonce();
                 if let Some(state) = self.types.get_mut(&kind) {
-                    state.answers.sent(nonce.clone());
+                    state.answers.sent(&nonce, false);
                 }
-                let response = DeltaDiscoveryResponse {
-                    system_version_info: snapshot.version.clone(),
-                    resources,
-                    type_url: kind.type_url().to_string(),
-                    nonce,
-                    removed_resources,
-                    control_plane: None,
+                let chunk = Chunk {
+                    kind,
+                    nonce: nonce.text,
+                    upserts,
+                    removed,
                 };
-                (kind, response)
+                (kind, chunk)
             })
             .collect()
+    }
+
+    fn build(chunk: Chunk, snapshot: &Snapshot) -> DeltaDiscoveryResponse {
+        let served = snapshot.resources(chunk.kind);
+        DeltaDiscoveryResponse {
+            system_version_info: snapshot.version.clone(),
+            resources: chunk
+                .upserts
+                .iter()
+                .filter_map(|name| {
+                    let entry = served.entries.get(&**name)?;
+                    Some(Resource {
+                        version: version_text(entry.version),
+                        resource: Some(entry.any.clone()),
+                        name: name.to_string(),
+                        aliases: Vec::new(),
+                        ttl: None,
+                    })
+                })
+                .collect(),
+            type_url: chunk.kind.type_url().to_string(),
+            nonce: chunk.nonce,
+            removed_resources: chunk.removed.iter().map(|n| n.to_string()).collect(),
+            control_plane: None,
+        }
     }
 
     fn view(&self) -> Vec<TypeView> {
@@ -179,44 +241,79 @@ impl StreamState for State {
     }
 }
 
+/// Splits `items` into runs of at most [`MAX_RESPONSE_RESOURCES`] and
+/// about [`MAX_RESPONSE_BYTES`] (by `size`), in order; an item larger than
+/// that goes alone. Nothing gives one empty run.
+fn chunked<T>(items: Vec<T>, size: impl Fn(&T) -> usize) -> Vec<Vec<T>> {
+    let mut out = Vec::new();
+    let mut chunk = Vec::new();
+    let mut bytes = 0;
+    for item in items {
+        let n = size(&item);
+        if !chunk.is_empty()
+            && (bytes + n > MAX_RESPONSE_BYTES || chunk.len() == MAX_RESPONSE_RESOURCES)
+        {
+            out.push(std::mem::take(&mut chunk));
+            bytes = 0;
+        }
+        bytes += n;
+        chunk.push(item);
+    }
+    if !chunk.is_empty() || out.is_empty() {
+        out.push(chunk);
+    }
+    out
+}
+
 impl TypeState {
-    /// What to send for this type: resources whose served version differs
-    /// from the held one, and names the client holds (or asked for) that are
-    /// not served. Updates `held` as if the client applied them.
-    fn diff(&mut self, served: &Resources) -> (Vec<Resource>, Vec<String>) {
-        let mut upserts = Vec::new();
-        let mut upsert = |held: &mut HashMap<Arc<str>, Arc<str>>, name: &Arc<str>| {
-            let Some(entry) = served.entries.get(name) else {
-                return;
-            };
-            if held.get(name) != Some(&entry.version) {
-                held.insert(name.clone(), entry.version.clone());
-                upserts.push(Resource {
-                    version: entry.version.to_string(),
-                    resource: Some(entry.any.clone()),
-                    name: name.to_string(),
-                    aliases: Vec::new(),
-                    ttl: None,
-                });
-            }
-        };
-        if self.wildcard {
-            for name in served.entries.keys() {
-                upsert(&mut self.held, name);
-            }
+    /// What to send for this type: names of resources whose served version
+    /// differs from the held one, and names the client holds (or asked for)
+    /// that are not served, both in name order. Updates `held` as if the
+    /// client applied them.
+    fn diff(&mut self, served: &Resources) -> (Vec<Arc<str>>, Vec<Arc<str>>) {
+        // Served and subscribed, in name order (the snapshot's names).
+        let wanted: Box<dyn Iterator<Item = (&Arc<str>, &Entry)>> = if self.wildcard {
+            Box::new(served.entries.iter())
         } else {
-            for name in &self.names {
-                upsert(&mut self.held, name);
+            Box::new(
+                self.names
+                    .iter()
+                    .filter_map(|n| served.entries.get_key_value(&**n)),
+            )
+        };
+        let capacity = if self.wildcard {
+            served.entries.len()
+        } else {
+            self.names.len()
+        };
+        let mut held = Vec::with_capacity(capacity);
+        let mut upserts = Vec::new();
+        let mut removed = Vec::new();
+        let mut old = std::mem::take(&mut self.held).into_iter().peekable();
+        for (name, entry) in wanted {
+            // Held names before this one are no longer served.
+            while let Some((h, _)) = old.next_if(|(h, _)| **h < **name) {
+                removed.push(h);
+            }
+            match old.next_if(|(h, _)| **h == **name) {
+                Some((h, version)) if version == entry.version => {
+                    // Share the snapshot's string, e.g. instead of one a
+                    // reconnecting client reported.
+                    let h = if Arc::ptr_eq(&h, name) {
+                        h
+                    } else {
+                        name.clone()
+                    };
+                    held.push((h, version));
+                }
+                _ => {
+                    held.push((name.clone(), entry.version));
+                    upserts.push(name.clone());
+                }
             }
         }
-        let mut removed: Vec<String> = Vec::new();
-        self.held.retain(|name, _| {
-            let keep = served.entries.contains_key(name);
-            if !keep {
-                removed.push(name.to_string());
-            }
-            keep
-        });
+        removed.extend(old.map(|(h, _)| h));
+        self.held = held;
         self.told_absent
             .retain(|name| !served.entries.contains_key(name));
         for name in &self.names {
@@ -224,10 +321,39 @@ impl TypeState {
                 && self.told_absent.insert(name.clone())
                 && !removed.iter().any(|r| **r == **name)
             {
-                removed.push(name.to_string());
+                removed.push(name.clone());
             }
         }
         removed.sort();
         (upserts, removed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunks_are_bounded_by_bytes_and_count() {
+        assert_eq!(
+            chunked(Vec::<usize>::new(), |n| *n),
+            vec![Vec::<usize>::new()]
+        );
+        let half = MAX_RESPONSE_BYTES / 2;
+        // Two halves fit, a third starts a new chunk; a too large item
+        // goes alone.
+        let items = vec![half, half, half, MAX_RESPONSE_BYTES * 3, 1];
+        assert_eq!(
+            chunked(items, |n| *n),
+            vec![
+                vec![half, half],
+                vec![half],
+                vec![MAX_RESPONSE_BYTES * 3],
+                vec![1]
+            ]
+        );
+        let many = chunked(vec![1; MAX_RESPONSE_RESOURCES * 2 + 1], |n| *n);
+        let lens: Vec<usize> = many.iter().map(Vec::len).collect();
+        assert_eq!(lens, [MAX_RESPONSE_RESOURCES, MAX_RESPONSE_RESOURCES, 1]);
     }
 }

@@ -10,6 +10,7 @@
 mod delta;
 mod sotw;
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -95,6 +96,7 @@ impl Ads {
 trait StreamState: Send + 'static {
     type Request: Send + 'static;
     type Response: Send + 'static;
+    type Pending: Send + 'static;
     const PROTOCOL: Protocol;
 
     fn node(request: &Self::Request) -> Option<&Node>;
@@ -103,18 +105,40 @@ trait StreamState: Send + 'static {
     fn on_request(&mut self, kind: Kind, request: Self::Request, ctx: &Context<'_>);
     /// The served snapshot changed: every subscribed type needs a look.
     fn on_snapshot(&mut self);
-    /// What to send now, in sending order. `nonce` hands out nonces.
+    /// What to send now, in sending order, each already given its nonce
+    /// (`nonce` hands them out) and counted as sent.
     fn responses(
         &mut self,
         snapshot: &Snapshot,
-        nonce: &mut dyn FnMut() -> String,
-    ) -> Vec<(Kind, Self::Response)>;
+        nonce: &mut dyn FnMut() -> Nonce,
+    ) -> Vec<(Kind, Self::Pending)>;
+    /// A response planned by `responses`, built from the same snapshot
+    /// only when it is its turn to be sent: a stream never holds more than
+    /// the response in hand in memory.
+    fn build(pending: Self::Pending, snapshot: &Snapshot) -> Self::Response;
     fn view(&self) -> Vec<TypeView>;
+}
+
+/// A response's nonce: `{stream}-{seq}`, `seq` counting the stream's
+/// responses from 1.
+struct Nonce {
+    seq: u64,
+    text: String,
+}
+
+/// The sequence number of one of this stream's nonces.
+fn parse_nonce(stream: u64, text: &str) -> Option<u64> {
+    let (s, seq) = text.split_once('-')?;
+    if s.parse::<u64>().ok()? != stream {
+        return None;
+    }
+    seq.parse().ok()
 }
 
 /// What a request handler may look at besides the request.
 struct Context<'a> {
     node_id: &'a str,
+    stream: u64,
     metrics: &'a crate::metrics::Metrics,
 }
 
@@ -213,6 +237,7 @@ impl<S: StreamState> Stream<S> {
                 };
                 let ctx = Context {
                     node_id: node_id.as_deref().unwrap_or(""),
+                    stream: self.client.stream(),
                     metrics: &self.shared.metrics,
                 };
                 self.state.on_request(kind, request, &ctx);
@@ -221,17 +246,23 @@ impl<S: StreamState> Stream<S> {
             let nonces = &mut self.nonces;
             let responses = self.state.responses(&snapshot, &mut || {
                 *nonces += 1;
-                format!("{stream}-{nonces}")
+                Nonce {
+                    seq: *nonces,
+                    text: format!("{stream}-{nonces}"),
+                }
             });
             let view = self.state.view();
             self.client.update(|v| v.types = view);
-            for (kind, response) in responses {
-                tokio::select! {
+            for (kind, pending) in responses {
+                // Built once there is room in the queue, not before.
+                let permit = tokio::select! {
                     () = shutdown.cancelled() => return End::Shutdown,
-                    sent = self.tx.send(Ok(response)) => if sent.is_err() {
-                        return End::ClientClosed;
+                    permit = self.tx.reserve() => match permit {
+                        Ok(permit) => permit,
+                        Err(_) => return End::ClientClosed,
                     },
-                }
+                };
+                permit.send(Ok(S::build(pending, &snapshot)));
                 self.shared.metrics.response(kind);
             }
         }
@@ -251,14 +282,26 @@ impl<S: StreamState> Stream<S> {
     }
 }
 
-/// Where the latest response of one type stands: sent, answered, rejected.
+/// Responses of one type sent and not yet answered are remembered up to
+/// this many (a client that answers nothing for this long sees its oldest
+/// answers treated as stale).
+const MAX_OUTSTANDING: usize = 4096;
+
+/// Where the responses of one type stand: sent, answered, rejected.
 #[derive(Default)]
 struct Answers {
+    /// The latest response's nonce.
     latest_nonce: Option<String>,
-    pending: bool,
+    latest_seq: u64,
+    /// Responses sent and not answered yet, oldest first (nonce sequence
+    /// numbers, so increasing).
+    outstanding: VecDeque<u64>,
     last_nack: Option<Nack>,
-    /// The client's answer to the latest response it answered was a NACK.
+    /// A response was NACKed and no response sent after that NACK arrived
+    /// has been ACKed since: the client runs on older config for the type.
     rejected: bool,
+    /// While `rejected`: the latest response sent when the NACK arrived.
+    rejected_through: u64,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -268,14 +311,31 @@ enum Answer {
 }
 
 impl Answers {
-    fn sent(&mut self, nonce: String) {
-        self.latest_nonce = Some(nonce);
-        self.pending = true;
+    /// A response went out. With `supersedes` (SotW, where each response
+    /// carries the whole set) the earlier ones no longer expect an answer;
+    /// otherwise (delta) each does.
+    fn sent(&mut self, nonce: &Nonce, supersedes: bool) {
+        if supersedes {
+            self.outstanding.clear();
+        }
+        if self.outstanding.len() == MAX_OUTSTANDING {
+            self.outstanding.pop_front();
+        }
+        self.outstanding.push_back(nonce.seq);
+        self.latest_seq = nonce.seq;
+        self.latest_nonce = Some(nonce.text.clone());
     }
 
-    /// Records the client's answer when `response_nonce` is the latest
-    /// response's nonce and that response is still unanswered. Anything
-    /// else (an empty nonce, a stale one, a repeated answer) answers nothing.
+    /// Nothing sent is waiting for an answer.
+    fn settled(&self) -> bool {
+        self.outstanding.is_empty()
+    }
+
+    /// Records the client's answer when `response_nonce` names a response
+    /// of this type that is still unanswered. Anything else (an empty nonce,
+    /// one never sent, an answered one) answers nothing. Clients answer in
+    /// the order responses were sent, so an answer also closes any earlier
+    /// response still waiting.
     fn answer(
         &mut self,
         kind: Kind,
@@ -283,23 +343,29 @@ impl Answers {
         error: Option<&gridmesh_proto::google::rpc::Status>,
         ctx: &Context<'_>,
     ) -> Option<Answer> {
-        if !self.pending || response_nonce.is_empty() {
+        if response_nonce.is_empty() {
             return None;
         }
-        if self.latest_nonce.as_deref() != Some(response_nonce) {
+        let waiting = parse_nonce(ctx.stream, response_nonce)
+            .and_then(|seq| self.outstanding.iter().position(|s| *s == seq));
+        let Some(position) = waiting else {
             tracing::debug!(node = ctx.node_id, %kind, nonce = response_nonce, "stale nonce: neither ACK nor NACK");
             return None;
-        }
-        self.pending = false;
+        };
+        let seq = self.outstanding[position];
+        self.outstanding.drain(..=position);
         match error {
             None => {
-                self.rejected = false;
+                if seq > self.rejected_through {
+                    self.rejected = false;
+                }
                 ctx.metrics.ack(kind);
                 Some(Answer::Ack)
             }
             Some(status) => {
                 tracing::warn!(node = ctx.node_id, %kind, nonce = response_nonce, code = status.code, message = %status.message, "client rejected a response (NACK)");
                 self.rejected = true;
+                self.rejected_through = self.latest_seq;
                 self.last_nack = Some(Nack {
                     nonce: response_nonce.to_string(),
                     code: status.code,
@@ -318,10 +384,87 @@ impl Answers {
             kind: kind.label().to_string(),
             subscribed,
             last_nonce_sent: self.latest_nonce.clone(),
-            pending_nonce: self.latest_nonce.clone().filter(|_| self.pending),
+            // The latest response is answered last.
+            pending_nonce: self.latest_nonce.clone().filter(|_| !self.settled()),
             last_nack: self.last_nack.clone(),
             rejected: self.rejected,
             ..TypeView::default()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nonce(seq: u64) -> Nonce {
+        Nonce {
+            seq,
+            text: format!("7-{seq}"),
+        }
+    }
+
+    fn error(message: &str) -> gridmesh_proto::google::rpc::Status {
+        gridmesh_proto::google::rpc::Status {
+            code: 3,
+            message: message.into(),
+            details: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn nonces_parse_for_their_stream_only() {
+        assert_eq!(parse_nonce(7, "7-12"), Some(12));
+        assert_eq!(parse_nonce(7, "8-12"), None);
+        assert_eq!(parse_nonce(7, "7-x"), None);
+        assert_eq!(parse_nonce(7, "712"), None);
+    }
+
+    #[test]
+    fn every_outstanding_response_can_be_answered_once() {
+        let metrics = crate::metrics::Metrics::default();
+        let ctx = Context {
+            node_id: "n",
+            stream: 7,
+            metrics: &metrics,
+        };
+        let mut a = Answers::default();
+        for seq in 1..=3 {
+            a.sent(&nonce(seq), false);
+        }
+        let nack = Some(error("bad"));
+        assert_eq!(
+            a.answer(Kind::Cluster, "7-1", None, &ctx),
+            Some(Answer::Ack)
+        );
+        assert_eq!(
+            a.answer(Kind::Cluster, "7-2", nack.as_ref(), &ctx),
+            Some(Answer::Nack)
+        );
+        assert!(a.rejected && !a.settled());
+        // Answered already, never sent, another stream's.
+        for stale in ["7-2", "7-1", "7-9", "8-3", ""] {
+            assert_eq!(a.answer(Kind::Cluster, stale, None, &ctx), None, "{stale}");
+        }
+        // Sent before the NACK arrived: its ACK does not clear the rejection.
+        assert_eq!(
+            a.answer(Kind::Cluster, "7-3", None, &ctx),
+            Some(Answer::Ack)
+        );
+        assert!(a.rejected && a.settled());
+        a.sent(&nonce(4), false);
+        a.sent(&nonce(5), false);
+        // An answer to a later response closes the earlier ones.
+        assert_eq!(
+            a.answer(Kind::Cluster, "7-5", None, &ctx),
+            Some(Answer::Ack)
+        );
+        assert!(!a.rejected && a.settled());
+        assert_eq!(a.answer(Kind::Cluster, "7-4", None, &ctx), None);
+        // SotW: a new response supersedes the one before.
+        a.sent(&nonce(6), true);
+        a.sent(&nonce(7), true);
+        assert_eq!(a.answer(Kind::Cluster, "7-6", None, &ctx), None);
+        assert_eq!(a.last_nack.as_ref().map(|n| n.nonce.as_str()), Some("7-2"));
     }
 }

@@ -9,7 +9,7 @@ use gridmesh_proto::discovery::{DiscoveryRequest, DiscoveryResponse};
 use gridmesh_proto::envoy::config::core::v3::Node;
 use gridmesh_proto::resource::Kind;
 
-use super::{Answer, Answers, Context, StreamState};
+use super::{Answer, Answers, Context, Nonce, StreamState};
 use crate::clients::{Protocol, Subscribed, TypeView};
 use crate::snapshot::{Snapshot, version_of};
 
@@ -58,6 +58,7 @@ impl Subscription {
 impl StreamState for State {
     type Request = DiscoveryRequest;
     type Response = DiscoveryResponse;
+    type Pending = DiscoveryResponse;
     const PROTOCOL: Protocol = Protocol::Sotw;
 
     fn node(request: &DiscoveryRequest) -> Option<&Node> {
@@ -97,7 +98,7 @@ impl StreamState for State {
     fn responses(
         &mut self,
         snapshot: &Snapshot,
-        nonce: &mut dyn FnMut() -> String,
+        nonce: &mut dyn FnMut() -> Nonce,
     ) -> Vec<(Kind, DiscoveryResponse)> {
         let mut out = Vec::new();
         for kind in Kind::PUSH_ORDER {
@@ -119,7 +120,7 @@ impl StreamState for State {
                     .filter_map(|n| served.entries.get_key_value(n.as_str()))
                     .collect();
                 (
-                    version_of(chosen.iter().map(|(n, e)| (&***n, &*e.version))),
+                    version_of(chosen.iter().map(|(n, e)| (&***n, e.version))),
                     chosen.into_iter().map(|(_, e)| e).collect(),
                 )
             };
@@ -127,7 +128,7 @@ impl StreamState for State {
                 continue;
             }
             let nonce = nonce();
-            state.answers.sent(nonce.clone());
+            state.answers.sent(&nonce, true);
             state.sent_version = Some(version.clone());
             out.push((
                 kind,
@@ -135,12 +136,16 @@ impl StreamState for State {
                     version_info: version.to_string(),
                     resources: entries.into_iter().map(|e| e.any.clone()).collect(),
                     type_url: kind.type_url().to_string(),
-                    nonce,
+                    nonce: nonce.text,
                     control_plane: None,
                 },
             ));
         }
         out
+    }
+
+    fn build(response: DiscoveryResponse, _: &Snapshot) -> DiscoveryResponse {
+        response
     }
 
     fn view(&self) -> Vec<TypeView> {

@@ -1,6 +1,8 @@
 //! Incremental xDS: what is sent, when, and in which order.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+
+use gridmesh_proto::discovery::DeltaDiscoveryResponse;
 
 use gridmesh_proto::discovery::DeltaDiscoveryRequest;
 
@@ -220,10 +222,14 @@ async fn a_stale_nonce_neither_acks_nor_nacks() {
     let mut client = h.delta("node-1").await;
     client.subscribe(C, &[]);
     let first = client.recv().await;
+    client.ack(&first);
     h.write("clusters.yaml", &fixtures::clusters_with_timeout("a", "2s"));
     let second = client.recv().await;
-    client.ack(&first);
-    client.nack(&first, "stale");
+    // Answered already, never sent, not a nonce of this stream's.
+    let stream = second.nonce.split_once('-').expect("nonce").0;
+    client.nack(&first, "answered already");
+    client.nack_nonce(C, &format!("{stream}-999"), "never sent");
+    client.nack_nonce(C, "nonsense", "not a nonce");
     // Requests are handled in order: once E is answered, so were those.
     client.subscribe(E, &[]);
     let e = client.recv().await;
@@ -232,7 +238,13 @@ async fn a_stale_nonce_neither_acks_nor_nacks() {
     let c = type_view(client_view(&status, "node-1"), "cluster");
     assert_eq!(c.pending_nonce.as_ref(), Some(&second.nonce));
     assert_eq!(c.last_nack, None);
-    assert_eq!(c.acked, Some(0));
+    assert!(!c.rejected);
+    assert_eq!(c.acked, Some(2), "as of the ACK of the first response");
+    let (_, metrics) = http_get(h.control.admin_addr(), "/metrics").await;
+    assert!(
+        !metrics.contains("gridmesh_control_nacks_total"),
+        "{metrics}"
+    );
     client.ack(&second);
     let status = h
         .status_until("the ACK", |s| {
@@ -244,6 +256,135 @@ async fn a_stale_nonce_neither_acks_nor_nacks() {
     assert_eq!(
         type_view(client_view(&status, "node-1"), "cluster").acked,
         Some(2)
+    );
+}
+
+/// Receives responses of one type, unanswered, until they carry `n`
+/// resources in all.
+async fn recv_resources(client: &mut DeltaClient, n: usize) -> Vec<DeltaDiscoveryResponse> {
+    let mut responses = Vec::new();
+    let mut got = 0;
+    while got < n {
+        let r = client.recv().await;
+        got += r.resources.len();
+        responses.push(r);
+    }
+    responses
+}
+
+const BIG: usize = 6000;
+const CLUSTERS_IN_MANY: usize = 60;
+
+async fn started_large() -> Harness {
+    let yaml = fixtures::many_endpoints(CLUSTERS_IN_MANY, 60, BIG);
+    Harness::start(&[("clusters.yaml", &yaml)]).await
+}
+
+#[tokio::test]
+async fn a_large_type_arrives_in_bounded_responses() {
+    use prost::Message as _;
+    let h = started_large().await;
+    let mut client = h.delta("node-1").await;
+    client.subscribe(E, &[]);
+    let responses = recv_resources(&mut client, CLUSTERS_IN_MANY + 1).await;
+    for r in &responses {
+        client.ack(r);
+    }
+    client.expect_quiet().await;
+    assert!(responses.len() >= 3, "{} responses", responses.len());
+    let mut seen = HashSet::new();
+    let mut nonces = HashSet::new();
+    for r in &responses {
+        assert_eq!(r.type_url, E);
+        assert!(r.removed_resources.is_empty());
+        assert!(nonces.insert(r.nonce.clone()), "nonce {} twice", r.nonce);
+        for resource in &r.resources {
+            assert!(
+                seen.insert(resource.name.clone()),
+                "{} twice",
+                resource.name
+            );
+        }
+        let bytes: usize = r.resources.iter().map(|x| x.encoded_len()).sum();
+        if r.resources.iter().any(|x| x.name == "big") {
+            assert_eq!(names(r), ["big"], "a resource over the bound goes alone");
+            assert!(bytes > 32 * 1024);
+        } else {
+            assert!(bytes <= 32 * 1024, "{bytes} bytes in one response");
+        }
+    }
+    assert_eq!(seen.len(), CLUSTERS_IN_MANY + 1);
+    let status = h
+        .status_until("every ACK", |s| {
+            type_view(client_view(s, "node-1"), "endpoints")
+                .pending_nonce
+                .is_none()
+        })
+        .await;
+    let e = type_view(client_view(&status, "node-1"), "endpoints");
+    assert_eq!(
+        (e.held, e.acked, e.last_nonce_sent.as_ref()),
+        (
+            Some(CLUSTERS_IN_MANY + 1),
+            Some(CLUSTERS_IN_MANY + 1),
+            responses.last().map(|r| &r.nonce)
+        )
+    );
+}
+
+#[tokio::test]
+async fn a_nack_of_an_earlier_response_is_recorded() {
+    let h = started_large().await;
+    let mut client = h.delta("node-1").await;
+    client.subscribe(E, &[]);
+    let responses = recv_resources(&mut client, CLUSTERS_IN_MANY + 1).await;
+    assert!(responses.len() >= 2);
+    // The first response is rejected, the later ones accepted.
+    client.nack(&responses[0], "endpoints: bad address");
+    for r in &responses[1..] {
+        client.ack(r);
+    }
+    let status = h
+        .status_until("the answers", |s| {
+            type_view(client_view(s, "node-1"), "endpoints")
+                .pending_nonce
+                .is_none()
+        })
+        .await;
+    let e = type_view(client_view(&status, "node-1"), "endpoints");
+    let nack = e.last_nack.as_ref().expect("the NACK is recorded");
+    assert_eq!(
+        (nack.nonce.as_str(), nack.message.as_str()),
+        (responses[0].nonce.as_str(), "endpoints: bad address")
+    );
+    assert!(
+        e.rejected,
+        "later responses of the same push do not clear it"
+    );
+    let (_, metrics) = http_get(h.control.admin_addr(), "/metrics").await;
+    assert!(
+        metrics.contains("gridmesh_control_nacks_total{type=\"endpoints\"} 1"),
+        "{metrics}"
+    );
+    // What was sent counts as held: nothing is sent again...
+    client.expect_quiet().await;
+    // ...until a change, whose ACK clears the rejection.
+    let yaml = fixtures::many_endpoints(CLUSTERS_IN_MANY, 60, BIG)
+        .replace("10.0.0.1:8080", "10.0.0.1:9090");
+    h.write("clusters.yaml", &yaml);
+    let r = client.recv().await;
+    assert_eq!(names(&r), ["c-0"]);
+    client.ack(&r);
+    let status = h
+        .status_until("the ACK", |s| {
+            !type_view(client_view(s, "node-1"), "endpoints").rejected
+        })
+        .await;
+    let e = type_view(client_view(&status, "node-1"), "endpoints");
+    assert_eq!(
+        e.last_nack.as_ref().map(|n| n.nonce.as_str()),
+        Some(responses[0].nonce.as_str()),
+        "kept as history"
     );
 }
 

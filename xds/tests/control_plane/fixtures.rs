@@ -59,3 +59,29 @@ pub fn clusters_with_timeout(name: &str, timeout: &str) -> String {
         &format!("  - name: {name}\n    connectTimeout: {timeout}\n"),
     )
 }
+
+/// `clusters` clusters `c-0`.. with `per_cluster` endpoints each, and
+/// cluster `big` with `big` endpoints: an Endpoints type far larger than
+/// one delta response may carry.
+pub fn many_endpoints(clusters: usize, per_cluster: usize, big: usize) -> String {
+    let mut yaml = String::from("clusters:\n  - name: big\n");
+    for c in 0..clusters {
+        yaml.push_str(&format!("  - name: c-{c}\n"));
+    }
+    yaml.push_str("endpoints:\n");
+    let mut endpoints = |name: &str, n: usize, net: usize| {
+        yaml.push_str(&format!("  - cluster: {name}\n    endpoints:\n"));
+        for e in 0..n {
+            yaml.push_str(&format!(
+                "      - address: 10.{net}.{}.{}:8080\n",
+                e / 250,
+                e % 250 + 1
+            ));
+        }
+    };
+    endpoints("big", big, 250);
+    for c in 0..clusters {
+        endpoints(&format!("c-{c}"), per_cluster, c);
+    }
+    yaml
+}

@@ -210,9 +210,13 @@ impl DeltaClient {
     }
 
     pub fn nack(&mut self, response: &DeltaDiscoveryResponse, message: &str) {
+        self.nack_nonce(&response.type_url, &response.nonce, message);
+    }
+
+    pub fn nack_nonce(&mut self, type_url: &str, nonce: &str, message: &str) {
         self.send(DeltaDiscoveryRequest {
-            type_url: response.type_url.clone(),
-            response_nonce: response.nonce.clone(),
+            type_url: type_url.into(),
+            response_nonce: nonce.into(),
             error_detail: Some(error(message)),
             ..Default::default()
         });
