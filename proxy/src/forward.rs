@@ -34,13 +34,20 @@ pub async fn serve(
 ) -> Response<Body> {
     listener.metrics.requests.inc();
     let grpc = grpc::is_grpc(req.headers());
-    match forward(&shared, &listener, req, grpc, connection).await {
+    let http1 = req.version() < Version::HTTP_2;
+    let mut rsp = match forward(&shared, &listener, req, grpc, connection).await {
         Ok(rsp) => rsp,
         Err(e) => {
             listener.metrics.local_reply(e.reason());
             e.into_response(grpc)
         }
+    };
+    if http1 && listener.closing() {
+        // The listener is draining: this response is the connection's last.
+        rsp.headers_mut()
+            .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
     }
+    rsp
 }
 
 async fn forward(

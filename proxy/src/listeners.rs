@@ -11,6 +11,7 @@
 //! never touches connections.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -155,6 +156,7 @@ impl Listeners {
                 name: planned.spec.name.clone(),
                 metrics: shared.metrics.listener(&planned.spec.name),
                 drain: Drain::default(),
+                replaced: AtomicBool::new(false),
             });
             self.data_plane.spawn(server::accept_loop(
                 planned.socket.clone(),
@@ -174,6 +176,7 @@ impl Listeners {
         let _data_plane = self.data_plane.enter();
         for gone in previous {
             tracing::info!(listener = %gone.spec.name, "listener draining");
+            gone.context.replaced.store(true, Ordering::Relaxed);
             gone.context.drain.start(drain_timeout);
         }
     }

@@ -5,7 +5,7 @@ use std::convert::Infallible;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -30,12 +30,30 @@ pub struct ListenerContext {
     /// Started when this listener is removed or replaced, or the proxy
     /// drains: stop accepting, close connections gracefully.
     pub drain: Drain,
+    /// Set before `drain` starts when a config change, not a shutdown,
+    /// drains this listener: its clients keep talking to this proxy, so
+    /// HTTP/1.1 connections get a hand-off grace (see [`HANDOFF_GRACE`]).
+    pub replaced: AtomicBool,
+}
+
+impl ListenerContext {
+    /// Whether responses on this listener should close HTTP/1.1 connections.
+    pub fn closing(&self) -> bool {
+        self.drain.is_draining()
+    }
 }
 
 /// How long an idle connection gets to close gracefully (HTTP/2 GOAWAY). It
 /// has no request in flight, so this only covers the GOAWAY round trip; a
 /// half-sent request head would otherwise hold graceful shutdown open.
 const IDLE_CLOSE_GRACE: Duration = Duration::from_secs(1);
+/// How long an HTTP/1.1 connection of a listener replaced by a config
+/// change keeps serving before it is closed. HTTP/1.1 has no GOAWAY:
+/// closing an idle keep-alive connection at once races with a request the
+/// client may be writing at that moment, which then fails. During the grace
+/// every response says `Connection: close`, so busy clients move to the new
+/// listener cleanly; only connections idle for the whole grace are closed.
+const HANDOFF_GRACE: Duration = Duration::from_secs(2);
 /// HTTP/2 streams per connection; more are refused with REFUSED_STREAM.
 const MAX_CONCURRENT_STREAMS: u32 = 1024;
 /// Backoff after accept() fails (e.g. out of file descriptors), so the
@@ -99,9 +117,12 @@ pub async fn accept_loop(
             let shared = shared.clone();
             let context = context.clone();
             let activity = activity.clone();
-            service_fn(move |req| {
+            service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
                 let shared = shared.clone();
                 let context = context.clone();
+                if req.version() == http::Version::HTTP_2 {
+                    activity.http2.store(true, Ordering::Relaxed);
+                }
                 let request = activity.request();
                 async move { Ok::<_, Infallible>(forward::serve(shared, context, req, request).await) }
             })
@@ -124,7 +145,15 @@ pub async fn accept_loop(
                         .await
                         .unwrap_or(Ok(()))
                 }
-                () = context.drain.started() => {
+                () = context.drain.started() => 'drained: {
+                    if context.replaced.load(Ordering::Relaxed) && !activity.http2.load(Ordering::Relaxed) {
+                        let handoff = tokio::time::sleep(HANDOFF_GRACE);
+                        tokio::select! {
+                            result = conn.as_mut() => break 'drained result,
+                            () = handoff => {}
+                            () = context.drain.expired() => {}
+                        }
+                    }
                     conn.as_mut().graceful_shutdown();
                     // What is still open after the deadline (and the grace
                     // gRPC streams get for their closing trailers) is closed
@@ -151,6 +180,8 @@ pub async fn accept_loop(
 struct Activity {
     reads: AtomicU64,
     requests: AtomicUsize,
+    /// The connection speaks HTTP/2 (it can be told to go away).
+    http2: AtomicBool,
 }
 
 impl Activity {

@@ -89,30 +89,13 @@ struct Load {
     failures: Arc<Mutex<Vec<String>>>,
     /// The upstream of each client's latest answer.
     latest: Arc<Mutex<Vec<String>>>,
-    keep_alive_retries: Arc<Mutex<u64>>,
 }
 
 impl Load {
     fn start(addr: SocketAddr) -> Load {
-        Load::with(addr, false)
-    }
-
-    /// Like [`Load::start`], but an HTTP/1.1 request that finds its idle
-    /// keep-alive connection closed by the proxy before any answer is sent
-    /// again on a new connection (what clients do for idempotent requests,
-    /// RFC 9112 section 9.3.1), and counted in `keep_alive_retries`. A
-    /// listener whose settings change drains its connections, and the proxy
-    /// closes an idle HTTP/1.1 connection at once: a request the client
-    /// wrote at that moment meets the close.
-    fn start_retrying_closed_keep_alive(addr: SocketAddr) -> Load {
-        Load::with(addr, true)
-    }
-
-    fn with(addr: SocketAddr, retry_closed_keep_alive: bool) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
         let failures = Arc::new(Mutex::new(Vec::new()));
         let latest = Arc::new(Mutex::new(vec![String::new(); 5]));
-        let keep_alive_retries = Arc::new(Mutex::new(0u64));
         let mut tasks = Vec::new();
         for (i, protocol) in [
             Protocol::Http1,
@@ -124,7 +107,6 @@ impl Load {
         .enumerate()
         {
             let (stop, failures, latest) = (stop.clone(), failures.clone(), latest.clone());
-            let keep_alive_retries = keep_alive_retries.clone();
             tasks.push(tokio::spawn(async move {
                 let client = harness::HttpClient { protocol };
                 let mut sent = 0;
@@ -137,12 +119,6 @@ impl Load {
                         // was never sent: reconnect and send it, as a
                         // pooling client does.
                         Err(e) if not_sent(&*e) => {
-                            conn = client.connect(addr).await;
-                            continue;
-                        }
-                        // See `Load::start_retrying_closed_keep_alive`.
-                        Err(e) if retry_closed_keep_alive && closed_before_answer(&*e) => {
-                            *keep_alive_retries.lock().unwrap() += 1;
                             conn = client.connect(addr).await;
                             continue;
                         }
@@ -188,7 +164,6 @@ impl Load {
             tasks,
             failures,
             latest,
-            keep_alive_retries,
         }
     }
 
@@ -217,10 +192,6 @@ impl Load {
             "{} failed: {failures:#?}",
             failures.len()
         );
-        let retries = *self.keep_alive_retries.lock().unwrap();
-        if retries > 0 {
-            eprintln!("{retries} HTTP/1.1 requests met their keep-alive connection closing");
-        }
     }
 }
 
@@ -229,12 +200,6 @@ impl Load {
 fn not_sent(e: &(dyn std::error::Error + 'static)) -> bool {
     e.downcast_ref::<hyper::Error>()
         .is_some_and(|e| e.is_closed() || e.is_canceled())
-}
-
-/// An HTTP/1.1 connection closed before any byte of the answer came.
-fn closed_before_answer(e: &(dyn std::error::Error + 'static)) -> bool {
-    e.downcast_ref::<hyper::Error>()
-        .is_some_and(hyper::Error::is_incomplete_message)
 }
 
 /// Lets the load run a little before the change.
@@ -325,7 +290,7 @@ async fn a_listener_settings_change_under_load_fails_nothing_and_keeps_the_port(
     };
     let proxy = start(&v).await;
     let addr = proxy.addr("in");
-    let load = Load::start_retrying_closed_keep_alive(addr);
+    let load = Load::start(addr);
     warm_up(&load, "a").await;
     v.listener_settings = ", maxRequestHeadersBytes: 16384";
     // And the route, to see when every client is on the new config.
