@@ -8,7 +8,9 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use gridmesh_tests::process::{self, GRIDMESH_PROXY, ManagedProcess, ProxyConfig, ProxyProcess};
+use gridmesh_tests::process::{
+    self, GRIDMESH_CONTROL, GRIDMESH_PROXY, ManagedProcess, ProxyConfig, ProxyProcess,
+};
 
 /// The status the proxy exits with on invalid configuration (EX_USAGE).
 const EXIT_INVALID_CONFIG: i32 = 64;
@@ -324,12 +326,46 @@ async fn missing_file() {
     assert!(proxy.output().contains(&path.display().to_string()));
 }
 
-/// Every example bootstrap loads and serves. Their fixed ports are moved to
-/// free ones (the examples share ports with each other and with the demo);
-/// everything else is used as written.
+/// The examples run as written: `gridmesh-control` serves `examples/mesh/`
+/// and every example sidecar gets ready on it, binds the listener it asks
+/// for, and dumps the resources it got over xDS. Fixed ports are moved to
+/// free ones (the examples share ports with the demo); nothing else changes.
 #[tokio::test]
 async fn examples_load_and_serve() {
     let examples = process::workspace_root().join("examples");
+    let served = tempfile::tempdir().unwrap();
+    let mut moved = std::collections::HashMap::new();
+    for entry in std::fs::read_dir(examples.join("mesh")).unwrap() {
+        let path = entry.unwrap().path();
+        let mut resources = process::parse_bootstrap(&std::fs::read_to_string(&path).unwrap())
+            .unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
+        for listener in &mut resources.listeners {
+            let addr = free_port();
+            listener.address = addr.to_string();
+            moved.insert(listener.name.clone(), addr);
+        }
+        // JSON is YAML: the proto3 JSON mapping serialises back.
+        let yaml = serde_json::to_string_pretty(&resources).unwrap();
+        std::fs::write(served.path().join(path.file_name().unwrap()), yaml).unwrap();
+    }
+    let (xds, control_admin) = (free_port(), free_port());
+    let control_args = [
+        "serve".to_string(),
+        "--config-dir".into(),
+        served.path().display().to_string(),
+        "--xds-address".into(),
+        xds.to_string(),
+        "--admin-address".into(),
+        control_admin.to_string(),
+    ];
+    let mut control = ManagedProcess::spawn(
+        "gridmesh-control",
+        &process::binary(GRIDMESH_CONTROL).unwrap(),
+        control_args,
+    )
+    .unwrap();
+    control.wait_listening(xds, READY_WITHIN).await.unwrap();
+
     let mut files: Vec<PathBuf> = std::fs::read_dir(&examples)
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -342,31 +378,41 @@ async fn examples_load_and_serve() {
         let text = std::fs::read_to_string(&file).unwrap();
         let mut bootstrap =
             process::parse_bootstrap(&text).unwrap_or_else(|e| panic!("{}: {e:#}", file.display()));
-        let admin = free_port();
-        bootstrap.admin.get_or_insert_default().address = admin.to_string();
-        let mut listeners = Vec::new();
-        for listener in &mut bootstrap.listeners {
-            let addr = free_port();
-            listener.address = addr.to_string();
-            listeners.push(addr);
-        }
-        // JSON is YAML: the proto3 JSON mapping serialises back to a bootstrap.
+        bootstrap.admin.get_or_insert_default().address = free_port().to_string();
+        let source = bootstrap
+            .xds
+            .as_mut()
+            .expect("example sidecars follow the control plane");
+        source.address = xds.to_string();
+        let wanted = source.listeners.clone();
         let yaml = serde_json::to_string_pretty(&bootstrap).unwrap();
         let name = file.file_stem().unwrap().to_string_lossy().into_owned();
         let mut proxy =
             ProxyProcess::start(&binary, name.clone(), ProxyConfig::Yaml(yaml), READY_WITHIN)
                 .await
                 .unwrap_or_else(|e| panic!("{}: {e:#}", file.display()));
-        for addr in listeners {
-            assert!(TcpStream::connect(addr).is_ok(), "{name}: {addr} not bound");
+        for listener in &wanted {
+            let addr = moved[listener];
+            assert!(
+                TcpStream::connect(addr).is_ok(),
+                "{name}: {listener} on {addr} not bound"
+            );
         }
         let dump = proxy.admin_get("/config_dump").await.unwrap();
         assert_eq!(dump.status, 200);
         let dump: serde_json::Value = serde_json::from_str(&dump.body).unwrap();
-        let dumped: gridmesh_proto::config::Bootstrap =
-            serde_json::from_value(dump["bootstrap"].clone()).unwrap();
-        assert_eq!(dumped, bootstrap, "{name}: /config_dump differs");
+        let served_listeners: Vec<&str> = dump["resources"]["listener"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| {
+                assert_eq!(l["source"], format!("xds:{xds}"), "{name}: {l}");
+                l["name"].as_str().unwrap()
+            })
+            .collect();
+        assert_eq!(served_listeners, wanted, "{name}");
         let status = proxy.terminate(Duration::from_secs(15)).await.unwrap();
         assert_eq!(status.code(), Some(0), "{name}: {}", proxy.output());
     }
+    control.terminate(Duration::from_secs(15)).await.unwrap();
 }
