@@ -567,6 +567,13 @@ proptest! {
     /// can be fed back to a proxy).
     #[test]
     fn bootstraps_round_trip_through_the_json_mapping(b in bootstrap()) {
+        // Nanos beyond +-999,999,999 are not a Duration at all (the
+        // validator says so), and pbjson writes them as a different value.
+        let out_of_range_nanos = build_snapshot(b.clone(), "x")
+            .is_err_and(|e| e.problems.iter().any(|p| p.message.starts_with("nanos")));
+        if out_of_range_nanos {
+            return Ok(());
+        }
         let Ok(json) = serde_json::to_string(&b) else {
             // Durations with inconsistent signs have no JSON form.
             return Ok(());
