@@ -21,10 +21,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::net::TcpListener;
+use tokio::net::TcpSocket;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
+
+/// Connections the kernel queues before the server accepts them. A whole
+/// fleet reconnects at once after a control-plane restart; with tokio's
+/// default (1,024) a burst of 1,000 streams on a busy 2-core machine saw
+/// connections reset (the kernel caps this at `net.core.somaxconn`).
+const ACCEPT_BACKLOG: u32 = 4096;
 use tokio_util::sync::CancellationToken;
 
 pub use clients::{ClientView, Nack, Protocol, Subscribed, TypeView};
@@ -100,10 +106,17 @@ impl ControlPlane {
             }
         })?;
         let (snapshot, fingerprint) = reload::initial(&dir).await.map_err(StartError::Config)?;
-        let bind = |what, addr| async move {
-            let listener = TcpListener::bind(addr)
-                .await
-                .map_err(|source| StartError::Bind { what, addr, source })?;
+        let bind = |what, addr: SocketAddr| async move {
+            let error = |source| StartError::Bind { what, addr, source };
+            let socket = if addr.is_ipv4() {
+                TcpSocket::new_v4()
+            } else {
+                TcpSocket::new_v6()
+            }
+            .map_err(error)?;
+            socket.set_reuseaddr(true).map_err(error)?;
+            socket.bind(addr).map_err(error)?;
+            let listener = socket.listen(ACCEPT_BACKLOG).map_err(error)?;
             let local =
                 listener
                     .local_addr()
