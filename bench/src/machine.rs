@@ -66,6 +66,29 @@ pub fn pin_current_thread(core: usize) -> io::Result<()> {
     }
 }
 
+/// Pins every thread of a running process. Threads it creates later
+/// inherit their creator's mask, so call this once it has started its
+/// workers (a proxy that answers `/ready` has).
+pub fn pin_process(pid: u32, core: usize) -> io::Result<()> {
+    // SAFETY: as above, for each thread id of the process.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    unsafe { libc::CPU_SET(core, &mut set) };
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let Some(tid) = task?
+            .file_name()
+            .to_str()
+            .and_then(|t| t.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let rc = unsafe { libc::sched_setaffinity(tid, size_of::<libc::cpu_set_t>(), &set) };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
 /// Makes `command`'s process start pinned to `core` (every thread it creates
 /// inherits the mask), before it runs a single instruction of its own.
 pub fn pin_command(command: &mut Command, core: usize) {

@@ -36,7 +36,7 @@ struct Args {
     #[command(subcommand)]
     command: Option<Command>,
     /// One short round (about two minutes): a smoke check, not figures to record.
-    #[arg(long)]
+    #[arg(long, global = true)]
     quick: bool,
     /// Scenarios to run; default all.
     #[arg(long, value_enum, value_delimiter = ',')]

@@ -415,7 +415,19 @@ impl ProxyProcess {
         config: ProxyConfig,
         timeout: Duration,
     ) -> Result<Self> {
-        let mut proxy = Self::spawn(program, name, config)?;
+        Self::start_with_args(program, name, config, &[], timeout).await
+    }
+
+    /// [`ProxyProcess::start`] with more command-line arguments, e.g.
+    /// `--workers 1`.
+    pub async fn start_with_args(
+        program: &Path,
+        name: impl Into<String>,
+        config: ProxyConfig,
+        extra_args: &[&str],
+        timeout: Duration,
+    ) -> Result<Self> {
+        let mut proxy = Self::spawn_with_args(program, name, config, extra_args)?;
         proxy.wait_ready(timeout).await?;
         Ok(proxy)
     }
@@ -423,6 +435,15 @@ impl ProxyProcess {
     /// Starts the proxy without waiting for it: for tests that expect it to
     /// reject its configuration and exit.
     pub fn spawn(program: &Path, name: impl Into<String>, config: ProxyConfig) -> Result<Self> {
+        Self::spawn_with_args(program, name, config, &[])
+    }
+
+    fn spawn_with_args(
+        program: &Path,
+        name: impl Into<String>,
+        config: ProxyConfig,
+        extra_args: &[&str],
+    ) -> Result<Self> {
         let name = name.into();
         let (config_text, config_path, temporary_config) = match config {
             ProxyConfig::File(path) => {
@@ -442,7 +463,9 @@ impl ProxyProcess {
                 (text, file.path().to_owned(), Some(file))
             }
         };
-        let args = [OsStr::new("--config"), config_path.as_os_str()];
+        let args = [OsStr::new("--config"), config_path.as_os_str()]
+            .into_iter()
+            .chain(extra_args.iter().map(OsStr::new));
         let process = ManagedProcess::spawn(name, program, args)?;
         Ok(ProxyProcess {
             process,
@@ -450,6 +473,11 @@ impl ProxyProcess {
             config_path,
             _temporary_config: temporary_config,
         })
+    }
+
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.process.pid()
     }
 
     pub fn name(&self) -> &str {

@@ -20,6 +20,7 @@ use serde::Serialize;
 use super::{Percentiles, free_port};
 use crate::load::clients::Http1Echo;
 use crate::load::fixed_rate;
+use crate::machine;
 
 pub struct Settings {
     pub endpoints: usize,
@@ -62,8 +63,12 @@ pub struct Figures {
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 const PAYLOAD_BYTES: usize = 128;
 const CONNECTIONS: usize = 8;
+const PROXY_CORE: usize = 1;
+const OTHERS_CORE: usize = 0;
 
 pub async fn run(settings: &Settings, work_dir: &Path) -> Result<Figures> {
+    // Everything started from here inherits the other core.
+    machine::pin_current_thread(OTHERS_CORE).context("pinning the benchmark")?;
     let upstream =
         gridmesh_tests::upstream::spawn("127.0.0.1:0".parse()?, "apply-upstream").await?;
     let listen: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
@@ -99,13 +104,20 @@ pub async fn run(settings: &Settings, work_dir: &Path) -> Result<Figures> {
     let bootstrap = format!(
         "admin: {{ address: \"{admin}\" }}\nxds: {{ address: \"{xds_addr}\", listeners: [bench-in] }}\n"
     );
-    let mut proxy = ProxyProcess::start(
+    // A sidecar as deployed: one worker on a core of its own (the control
+    // thread shares it). The control plane, the load generator and the
+    // upstream share the other core, so what the updates cost the proxy
+    // shows in its own requests' latency.
+    let mut proxy = ProxyProcess::start_with_args(
         &process::binary(GRIDMESH_PROXY)?,
         "gridmesh-proxy",
         ProxyConfig::Yaml(bootstrap),
+        &["--workers", "1"],
         START_TIMEOUT,
     )
     .await?;
+    let proxy_pid = proxy.pid().context("the proxy has no pid")?;
+    machine::pin_process(proxy_pid, PROXY_CORE).context("pinning the proxy")?;
 
     let mut exchanges = Vec::with_capacity(CONNECTIONS);
     for _ in 0..CONNECTIONS {
@@ -210,10 +222,10 @@ async fn apply_histogram(proxy: &ProxyProcess) -> Result<ApplyHistogram> {
         buckets: Vec::new(),
     };
     for line in metrics.lines() {
-        let Some(rest) = line.strip_prefix("gridmesh_xds_update_duration_") else {
+        let Some(rest) = line.strip_prefix("gridmesh_xds_update_duration_seconds_") else {
             continue;
         };
-        if !rest.contains("type=\"endpoints\"") {
+        if !rest.contains("type=\"endpoints\"") || rest.starts_with("sum") {
             continue;
         }
         let value: u64 = line

@@ -6,8 +6,11 @@
 //! control plane, so the figures include their CPU contention: a real
 //! fleet's sidecars run on their own machines.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -62,6 +65,8 @@ pub struct Figures {
     pub change_to_ack_ms: Percentiles,
     pub control_plane_rss_mib: f64,
     pub control_plane_peak_rss_mib: f64,
+    /// Streams that failed and were opened again (a healthy run has none).
+    pub reconnects: u64,
 }
 
 /// How long one change may take to reach every client before the run fails.
@@ -102,6 +107,7 @@ pub async fn run(settings: &Settings, work_dir: &Path) -> Result<Figures> {
     let (watched_tx, watched) = watch::channel(String::new());
     let (acks_tx, mut acks) = mpsc::unbounded_channel::<Instant>();
     let (synced_tx, mut synced) = mpsc::unbounded_channel::<()>();
+    let reconnects = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     let mut clients = Vec::with_capacity(settings.clients);
     for id in 0..settings.clients {
@@ -111,13 +117,19 @@ pub async fn run(settings: &Settings, work_dir: &Path) -> Result<Figures> {
             watched.clone(),
             acks_tx.clone(),
             synced_tx.clone(),
+            reconnects.clone(),
         )));
     }
     for _ in 0..settings.clients {
         tokio::time::timeout(START_TIMEOUT, synced.recv())
             .await
-            .context("clients did not all receive their initial config in time")?
-            .context("a simulated sidecar failed")?;
+            .with_context(|| {
+                format!(
+                    "clients did not all receive their initial config in time; control plane output:\n{}",
+                    tail(&control.output())
+                )
+            })?
+            .context("the simulated sidecars stopped")?;
     }
     let initial_sync = started.elapsed();
 
@@ -136,7 +148,7 @@ pub async fn run(settings: &Settings, work_dir: &Path) -> Result<Figures> {
             let acked_at = tokio::time::timeout(CHANGE_TIMEOUT, acks.recv())
                 .await
                 .with_context(|| format!("change {change} did not reach every client in time"))?
-                .context("a simulated sidecar failed")?;
+                .context("the simulated sidecars stopped")?;
             samples.push(acked_at.saturating_duration_since(changed_at));
         }
         // Let the control plane settle before the next change.
@@ -151,72 +163,116 @@ pub async fn run(settings: &Settings, work_dir: &Path) -> Result<Figures> {
         change_to_ack_ms: Percentiles::of(&mut samples),
         control_plane_rss_mib: tree.rss_bytes() as f64 / (1 << 20) as f64,
         control_plane_peak_rss_mib: tree.peak_rss_bytes() as f64 / (1 << 20) as f64,
+        reconnects: reconnects.load(Ordering::Relaxed),
     };
     for client in clients {
         client.abort();
     }
     control.terminate(Duration::from_secs(10)).await?;
+    std::fs::write(work_dir.join("convergence-control.log"), control.output())?;
     Ok(figures)
 }
 
 /// One sidecar's delta stream: subscribes to everything, ACKs every
 /// response, reports its initial sync and every response that carries the
-/// watched resource.
+/// watched resource. Like a real sidecar it reconnects when its stream
+/// fails (counted in `reconnects`), keeping what it held.
 async fn simulated_sidecar(
     id: usize,
     xds_addr: SocketAddr,
     watched: watch::Receiver<String>,
     acks: mpsc::UnboundedSender<Instant>,
     synced: mpsc::UnboundedSender<()>,
-) -> Result<()> {
-    let result = async {
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{xds_addr}"))?
-            .connect()
-            .await?;
-        let (requests, outbound) = mpsc::channel(8);
-        for (i, kind) in Kind::PUSH_ORDER.into_iter().enumerate() {
-            requests
-                .send(DeltaDiscoveryRequest {
-                    node: (i == 0).then(|| gridmesh_proto::envoy::config::core::v3::Node {
-                        id: format!("bench-sidecar-{id}"),
-                        ..Default::default()
-                    }),
-                    type_url: kind.type_url().into(),
-                    resource_names_subscribe: vec!["*".into()],
-                    ..Default::default()
-                })
-                .await?;
+    reconnects: Arc<AtomicU64>,
+) {
+    let mut held: HashMap<String, HashMap<String, String>> = HashMap::new();
+    let mut reported_sync = false;
+    loop {
+        let outcome = stream_once(
+            id,
+            xds_addr,
+            &watched,
+            &acks,
+            &synced,
+            &mut held,
+            &mut reported_sync,
+        )
+        .await;
+        if let Err(error) = outcome
+            && reconnects.fetch_add(1, Ordering::Relaxed) < 3
+        {
+            eprintln!("simulated sidecar {id}: {error:#} (reconnecting)");
         }
-        let mut responses = AggregatedDiscoveryServiceClient::new(channel)
-            .max_decoding_message_size(usize::MAX)
-            .delta_aggregated_resources(ReceiverStream::new(outbound))
-            .await?
-            .into_inner();
-        let mut kinds_seen = std::collections::HashSet::new();
-        while let Some(response) = responses.message().await? {
-            let carries_watched = {
-                let name = watched.borrow();
-                !name.is_empty()
-                    && response.type_url == Kind::Endpoints.type_url()
-                    && response.resources.iter().any(|r| r.name == *name)
-            };
-            requests.send(ack(&response)).await?;
-            if carries_watched && kinds_seen.len() == Kind::PUSH_ORDER.len() {
-                let _ = acks.send(Instant::now());
-            }
-            if kinds_seen.insert(response.type_url.clone())
-                && kinds_seen.len() == Kind::PUSH_ORDER.len()
-            {
-                let _ = synced.send(());
-            }
-        }
-        bail!("the control plane ended the stream")
-    };
-    let outcome: Result<()> = result.await;
-    if let Err(error) = &outcome {
-        eprintln!("simulated sidecar {id}: {error:#}");
+        tokio::time::sleep(Duration::from_millis(50 + (id % 50) as u64)).await;
     }
-    outcome
+}
+
+async fn stream_once(
+    id: usize,
+    xds_addr: SocketAddr,
+    watched: &watch::Receiver<String>,
+    acks: &mpsc::UnboundedSender<Instant>,
+    synced: &mpsc::UnboundedSender<()>,
+    held: &mut HashMap<String, HashMap<String, String>>,
+    reported_sync: &mut bool,
+) -> Result<()> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{xds_addr}"))?
+        .connect()
+        .await?;
+    let (requests, outbound) = mpsc::channel(8);
+    for (i, kind) in Kind::PUSH_ORDER.into_iter().enumerate() {
+        let initial_resource_versions = held.get(kind.type_url()).cloned().unwrap_or_default();
+        requests
+            .send(DeltaDiscoveryRequest {
+                node: (i == 0).then(|| gridmesh_proto::envoy::config::core::v3::Node {
+                    id: format!("bench-sidecar-{id}"),
+                    ..Default::default()
+                }),
+                type_url: kind.type_url().into(),
+                resource_names_subscribe: vec!["*".into()],
+                initial_resource_versions,
+                ..Default::default()
+            })
+            .await?;
+    }
+    let mut responses = AggregatedDiscoveryServiceClient::new(channel)
+        .max_decoding_message_size(usize::MAX)
+        .delta_aggregated_resources(ReceiverStream::new(outbound))
+        .await?
+        .into_inner();
+    let mut kinds_seen = std::collections::HashSet::new();
+    while let Some(response) = responses.message().await? {
+        let carries_watched = {
+            let name = watched.borrow();
+            !name.is_empty()
+                && response.type_url == Kind::Endpoints.type_url()
+                && response.resources.iter().any(|r| r.name == *name)
+        };
+        let versions = held.entry(response.type_url.clone()).or_default();
+        for r in &response.resources {
+            versions.insert(r.name.clone(), r.version.clone());
+        }
+        for name in &response.removed_resources {
+            versions.remove(name);
+        }
+        requests.send(ack(&response)).await?;
+        if carries_watched && *reported_sync {
+            let _ = acks.send(Instant::now());
+        }
+        if kinds_seen.insert(response.type_url.clone())
+            && kinds_seen.len() == Kind::PUSH_ORDER.len()
+            && !*reported_sync
+        {
+            *reported_sync = true;
+            let _ = synced.send(());
+        }
+    }
+    bail!("the control plane ended the stream")
+}
+
+fn tail(output: &str) -> String {
+    let lines: Vec<&str> = output.lines().collect();
+    lines[lines.len().saturating_sub(30)..].join("\n")
 }
 
 fn ack(response: &DeltaDiscoveryResponse) -> DeltaDiscoveryRequest {
@@ -265,7 +321,8 @@ pub fn describe(figures: &Figures) -> String {
         "convergence: {} sidecars, {} clusters, {} endpoints\n  \
          initial sync of every sidecar: {:.0} ms\n  \
          file change -> ACKed by each sidecar: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms (target p99 <= 1000 ms: {})\n  \
-         control-plane RSS: {:.1} MiB now, {:.1} MiB peak (target <= 300 MiB: {})",
+         control-plane RSS: {:.1} MiB now, {:.1} MiB peak (target <= 300 MiB: {})\n  \
+         streams reopened after a failure: {}",
         figures.clients,
         figures.clusters,
         figures.endpoints,
@@ -277,6 +334,7 @@ pub fn describe(figures: &Figures) -> String {
         figures.control_plane_rss_mib,
         figures.control_plane_peak_rss_mib,
         verdict(figures.control_plane_peak_rss_mib <= 300.0),
+        figures.reconnects,
     )
 }
 
