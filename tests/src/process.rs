@@ -438,7 +438,8 @@ impl ProxyProcess {
         Self::spawn_with_args(program, name, config, &[])
     }
 
-    fn spawn_with_args(
+    /// [`ProxyProcess::spawn`] with more command-line arguments.
+    pub fn spawn_with_args(
         program: &Path,
         name: impl Into<String>,
         config: ProxyConfig,

@@ -72,7 +72,7 @@ pub fn run(quick: bool, repo: &Path, bench_dir: &Path) -> Result<()> {
             apply::Settings::full()
         };
         eprintln!("sidecar apply: {} endpoints", settings.endpoints);
-        let apply = apply::run(&settings, &work_dir).await?;
+        let apply = apply::run(&settings).await?;
         println!("{}", apply::describe(&apply));
         anyhow::Ok((convergence, apply))
     })?;
