@@ -33,6 +33,11 @@ use state::{Held, Rejection, Update};
 const MIN_BACKOFF: Duration = Duration::from_millis(10);
 const MAX_BACKOFF: Duration = Duration::from_secs(15);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// HTTP/2 PINGs on the stream, so a control plane that hangs or vanishes
+/// without closing the connection (a node lost, a partition) is noticed and
+/// the sidecar reconnects, instead of waiting on a dead stream forever.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(15);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Requests queued toward the control plane: the subscriptions and one
 /// ACK/NACK per response, which is sent before the next is read.
 const OUTBOUND_QUEUE: usize = 8;
@@ -133,6 +138,9 @@ impl Client {
         let endpoint = tonic::transport::Endpoint::from_shared(uri)
             .map_err(|e| format!("bad control plane address: {e}"))?
             .connect_timeout(CONNECT_TIMEOUT)
+            .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+            .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+            .keep_alive_while_idle(true)
             .tcp_nodelay(true);
         let channel = endpoint
             .connect()
