@@ -220,8 +220,12 @@ async fn two() -> Two {
     }
 }
 
-#[tokio::test]
-async fn a_route_change_under_load_fails_nothing_and_takes_effect() {
+/// Serves from upstream "a" under load, applies the config `change` makes
+/// (which must move traffic to upstream "b"), and checks that every client
+/// sees "b" and that nothing failed. Returns the proxy for more checks.
+async fn change_under_load(
+    change: impl for<'a> FnOnce(&mut Vars<'a>, &'a [SocketAddr]),
+) -> TestProxy {
     let Two { a, b } = two().await;
     let (up, bs) = ([a.local_addr()], [b.local_addr()]);
     let mut v = Vars {
@@ -232,49 +236,32 @@ async fn a_route_change_under_load_fails_nothing_and_takes_effect() {
     let proxy = start(&v).await;
     let load = Load::start(proxy.addr("in"));
     warm_up(&load, "a").await;
-    v.cluster = "b";
+    change(&mut v, &bs);
     proxy.apply(snapshot(&v)).unwrap();
     load.all_answered_by("b").await;
     load.stop_and_check().await;
+    proxy
+}
+
+#[tokio::test]
+async fn a_route_change_under_load_fails_nothing_and_takes_effect() {
+    change_under_load(|v, _| v.cluster = "b").await;
 }
 
 #[tokio::test]
 async fn an_endpoint_change_under_load_fails_nothing_and_takes_effect() {
-    let Two { a, b } = two().await;
-    let (up, bs) = ([a.local_addr()], [b.local_addr()]);
-    let mut v = Vars {
-        up: &up,
-        b: &bs,
-        ..Default::default()
-    };
-    let proxy = start(&v).await;
-    let load = Load::start(proxy.addr("in"));
-    warm_up(&load, "a").await;
-    v.up = &bs;
-    proxy.apply(snapshot(&v)).unwrap();
-    load.all_answered_by("b").await;
-    load.stop_and_check().await;
+    change_under_load(|v, b| v.up = b).await;
 }
 
 #[tokio::test]
 async fn a_cluster_settings_change_under_load_fails_nothing_and_takes_effect() {
-    let Two { a, b } = two().await;
-    let (up, bs) = ([a.local_addr()], [b.local_addr()]);
-    let mut v = Vars {
-        up: &up,
-        b: &bs,
-        ..Default::default()
-    };
-    let proxy = start(&v).await;
-    let load = Load::start(proxy.addr("in"));
-    warm_up(&load, "a").await;
     // A new cluster (other settings), on other endpoints, so that the
     // effect shows in who answers too.
-    v.up_settings = ", lbPolicy: LEAST_REQUEST";
-    v.up = &bs;
-    proxy.apply(snapshot(&v)).unwrap();
-    load.all_answered_by("b").await;
-    load.stop_and_check().await;
+    let proxy = change_under_load(|v, b| {
+        v.up_settings = ", lbPolicy: LEAST_REQUEST";
+        v.up = b;
+    })
+    .await;
     let (_, clusters) = proxy.admin_get("/clusters").await;
     assert!(clusters.contains("LEAST_REQUEST"), "{clusters}");
 }
