@@ -550,6 +550,21 @@ async fn with_the_control_plane_gone_the_proxy_keeps_serving_and_reconnects_on_t
     assert_eq!(answered_by(&proxy, "in").await, "b");
 }
 
+/// Listeners "taken" (on a port something else holds, returned to keep it
+/// held) and "free", both routed with `table`.
+fn taken_and_free_listeners(table: &str) -> (std::net::TcpListener, String) {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let listeners = render(
+        r#"
+listeners:
+  - { name: taken, address: "${taken}", routeTable: ${table} }
+  - { name: free, address: "127.0.0.1:0", routeTable: ${table} }
+"#,
+        &[("taken", &taken.local_addr().unwrap()), ("table", &table)],
+    );
+    (taken, listeners)
+}
+
 #[tokio::test]
 async fn a_listener_whose_port_is_taken_is_nacked_and_the_rest_applies() {
     let Setup {
@@ -559,15 +574,7 @@ async fn a_listener_whose_port_is_taken_is_nacked_and_the_rest_applies() {
         a: _a,
         b: _b,
     } = setup().await;
-    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let listeners = render(
-        r#"
-listeners:
-  - { name: taken, address: "${taken}", routeTable: rt }
-  - { name: free, address: "127.0.0.1:0", routeTable: rt }
-"#,
-        &[("taken", &taken.local_addr().unwrap())],
-    );
+    let (_held, listeners) = taken_and_free_listeners("rt");
     let nonce = stream.push(
         Kind::Listener,
         resources_yaml(Kind::Listener, &listeners, "2"),
@@ -600,15 +607,7 @@ async fn a_warming_listener_whose_port_is_taken_does_not_hold_back_its_route_tab
         a: _a,
         b: _b,
     } = setup().await;
-    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let listeners = render(
-        r#"
-listeners:
-  - { name: taken, address: "${taken}", routeTable: rt2 }
-  - { name: free, address: "127.0.0.1:0", routeTable: rt2 }
-"#,
-        &[("taken", &taken.local_addr().unwrap())],
-    );
+    let (taken, listeners) = taken_and_free_listeners("rt2");
     let nonce = stream.push(
         Kind::Listener,
         resources_yaml(Kind::Listener, &listeners, "2"),
