@@ -580,6 +580,74 @@ pub async fn admin_get(admin: SocketAddr, path: &str) -> Result<AdminResponse> {
         .with_context(|| format!("no answer from {admin} within {ADMIN_REQUEST_TIMEOUT:?}"))?
 }
 
+/// How long the control plane may take to bind its ports.
+const CONTROL_PLANE_START: Duration = Duration::from_secs(30);
+
+/// Starts the control plane on `xds` and `admin` (port 0 allowed) and
+/// returns it with the addresses it bound, read from its log. With port 0
+/// nothing can take the port between picking and binding it.
+pub async fn start_control_plane(
+    dir: &Path,
+    xds: SocketAddr,
+    admin: SocketAddr,
+) -> (ManagedProcess, SocketAddr, SocketAddr) {
+    let binary = binary(GRIDMESH_CONTROL).unwrap();
+    let args = [
+        "serve".to_string(),
+        "--config-dir".into(),
+        dir.display().to_string(),
+        "--xds-address".into(),
+        xds.to_string(),
+        "--admin-address".into(),
+        admin.to_string(),
+        "--log".into(),
+        "info".into(),
+    ];
+    let mut control = ManagedProcess::spawn("gridmesh-control", &binary, args).unwrap();
+    let start = tokio::time::Instant::now();
+    loop {
+        let output = strip_ansi(&control.output());
+        if let Some(line) = output
+            .lines()
+            .find(|l| l.contains("control plane listening"))
+        {
+            let field = |name: &str| -> SocketAddr {
+                let value = line.split(&format!("{name}=")).nth(1).unwrap();
+                value.split_whitespace().next().unwrap().parse().unwrap()
+            };
+            let (xds, admin) = (field("xds_addr"), field("admin_addr"));
+            return (control, xds, admin);
+        }
+        if let Some(status) = control.exit_status().unwrap() {
+            panic!("gridmesh-control exited ({status}):\n{output}");
+        }
+        assert!(
+            start.elapsed() < CONTROL_PLANE_START,
+            "gridmesh-control did not start:\n{output}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Log text without terminal colour codes.
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // ESC [ ... letter
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,9 +8,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use gridmesh_tests::process::{
-    self, GRIDMESH_CONTROL, GRIDMESH_PROXY, ManagedProcess, ProxyConfig, ProxyProcess,
-};
+use gridmesh_tests::process::{self, GRIDMESH_PROXY, ManagedProcess, ProxyConfig, ProxyProcess};
 
 /// The status the proxy exits with on invalid configuration (EX_USAGE).
 const EXIT_INVALID_CONFIG: i32 = 64;
@@ -348,23 +346,8 @@ async fn examples_load_and_serve() {
         let yaml = serde_json::to_string_pretty(&resources).unwrap();
         std::fs::write(served.path().join(path.file_name().unwrap()), yaml).unwrap();
     }
-    let (xds, control_admin) = (free_port(), free_port());
-    let control_args = [
-        "serve".to_string(),
-        "--config-dir".into(),
-        served.path().display().to_string(),
-        "--xds-address".into(),
-        xds.to_string(),
-        "--admin-address".into(),
-        control_admin.to_string(),
-    ];
-    let mut control = ManagedProcess::spawn(
-        "gridmesh-control",
-        &process::binary(GRIDMESH_CONTROL).unwrap(),
-        control_args,
-    )
-    .unwrap();
-    control.wait_listening(xds, READY_WITHIN).await.unwrap();
+    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let (mut control, xds, _) = process::start_control_plane(served.path(), any, any).await;
 
     let mut files: Vec<PathBuf> = std::fs::read_dir(&examples)
         .unwrap()

@@ -65,7 +65,6 @@ impl Mesh {
     async fn start(upstream: &UpstreamHandle) -> Mesh {
         let dir = tempfile::tempdir().unwrap();
         let (client_out, block_in) = (closed_port(), closed_port());
-        let (xds, control_admin) = (closed_port(), closed_port());
         write_mesh(
             dir.path(),
             client_out,
@@ -73,7 +72,12 @@ impl Mesh {
             upstream.local_addr(),
             "/.*",
         );
-        let control = start_control(dir.path(), xds, control_admin).await;
+        // Port 0: the control plane says what it bound. A port picked here
+        // and bound later could be taken meanwhile by another test, and a
+        // sidecar would then talk to whatever took it.
+        let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let (control, xds, control_admin) =
+            process::start_control_plane(dir.path(), any, any).await;
         let client = start_sidecar("client-sidecar", xds, "client-out").await;
         let block = start_sidecar("block-sidecar", xds, "block-in").await;
         Mesh {
@@ -127,22 +131,6 @@ fn write_atomically(path: &Path, text: &str) {
     let staging = path.with_file_name(".staging");
     std::fs::write(&staging, text).unwrap();
     std::fs::rename(&staging, path).unwrap();
-}
-
-async fn start_control(dir: &Path, xds: SocketAddr, admin: SocketAddr) -> ManagedProcess {
-    let binary = process::binary(GRIDMESH_CONTROL).unwrap();
-    let args = [
-        "serve".to_string(),
-        "--config-dir".into(),
-        dir.display().to_string(),
-        "--xds-address".into(),
-        xds.to_string(),
-        "--admin-address".into(),
-        admin.to_string(),
-    ];
-    let mut control = ManagedProcess::spawn("gridmesh-control", &binary, args).unwrap();
-    control.wait_listening(xds, READY_WITHIN).await.unwrap();
-    control
 }
 
 async fn start_sidecar(name: &str, xds: SocketAddr, listener: &str) -> ProxyProcess {
@@ -389,7 +377,9 @@ async fn sidecars_outlive_a_control_plane_restart_under_load() {
     // Back on the same port with a changed config: both sidecars reconnect
     // and converge on it.
     mesh.rewrite(second.local_addr(), "/.*");
-    mesh.control = start_control(mesh.dir.path(), mesh.xds, mesh.control_admin).await;
+    mesh.control = process::start_control_plane(mesh.dir.path(), mesh.xds, mesh.control_admin)
+        .await
+        .0;
     until(
         "the block sidecar follows the restarted control plane",
         async || load.last_upstream() == "second",
