@@ -1,6 +1,7 @@
 //! Compiles the `.proto` files with `protox` (pure Rust, so no system `protoc`)
 //! and generates prost messages, tonic services (the test Echo service and
-//! the xDS aggregated discovery service) and, for the configuration
+//! the xDS aggregated discovery service, the block server's KServe v2
+//! inference service) and, for the configuration
 //! messages, serde impls that follow the proto3 JSON mapping (bootstrap YAML).
 
 use std::path::PathBuf;
@@ -9,6 +10,7 @@ const PROTOS: &[&str] = &[
     "proto/gridmesh/v1/config.proto",
     "proto/gridmesh/testing/v1/echo.proto",
     "proto/envoy/service/discovery/v3/ads.proto",
+    "proto/inference/grpc_service.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -35,6 +35,16 @@ pub mod envoy {
     }
 }
 
+/// The block server's protocol: KServe Open Inference Protocol v2 plus
+/// Triton's model configuration and statistics (wire-compatible trimmed copy).
+pub mod inference {
+    tonic::include_proto!("inference");
+}
+
+/// Every message above as a serialized `FileDescriptorSet`, for reflection:
+/// the block server parses Triton's `config.pbtxt` (protobuf text format) with it.
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/descriptors.bin"));
+
 pub mod google {
     pub mod rpc {
         tonic::include_proto!("google.rpc");

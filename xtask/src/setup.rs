@@ -4,16 +4,17 @@
 //! installed, so a fresh machine gets everything and a second run installs
 //! nothing.
 //!
-//! To add a requirement, add a row; to add a new kind (a rustup target, a
-//! Python venv in `<repo>/.venv`, Debian packages), add a [`Requirement`]
-//! variant with a cheap check and an idempotent install. Debian packages
-//! belong in one batch, installed after a single `apt-get update`.
+//! To add a requirement, add a row; to add a new kind (a rustup target,
+//! Debian packages), add a [`Requirement`] variant with a cheap check and an
+//! idempotent install. Debian packages belong in one batch, installed after a
+//! single `apt-get update`. Python packages go into the project's `.venv`.
 
+use std::path::PathBuf;
 use std::process::Command;
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 
-use crate::{Task, cargo, run_visibly, succeeds_quietly};
+use crate::{Task, cargo, run_visibly, succeeds_quietly, workspace_root};
 
 enum Requirement {
     /// `cargo <subcommand>` that a rustup component provides.
@@ -26,6 +27,15 @@ enum Requirement {
         package: &'static str,
         cargo_subcommand: &'static str,
     },
+    /// A package from PyPI in the project's `.venv` (created when missing),
+    /// present when `check` (Python) runs without error.
+    PythonPackage {
+        requirement: &'static str,
+        check: &'static str,
+    },
+    /// `.venv/libtorch`, the link to the torch package's directory that
+    /// `.cargo/config.toml` names as LIBTORCH for tch (gridmesh-block).
+    LibtorchLink,
 }
 
 /// Every prerequisite, with the commands that need it.
@@ -52,7 +62,54 @@ const REQUIREMENTS: &[(Requirement, &[Task])] = &[
         },
         &[Task::Test],
     ),
+    (
+        // libtorch for gridmesh-block (tch 0.26 wants exactly 2.13.0), and
+        // PyTorch itself for the script that builds the test models. PyPI
+        // has only the CUDA build: it runs on the CPU where there is no GPU.
+        Requirement::PythonPackage {
+            requirement: "torch==2.13.0",
+            check: "import torch; assert torch.__version__.split('+')[0] == '2.13.0', torch.__version__",
+        },
+        &[Task::Demo, Task::Test],
+    ),
+    (Requirement::LibtorchLink, &[Task::Demo, Task::Test]),
+    (
+        // Triton's own Python client: the block server's third-party client in tests.
+        Requirement::PythonPackage {
+            requirement: "tritonclient[grpc]>=2.50",
+            check: "import tritonclient.grpc, numpy",
+        },
+        &[Task::Test],
+    ),
 ];
+
+fn venv() -> PathBuf {
+    workspace_root().join(".venv")
+}
+
+fn venv_python() -> PathBuf {
+    venv().join("bin/python")
+}
+
+/// Where pip put the torch package, asked of torch itself.
+fn torch_package_dir() -> Result<PathBuf> {
+    let output = Command::new(venv_python())
+        .args([
+            "-c",
+            "import os, torch; print(os.path.dirname(torch.__file__))",
+        ])
+        .output()
+        .context("cannot run the .venv's python")?;
+    if !output.status.success() {
+        bail!(
+            "torch is not importable in .venv: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    Ok(PathBuf::from(
+        String::from_utf8_lossy(&output.stdout).trim(),
+    ))
+}
 
 impl Requirement {
     fn is_met(&self) -> bool {
@@ -63,6 +120,18 @@ impl Requirement {
             | Requirement::CargoInstall {
                 cargo_subcommand, ..
             } => succeeds_quietly(cargo().args([cargo_subcommand, "--version"])),
+            Requirement::PythonPackage { check, .. } => {
+                succeeds_quietly(Command::new(venv_python()).args(["-c", check]))
+            }
+            Requirement::LibtorchLink => {
+                let link = venv().join("libtorch");
+                match (std::fs::canonicalize(&link), torch_package_dir()) {
+                    (Ok(target), Ok(torch)) => {
+                        std::fs::canonicalize(torch).is_ok_and(|torch| torch == target)
+                    }
+                    _ => false,
+                }
+            }
         }
     }
 
@@ -73,6 +142,24 @@ impl Requirement {
             }
             Requirement::CargoInstall { package, .. } => {
                 run_visibly(cargo().args(["install", "--locked", package]))
+            }
+            Requirement::PythonPackage { requirement, .. } => {
+                if !venv_python().exists() {
+                    run_visibly(Command::new("python3").arg("-m").arg("venv").arg(venv()))?;
+                }
+                run_visibly(Command::new(venv_python()).args([
+                    "-m",
+                    "pip",
+                    "install",
+                    "--quiet",
+                    requirement,
+                ]))
+            }
+            Requirement::LibtorchLink => {
+                let link = venv().join("libtorch");
+                let _ = std::fs::remove_file(&link);
+                std::os::unix::fs::symlink(torch_package_dir()?, &link)
+                    .with_context(|| format!("cannot create {}", link.display()))
             }
         }
     }
@@ -87,6 +174,12 @@ impl Requirement {
                 package,
                 cargo_subcommand,
             } => format!("cargo {cargo_subcommand} (crates.io package {package})"),
+            Requirement::PythonPackage { requirement, .. } => {
+                format!("{requirement} (PyPI, into .venv)")
+            }
+            Requirement::LibtorchLink => {
+                "the .venv/libtorch link to the torch package (LIBTORCH)".into()
+            }
         }
     }
 }

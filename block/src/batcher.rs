@@ -1,0 +1,381 @@
+//! The dynamic batcher of one model version, in the shape of Triton's and of
+//! text-generation-inference's router: a bounded queue of requests, a task
+//! that forms batches whenever an instance is free, and instance threads that
+//! run one forward per batch and hand each caller its own rows back.
+//!
+//! A batch is formed only when an instance is idle, so while every instance
+//! is busy requests accumulate and the next batch is as large as the model
+//! allows: under load batches grow by themselves, and a lone request on an
+//! idle server waits at most `max_queue_delay`. Requests whose caller went
+//! away (cancelled, deadline passed) are dropped when the batch is formed and
+//! are never computed.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tch::{CModule, Device, IValue, Tensor};
+use tokio::sync::{Notify, mpsc, oneshot};
+
+use crate::load::Load;
+use crate::model_config::{BatchingPolicy, ModelSpec};
+use crate::observe::{Observer, Phases};
+
+/// One request waiting for its batch.
+pub struct Job {
+    /// CPU tensors in forward order; with a leading batch dimension of `rows`
+    /// when the model batches.
+    pub inputs: Vec<Tensor>,
+    pub rows: usize,
+    pub enqueued: Instant,
+    pub reply: oneshot::Sender<Result<Completed, String>>,
+}
+
+/// A job's share of a batch that ran.
+pub struct Completed {
+    /// CPU tensors in the model's output order.
+    pub outputs: Vec<Tensor>,
+}
+
+/// The waiting requests of one model version.
+pub struct Queue {
+    jobs: Mutex<VecDeque<Job>>,
+    capacity: usize,
+    /// Wakes the batcher when a job arrives.
+    arrived: Notify,
+    load: Arc<Load>,
+    observer: Arc<Observer>,
+}
+
+/// The queue already holds `capacity` jobs.
+#[derive(Debug)]
+pub struct QueueFull {
+    pub capacity: usize,
+}
+
+impl Queue {
+    pub fn new(capacity: usize, load: Arc<Load>, observer: Arc<Observer>) -> Self {
+        Self {
+            jobs: Mutex::new(VecDeque::new()),
+            capacity,
+            arrived: Notify::new(),
+            load,
+            observer,
+        }
+    }
+
+    pub fn push(&self, job: Job) -> Result<(), QueueFull> {
+        let mut jobs = self.jobs.lock().unwrap_or_else(|e| e.into_inner());
+        if jobs.len() >= self.capacity {
+            // Callers that gave up must not keep a live one out.
+            self.drop_cancelled(&mut jobs);
+        }
+        if jobs.len() >= self.capacity {
+            return Err(QueueFull {
+                capacity: self.capacity,
+            });
+        }
+        jobs.push_back(job);
+        drop(jobs);
+        self.load.job_queued();
+        self.observer.waiting.inc();
+        self.arrived.notify_one();
+        Ok(())
+    }
+
+    fn drop_cancelled(&self, jobs: &mut VecDeque<Job>) {
+        let before = jobs.len();
+        jobs.retain(|job| !job.reply.is_closed());
+        let cancelled = before - jobs.len();
+        if cancelled > 0 {
+            self.load.jobs_left_queue(cancelled);
+            self.observer.cancelled(cancelled);
+        }
+    }
+
+    /// Removes jobs whose caller is gone; returns how many rows of jobs
+    /// compatible with the oldest one are waiting, and when the oldest came.
+    fn survey(&self, jobs: &mut VecDeque<Job>, max_rows: usize) -> Option<(usize, Instant)> {
+        self.drop_cancelled(jobs);
+        let oldest = jobs.front()?;
+        let mut rows = 0;
+        for job in jobs.iter().filter(|job| same_item_shapes(job, oldest)) {
+            if rows + job.rows > max_rows {
+                break;
+            }
+            rows += job.rows;
+        }
+        Some((rows, oldest.enqueued))
+    }
+
+    /// Takes the oldest job and the compatible jobs after it, up to `max_rows`.
+    fn take(&self, jobs: &mut VecDeque<Job>, max_rows: usize) -> Vec<Job> {
+        let Some(oldest) = jobs.pop_front() else {
+            return Vec::new();
+        };
+        let mut rows = oldest.rows;
+        let mut batch = vec![oldest];
+        let mut index = 0;
+        while index < jobs.len() && rows < max_rows {
+            if !same_item_shapes(&jobs[index], &batch[0]) {
+                index += 1;
+                continue;
+            }
+            if rows + jobs[index].rows > max_rows {
+                break;
+            }
+            let job = jobs.remove(index).expect("index is in range");
+            rows += job.rows;
+            batch.push(job);
+        }
+        self.load.jobs_left_queue(batch.len());
+        self.observer.waiting.sub(batch.len() as i64);
+        batch
+    }
+
+    /// Waits for the next batch by `rule`.
+    async fn next_batch(&self, rule: &BatchRule) -> Vec<Job> {
+        loop {
+            let deadline = {
+                let mut jobs = self.jobs.lock().unwrap_or_else(|e| e.into_inner());
+                match self.survey(&mut jobs, rule.max_rows) {
+                    None => None,
+                    Some((rows, oldest)) => {
+                        let deadline = oldest + rule.max_queue_delay();
+                        if rule.dispatch_now(rows) || Instant::now() >= deadline {
+                            return self.take(&mut jobs, rule.max_rows);
+                        }
+                        Some(deadline)
+                    }
+                }
+            };
+            match deadline {
+                None => self.arrived.notified().await,
+                Some(deadline) => {
+                    tokio::select! {
+                        () = self.arrived.notified() => {}
+                        () = tokio::time::sleep_until(deadline.into()) => {}
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Only requests whose tensors agree beyond the batch dimension can share a
+/// forward (a model with a variable dimension may get different sizes).
+fn same_item_shapes(a: &Job, b: &Job) -> bool {
+    a.inputs
+        .iter()
+        .zip(&b.inputs)
+        .all(|(x, y)| x.size().get(1..) == y.size().get(1..))
+}
+
+/// When a batch is complete, from the model's configuration.
+struct BatchRule {
+    /// Rows one forward may take: `max_batch_size`, or one request's rows
+    /// when the model does not batch dynamically.
+    max_rows: usize,
+    batching: Option<BatchingPolicy>,
+}
+
+impl BatchRule {
+    fn for_model(spec: &ModelSpec) -> Self {
+        Self {
+            max_rows: spec.max_batch_size.max(1),
+            batching: spec.batching.clone(),
+        }
+    }
+
+    fn max_queue_delay(&self) -> Duration {
+        self.batching
+            .as_ref()
+            .map_or(Duration::ZERO, |policy| policy.max_queue_delay)
+    }
+
+    fn dispatch_now(&self, rows: usize) -> bool {
+        match &self.batching {
+            // Triton's default scheduler: every request is its own batch.
+            None => rows > 0,
+            Some(policy) => rows >= self.max_rows || policy.preferred_batch_sizes.contains(&rows),
+        }
+    }
+}
+
+/// A loaded copy of the model on one device.
+pub struct Instance {
+    pub module: CModule,
+    pub device: Device,
+}
+
+/// Starts the batcher task and one thread per instance.
+pub fn start(
+    model: &str,
+    spec: Arc<ModelSpec>,
+    queue: Arc<Queue>,
+    instances: Vec<Instance>,
+    load: Arc<Load>,
+    observer: Arc<Observer>,
+) -> std::io::Result<()> {
+    let (idle_tx, mut idle_rx) = mpsc::unbounded_channel::<std::sync::mpsc::Sender<Vec<Job>>>();
+    for (index, instance) in instances.into_iter().enumerate() {
+        let (batch_tx, batch_rx) = std::sync::mpsc::channel::<Vec<Job>>();
+        let idle = idle_tx.clone();
+        let spec = spec.clone();
+        let (load, observer) = (load.clone(), observer.clone());
+        idle.send(batch_tx.clone())
+            .expect("the batcher holds the receiver");
+        std::thread::Builder::new()
+            .name(format!("{model}#{index}"))
+            .spawn(move || {
+                // Inference only: no autograd graph is ever recorded.
+                let _no_grad = tch::no_grad_guard();
+                for batch in batch_rx {
+                    run_batch(&instance, &spec, batch, &load, &observer);
+                    if idle.send(batch_tx.clone()).is_err() {
+                        break;
+                    }
+                }
+            })?;
+    }
+    let rule = BatchRule::for_model(&spec);
+    tokio::spawn(async move {
+        while let Some(instance) = idle_rx.recv().await {
+            let batch = queue.next_batch(&rule).await;
+            let now = Instant::now();
+            for job in &batch {
+                queue.observer.queued_for(now - job.enqueued);
+            }
+            queue.load.batch_started(batch.len());
+            queue.observer.running.add(batch.len() as i64);
+            if instance.send(batch).is_err() {
+                break;
+            }
+        }
+    });
+    Ok(())
+}
+
+fn run_batch(
+    instance: &Instance,
+    spec: &ModelSpec,
+    batch: Vec<Job>,
+    load: &Load,
+    observer: &Observer,
+) {
+    let rows: usize = batch.iter().map(|job| job.rows).sum();
+    let started = Instant::now();
+    let result = forward(instance, spec, &batch, rows);
+    load.batch_finished(batch.len(), started.elapsed());
+    observer.running.sub(batch.len() as i64);
+    match result {
+        Ok((outputs, phases)) => {
+            observer.batch_ran(rows, batch.len(), phases);
+            let mut offset = 0;
+            for job in batch {
+                let mine = if spec.max_batch_size == 0 {
+                    outputs.iter().map(Tensor::shallow_clone).collect()
+                } else {
+                    outputs
+                        .iter()
+                        .map(|output| output.narrow(0, offset as i64, job.rows as i64))
+                        .collect()
+                };
+                offset += job.rows;
+                let _ = job.reply.send(Ok(Completed { outputs: mine }));
+            }
+        }
+        Err(error) => {
+            for job in batch {
+                let _ = job.reply.send(Err(error.clone()));
+            }
+        }
+    }
+}
+
+/// One forward over the whole batch; outputs on the CPU, checked against the
+/// configuration.
+fn forward(
+    instance: &Instance,
+    spec: &ModelSpec,
+    batch: &[Job],
+    rows: usize,
+) -> Result<(Vec<Tensor>, Phases), String> {
+    let torch = |error: tch::TchError| first_line(&error.to_string());
+    let started = Instant::now();
+    let arguments = (0..spec.inputs.len())
+        .map(|index| {
+            let parts: Vec<&Tensor> = batch.iter().map(|job| &job.inputs[index]).collect();
+            let joined = match parts.as_slice() {
+                [single] => single.shallow_clone(),
+                parts => Tensor::f_cat(parts, 0).map_err(torch)?,
+            };
+            Ok(IValue::Tensor(
+                joined.f_to_device(instance.device).map_err(torch)?,
+            ))
+        })
+        .collect::<Result<Vec<_>, String>>()?;
+    let joined = Instant::now();
+    let result = instance.module.forward_is(&arguments).map_err(torch)?;
+    // The forward's kernels may still be queued on a GPU: the copy back below
+    // waits for them, so the split between infer and output is approximate there.
+    let inferred = Instant::now();
+    let outputs = match result {
+        IValue::Tensor(tensor) => vec![tensor],
+        IValue::Tuple(values) | IValue::GenericList(values) => values
+            .into_iter()
+            .map(|value| match value {
+                IValue::Tensor(tensor) => Ok(tensor),
+                _ => {
+                    Err("the model returned a tuple with something other than tensors".to_string())
+                }
+            })
+            .collect::<Result<_, _>>()?,
+        IValue::TensorList(tensors) => tensors,
+        _ => return Err("the model returned something other than tensors".into()),
+    };
+    if outputs.len() != spec.outputs.len() {
+        return Err(format!(
+            "the model returned {} tensors but its configuration declares {} outputs",
+            outputs.len(),
+            spec.outputs.len()
+        ));
+    }
+    let outputs = outputs
+        .into_iter()
+        .zip(&spec.outputs)
+        .map(|(output, declared)| {
+            if output.kind() != declared.element.kind() {
+                return Err(format!(
+                    "the model returned {:?} for output \"{}\", declared {}",
+                    output.kind(),
+                    declared.name,
+                    declared.element.kserve_name()
+                ));
+            }
+            if spec.max_batch_size > 0 && output.size().first() != Some(&(rows as i64)) {
+                return Err(format!(
+                    "output \"{}\" has shape {:?}, not {rows} rows for the {rows} rows of the batch",
+                    declared.name,
+                    output.size()
+                ));
+            }
+            output.f_to_device(Device::Cpu).map_err(torch)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let phases = Phases {
+        input: joined - started,
+        infer: inferred - joined,
+        output: inferred.elapsed(),
+    };
+    Ok((outputs, phases))
+}
+
+/// libtorch errors carry a C++ backtrace after the message.
+pub fn first_line(message: &str) -> String {
+    let message = message
+        .split("\nException raised from")
+        .next()
+        .unwrap_or(message);
+    message.trim().to_string()
+}
