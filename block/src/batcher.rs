@@ -143,7 +143,7 @@ impl Queue {
                     Some((rows, oldest)) => {
                         let deadline = oldest + rule.max_queue_delay();
                         if rule.dispatch_now(rows) || Instant::now() >= deadline {
-                            return self.take(&mut jobs, rule.max_rows);
+                            return self.take(&mut jobs, rule.batch_rows());
                         }
                         Some(deadline)
                     }
@@ -173,8 +173,8 @@ fn same_item_shapes(a: &Job, b: &Job) -> bool {
 
 /// When a batch is complete, from the model's configuration.
 struct BatchRule {
-    /// Rows one forward may take: `max_batch_size`, or one request's rows
-    /// when the model does not batch dynamically.
+    /// Rows one forward may take (`max_batch_size`, at least 1): how many
+    /// rows of waiting requests are worth surveying.
     max_rows: usize,
     batching: Option<BatchingPolicy>,
 }
@@ -184,6 +184,15 @@ impl BatchRule {
         Self {
             max_rows: spec.max_batch_size.max(1),
             batching: spec.batching.clone(),
+        }
+    }
+
+    /// Rows a batch may grow to; 0 leaves the oldest request alone.
+    fn batch_rows(&self) -> usize {
+        if self.batching.is_some() {
+            self.max_rows
+        } else {
+            0
         }
     }
 

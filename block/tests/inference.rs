@@ -20,6 +20,8 @@ use support::{
     request_outputs, test_models,
 };
 use tonic::Code;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
 async fn server() -> BlockServer {
     BlockServer::start_ready(&test_models().dir).await
@@ -247,6 +249,25 @@ async fn liveness_readiness_and_model_readiness() {
     assert_eq!(live.status, 200, "{}", live.body);
     let ready = server.get("/v2/health/ready").await;
     assert_eq!(ready.status, 200, "{}", ready.body);
+
+    // The standard gRPC health service, which kubelet's gRPC probes ask.
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", server.grpc))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut health = HealthClient::new(channel);
+    for service in ["", "inference.GRPCInferenceService"] {
+        let request = HealthCheckRequest {
+            service: service.into(),
+        };
+        let status = health.check(request).await.unwrap().into_inner().status;
+        assert_eq!(
+            status,
+            ServingStatus::Serving as i32,
+            "health of {service:?}"
+        );
+    }
 }
 
 #[tokio::test]
