@@ -8,8 +8,8 @@ directory can also be served by Triton itself to compare behaviour:
 
   mlp          two versions with different weights, asks for a GPU instance (the
                server falls back to CPU without one), dynamic batching
-  cnn          an image classifier whose input is mapped by forward-argument name
-               ("image"), dynamic batching with preferred batch sizes
+  cnn          an image classifier whose input has a plain name ("image", not the
+               INPUT__n form), dynamic batching with preferred batch sizes
   two_io       two inputs and two outputs of different element types, batching off
   dtypes       UINT8, BOOL, INT32 and FP16 round trips, no batch dimension
   batch_probe  reports the batch size it was run with and spins for as long as the

@@ -92,6 +92,12 @@ pub const SAMPLE_BLOCK: WorkspaceBinary = WorkspaceBinary {
     name: "sample-block",
 };
 
+/// The block server (KServe v2 over gRPC, TorchScript models).
+pub const GRIDMESH_BLOCK: WorkspaceBinary = WorkspaceBinary {
+    package: "gridmesh-block",
+    name: "gridmesh-block",
+};
+
 /// The root of the workspace this crate belongs to.
 pub fn workspace_root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -102,8 +108,12 @@ pub fn workspace_root() -> &'static Path {
 /// Every binary the harness runs. They are always built together, by one
 /// cargo command, so that every caller (tests, `cargo xtask test` before the
 /// tests, the demo) resolves the same features and reuses the same artifacts.
-pub const WORKSPACE_BINARIES: &[WorkspaceBinary] =
-    &[GRIDMESH_PROXY, GRIDMESH_CONTROL, SAMPLE_BLOCK];
+pub const WORKSPACE_BINARIES: &[WorkspaceBinary] = &[
+    GRIDMESH_PROXY,
+    GRIDMESH_CONTROL,
+    SAMPLE_BLOCK,
+    GRIDMESH_BLOCK,
+];
 
 /// Path of `binary` built with this crate's profile, up to date with the
 /// sources. Cargo runs once per process; later calls reuse its answer.

@@ -6,18 +6,23 @@
 //! ```text
 //!                  gridmesh-control 127.0.0.1:15012 (xDS) <-- examples/mesh/*.yaml
 //!                     |  (delta ADS to every sidecar)
-//! demo clients --> client sidecar 127.0.0.1:15001 (outbound; balances over both)
+//! demo clients --> client sidecar 127.0.0.1:15001 (outbound; routes by authority)
 //!                    |--> block-a sidecar 127.0.0.1:15006 --> sample block "block-a" 127.0.0.1:18080
-//!                    '--> block-b sidecar 127.0.0.1:15106 --> sample block "block-b" 127.0.0.1:18081
+//!                    |--> block-b sidecar 127.0.0.1:15106 --> sample block "block-b" 127.0.0.1:18081
+//!                    '--> classifier sidecar 127.0.0.1:15206 --> gridmesh-block 127.0.0.1:18001
 //! ```
 //!
 //! It sends HTTP/1.1, h2c, gRPC unary and gRPC server-streaming requests
-//! through the client sidecar, then changes a route in the control plane's
+//! through the client sidecar to the echo blocks, KServe v2 inference calls
+//! to the model server (the test models, built by
+//! `block/models/make_test_models.py`, outputs checked against PyTorch's),
+//! then changes a route in the control plane's
 //! directory while requests flow and waits for the client sidecar to serve
 //! it, prints what happened, stops every process with SIGTERM, and succeeds
 //! only if every request did and every process stopped cleanly. Whatever it
 //! started is killed if it fails or is interrupted midway.
 
+mod inference;
 mod live_change;
 mod summary;
 mod traffic;
@@ -30,8 +35,8 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use gridmesh_proto::config::Bootstrap;
 use gridmesh_tests::process::{
-    self, CargoOutput, GRIDMESH_CONTROL, GRIDMESH_PROXY, ManagedProcess, Profile, ProxyConfig,
-    ProxyProcess, SAMPLE_BLOCK,
+    self, CargoOutput, GRIDMESH_BLOCK, GRIDMESH_CONTROL, GRIDMESH_PROXY, ManagedProcess, Profile,
+    ProxyConfig, ProxyProcess, SAMPLE_BLOCK,
 };
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -69,25 +74,44 @@ const SAMPLE_BLOCKS: [SampleBlock; 2] = [
     },
 ];
 
+/// The model server (gridmesh-block) and where its sidecar forwards to.
+const MODEL_SERVER_GRPC: &str = "127.0.0.1:18001";
+const MODEL_SERVER_HTTP: &str = "127.0.0.1:18002";
+/// KServe v2 calls the demo sends through the client sidecar.
+const INFERENCE_REQUESTS: usize = 300;
+/// How long the model server may take to load its models.
+const MODELS_LOAD_TIMEOUT: Duration = Duration::from_secs(60);
+
 struct Sidecar {
     name: &'static str,
     /// Bootstrap file, relative to the workspace root.
     config: &'static str,
     /// The listener it asks the control plane for.
     listener: &'static str,
+    /// Where its listener forwards to: the block in its pod (none for the
+    /// client's sidecar, which routes to other sidecars).
+    block: Option<&'static str>,
 }
 
 /// Started in this order: the client sidecar last, once its endpoints serve.
-const SIDECARS: [Sidecar; 3] = [
+const SIDECARS: [Sidecar; 4] = [
     Sidecar {
         name: "block-a-sidecar",
         config: "examples/block-a-sidecar.yaml",
         listener: "block-a-inbound",
+        block: Some(SAMPLE_BLOCKS[0].address),
     },
     Sidecar {
         name: "block-b-sidecar",
         config: "examples/block-b-sidecar.yaml",
         listener: "block-b-inbound",
+        block: Some(SAMPLE_BLOCKS[1].address),
+    },
+    Sidecar {
+        name: "classifier-sidecar",
+        config: "examples/classifier-sidecar.yaml",
+        listener: "classifier-inbound",
+        block: Some(MODEL_SERVER_GRPC),
     },
     CLIENT_SIDECAR,
 ];
@@ -97,6 +121,7 @@ const CLIENT_SIDECAR: Sidecar = Sidecar {
     name: "client-sidecar",
     config: "examples/client-sidecar.yaml",
     listener: "client-outbound",
+    block: None,
 };
 
 pub fn run() -> Result<()> {
@@ -113,6 +138,7 @@ pub fn run() -> Result<()> {
         proxy: &binaries[&GRIDMESH_PROXY],
         control: &binaries[&GRIDMESH_CONTROL],
         sample_block: &binaries[&SAMPLE_BLOCK],
+        model_server: &binaries[&GRIDMESH_BLOCK],
     };
 
     let runtime = tokio::runtime::Runtime::new().context("cannot start the tokio runtime")?;
@@ -131,6 +157,7 @@ struct Programs<'a> {
     proxy: &'a Path,
     control: &'a Path,
     sample_block: &'a Path,
+    model_server: &'a Path,
 }
 
 fn read_bootstrap(path: &Path) -> Result<Bootstrap> {
@@ -170,6 +197,8 @@ fn check_ports_free(bootstraps: &[Bootstrap], mesh: &Bootstrap) -> Result<()> {
     for block in &SAMPLE_BLOCKS {
         wanted.push((block.name.to_string(), block.address.to_string()));
     }
+    wanted.push(("gridmesh-block gRPC".into(), MODEL_SERVER_GRPC.into()));
+    wanted.push(("gridmesh-block HTTP".into(), MODEL_SERVER_HTTP.into()));
     for (sidecar, bootstrap) in SIDECARS.iter().zip(bootstraps) {
         let admin = process::admin_address(bootstrap)?;
         wanted.push((format!("{} admin", sidecar.name), admin.to_string()));
@@ -179,6 +208,11 @@ fn check_ports_free(bootstraps: &[Bootstrap], mesh: &Bootstrap) -> Result<()> {
             format!("listener {}", listener.name),
             listener.address.clone(),
         ));
+    }
+    for (index, (who, address)) in wanted.iter().enumerate() {
+        if let Some((other, _)) = wanted[..index].iter().find(|(_, a)| a == address) {
+            bail!("{other} and {who} are both configured on {address}");
+        }
     }
     let mut busy = Vec::new();
     for (who, address) in wanted {
@@ -251,6 +285,10 @@ async fn run_mesh(programs: &Programs<'_>, resources: &Bootstrap) -> Result<()> 
         process.wait_listening(address, START_TIMEOUT).await?;
         mesh.blocks.push(process);
     }
+    let models_dir =
+        std::env::temp_dir().join(format!("gridmesh-demo-models-{}", std::process::id()));
+    let model_server = start_model_server(programs.model_server, &models_dir).await;
+    mesh.blocks.push(model_server?);
     // The control plane serves a copy, which the live change edits.
     let config_dir = std::env::temp_dir().join(format!("gridmesh-demo-{}", std::process::id()));
     copy_yaml_files(&workspace_root().join(MESH_CONFIG), &config_dir)?;
@@ -275,8 +313,14 @@ async fn run_mesh(programs: &Programs<'_>, resources: &Bootstrap) -> Result<()> 
     mesh.control = Some(control);
     for sidecar in &SIDECARS {
         println!(
-            "==> starting {} with {} (listener {} over xDS)",
-            sidecar.name, sidecar.config, sidecar.listener
+            "==> starting {} with {} (listener {} over xDS{})",
+            sidecar.name,
+            sidecar.config,
+            sidecar.listener,
+            sidecar
+                .block
+                .map(|block| format!(", in front of {block}"))
+                .unwrap_or_default()
         );
         let config = ProxyConfig::File(workspace_root().join(sidecar.config));
         // Ready means its first complete config came from the control plane.
@@ -288,6 +332,19 @@ async fn run_mesh(programs: &Programs<'_>, resources: &Bootstrap) -> Result<()> 
 
     let tallies = match send_traffic(outbound).await {
         Ok(tallies) => tallies,
+        Err(error) => {
+            summary::print_recent_output(&mesh.sidecars);
+            return Err(error);
+        }
+    };
+    println!(
+        "==> sending {INFERENCE_REQUESTS} KServe v2 inference calls (mlp, cnn) for \"classifier\" through {outbound}"
+    );
+    let expected = models_dir.join("expected.json");
+    let inference = inference::send(outbound, &expected, INFERENCE_REQUESTS, CONCURRENCY).await;
+    let _ = std::fs::remove_dir_all(&models_dir);
+    let inference = match inference {
+        Ok(inference) => inference,
         Err(error) => {
             summary::print_recent_output(&mesh.sidecars);
             return Err(error);
@@ -308,8 +365,9 @@ async fn run_mesh(programs: &Programs<'_>, resources: &Bootstrap) -> Result<()> 
         }
     };
     let admin_views = summary::AdminViews::fetch(&mesh.sidecars).await;
-    let failed_requests: u64 =
-        tallies.iter().map(|(_, tally)| tally.failed()).sum::<u64>() + change.traffic.failed();
+    let failed_requests: u64 = tallies.iter().map(|(_, tally)| tally.failed()).sum::<u64>()
+        + inference.tally.failed()
+        + change.traffic.failed();
     if failed_requests > 0 {
         summary::print_recent_output(&mesh.sidecars);
     }
@@ -325,6 +383,7 @@ async fn run_mesh(programs: &Programs<'_>, resources: &Bootstrap) -> Result<()> 
         requests_per_protocol: REQUESTS_PER_PROTOCOL,
         concurrency: CONCURRENCY,
         tallies: &tallies,
+        inference: &inference,
         admin_views: &admin_views,
         stopped: &stopped,
     });
@@ -349,6 +408,65 @@ async fn send_traffic(outbound: SocketAddr) -> Result<Vec<(Protocol, Tally)>> {
         tallies.push((protocol, tally));
     }
     Ok(tallies)
+}
+
+/// Builds the test models into `models_dir` and starts gridmesh-block on
+/// them; returns once every model has loaded.
+async fn start_model_server(program: &Path, models_dir: &Path) -> Result<ManagedProcess> {
+    println!("==> building the test models into {}", models_dir.display());
+    let _ = std::fs::remove_dir_all(models_dir);
+    crate::run_visibly(
+        std::process::Command::new(workspace_root().join(".venv/bin/python"))
+            .arg(workspace_root().join("block/models/make_test_models.py"))
+            .arg(models_dir),
+    )?;
+    println!(
+        "==> starting gridmesh-block on {MODEL_SERVER_GRPC} (gRPC) and {MODEL_SERVER_HTTP} (HTTP)"
+    );
+    let repository = models_dir.display().to_string();
+    let args = [
+        "--model-repository",
+        &repository,
+        "--grpc-address",
+        MODEL_SERVER_GRPC,
+        "--http-address",
+        MODEL_SERVER_HTTP,
+        "--drain-timeout",
+        "5s",
+    ];
+    let mut server = ManagedProcess::spawn("gridmesh-block", program, args)?;
+    let http: SocketAddr = MODEL_SERVER_HTTP.parse().expect("ip:port");
+    server.wait_listening(http, START_TIMEOUT).await?;
+    let deadline = tokio::time::Instant::now() + MODELS_LOAD_TIMEOUT;
+    while !model_server_ready(http).await {
+        if let Some(status) = server.exit_status()? {
+            bail!("gridmesh-block exited ({status}):\n{}", server.output());
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!(
+                "gridmesh-block did not load its models in {MODELS_LOAD_TIMEOUT:?}:\n{}",
+                server.output()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(server)
+}
+
+/// Whether `GET /v2/health/ready` answers 200.
+async fn model_server_ready(http: SocketAddr) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut stream) = tokio::net::TcpStream::connect(http).await else {
+        return false;
+    };
+    let request =
+        format!("GET /v2/health/ready HTTP/1.1\r\nHost: {http}\r\nConnection: close\r\n\r\n");
+    if stream.write_all(request.as_bytes()).await.is_err() {
+        return false;
+    }
+    let mut response = Vec::new();
+    let _ = stream.read_to_end(&mut response).await;
+    response.starts_with(b"HTTP/1.1 200")
 }
 
 /// The address of a listener the control plane serves.
@@ -395,14 +513,21 @@ mod tests {
     fn the_examples_wire_the_demo_topology() {
         let mesh = read_mesh(&workspace_root().join(MESH_CONFIG)).unwrap();
         gridmesh_proxy_validates(&mesh);
-        let endpoints_of = |listener: &str| -> Vec<String> {
+        // The endpoints a listener's route table sends to (the first route
+        // of the virtual host named `host`, or of the first one).
+        let endpoints_of = |listener: &str, host: Option<&str>| -> Vec<String> {
             let listener = mesh.listeners.iter().find(|l| l.name == listener).unwrap();
             let table = mesh
                 .route_tables
                 .iter()
                 .find(|t| t.name == listener.route_table)
                 .unwrap();
-            let cluster = match &table.virtual_hosts[0].routes[0]
+            let virtual_host = table
+                .virtual_hosts
+                .iter()
+                .find(|v| host.is_none_or(|host| v.name == host))
+                .unwrap();
+            let cluster = match &virtual_host.routes[0]
                 .route
                 .as_ref()
                 .unwrap()
@@ -424,8 +549,7 @@ mod tests {
                 .map(|e| e.address.clone())
                 .collect()
         };
-        let mut inbound = Vec::new();
-        for (sidecar, block) in SIDECARS.iter().zip(&SAMPLE_BLOCKS) {
+        for sidecar in &SIDECARS {
             let bootstrap = read_bootstrap(&workspace_root().join(sidecar.config)).unwrap();
             let xds = bootstrap
                 .xds
@@ -438,16 +562,24 @@ mod tests {
                 "{}: listeners come over xDS",
                 sidecar.config
             );
-            assert_eq!(endpoints_of(sidecar.listener), [block.address]);
-            inbound.push(
-                listener_address(&mesh, sidecar.listener)
-                    .unwrap()
-                    .to_string(),
-            );
+            if let Some(block) = sidecar.block {
+                assert_eq!(endpoints_of(sidecar.listener, None), [block]);
+            }
         }
-        let client = read_bootstrap(&workspace_root().join(CLIENT_SIDECAR.config)).unwrap();
-        assert_eq!(client.xds.unwrap().listeners, [CLIENT_SIDECAR.listener]);
-        assert_eq!(endpoints_of(CLIENT_SIDECAR.listener), inbound);
+        let inbound_of = |name: &str| {
+            let sidecar = SIDECARS.iter().find(|s| s.name == name).unwrap();
+            listener_address(&mesh, sidecar.listener)
+                .unwrap()
+                .to_string()
+        };
+        assert_eq!(
+            endpoints_of(CLIENT_SIDECAR.listener, Some("echo")),
+            [inbound_of("block-a-sidecar"), inbound_of("block-b-sidecar")]
+        );
+        assert_eq!(
+            endpoints_of(CLIENT_SIDECAR.listener, Some("classifier")),
+            [inbound_of("classifier-sidecar")]
+        );
         assert_eq!(
             listener_address(&mesh, CLIENT_SIDECAR.listener).unwrap(),
             "127.0.0.1:15001".parse().unwrap()

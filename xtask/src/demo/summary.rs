@@ -11,6 +11,7 @@ use anyhow::{Result, bail};
 use gridmesh_tests::process::ProxyProcess;
 use serde_json::Value;
 
+use super::inference::InferenceReport;
 use super::traffic::{Protocol, Tally};
 
 /// Lines of an admin page shown in the summary.
@@ -130,6 +131,7 @@ pub struct Report<'a> {
     pub requests_per_protocol: usize,
     pub concurrency: usize,
     pub tallies: &'a [(Protocol, Tally)],
+    pub inference: &'a InferenceReport,
     pub admin_views: &'a AdminViews,
     pub stopped: &'a [(String, Result<ExitStatus>)],
 }
@@ -142,6 +144,7 @@ pub fn print(report: &Report) {
     );
     print_table(report.tallies);
     print_failures(report.tallies);
+    print_inference(report.inference);
     for (title, excerpt) in &report.admin_views.excerpts {
         println!("\n{title}:");
         match excerpt {
@@ -158,9 +161,49 @@ pub fn print(report: &Report) {
             Err(error) => println!("  {name}: {error:#}"),
         }
     }
-    let total: usize = report.tallies.len() * report.requests_per_protocol;
-    let failed: u64 = report.tallies.iter().map(|(_, tally)| tally.failed()).sum();
-    println!("\nrequests: {} ok, {failed} failed", total as u64 - failed);
+    let tallies = report
+        .tallies
+        .iter()
+        .map(|(_, tally)| tally)
+        .chain([&report.inference.tally]);
+    let (ok, failed) = tallies.fold((0, 0), |(ok, failed), tally| {
+        (ok + tally.succeeded() as u64, failed + tally.failed())
+    });
+    println!("\nrequests: {ok} ok, {failed} failed");
+}
+
+fn print_inference(inference: &InferenceReport) {
+    let tally = &inference.tally;
+    println!(
+        "\nKServe v2 ModelInfer for \"classifier\" (client sidecar -> classifier sidecar -> gridmesh-block):\n  \
+         {} ok, {} failed, p50 {}, p99 {}; every output matched PyTorch's",
+        tally.succeeded(),
+        tally.failed(),
+        format_latency(tally.latency_quantile(0.50)),
+        format_latency(tally.latency_quantile(0.99)),
+    );
+    for (model, served) in &tally.served_by {
+        println!("  answered by {model}: {served}");
+    }
+    for (reason, count) in &tally.failures {
+        println!("  failed {count} x {reason}");
+    }
+    for (model, requests, forwards) in &inference.batches {
+        let mean = if *forwards > 0 {
+            *requests as f64 / *forwards as f64
+        } else {
+            0.0
+        };
+        println!(
+            "  {model}: {requests} requests in {forwards} forwards (dynamic batching: {mean:.1} requests per forward)"
+        );
+    }
+    match &inference.load_report {
+        Some(report) => {
+            println!("  load report on the last response (endpoint-load-metrics): {report}")
+        }
+        None => println!("  no response carried a load report (endpoint-load-metrics)"),
+    }
 }
 
 fn print_table(tallies: &[(Protocol, Tally)]) {

@@ -143,7 +143,7 @@ pub async fn send(
 /// Sends `requests` calls, one worker per client, each worker sending its
 /// next call as soon as the previous one ends. The workers share one task, so
 /// clients need not be `Send`; the connections run on their own tasks.
-async fn drive<C>(
+pub(super) async fn drive<C>(
     requests: usize,
     clients: Vec<C>,
     call: impl AsyncFn(&mut C, usize) -> Result<String>,
