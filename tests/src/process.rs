@@ -640,7 +640,7 @@ pub async fn start_control_plane(
 }
 
 /// Log text without terminal colour codes.
-fn strip_ansi(text: &str) -> String {
+pub fn strip_ansi(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut chars = text.chars();
     while let Some(c) = chars.next() {

@@ -29,7 +29,9 @@ use gridmesh_proto::inference::{
     InferTensorContents, ModelInferRequest, ModelInferResponse, ModelStatistics,
     ModelStatisticsRequest, ServerReadyRequest,
 };
-use gridmesh_tests::process::{AdminResponse, ManagedProcess, admin_get, workspace_root};
+use gridmesh_tests::process::{
+    AdminResponse, ManagedProcess, admin_get, strip_ansi, workspace_root,
+};
 use serde_json::Value;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
@@ -856,22 +858,4 @@ impl BlockServer {
     pub async fn terminate(&mut self) -> Result<ExitStatus> {
         self.process.terminate(STOP_GRACE).await
     }
-}
-
-/// Log text without terminal colour codes.
-pub fn strip_ansi(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut chars = text.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
