@@ -2,6 +2,7 @@
 //! direct path and against Envoy, nginx and HAProxy measured in the same run.
 //! See docs/benchmark.md.
 
+mod block;
 mod install;
 mod load;
 mod machine;
@@ -63,6 +64,20 @@ enum Command {
     /// 10,000-endpoint config, and a sidecar applying 1,000-endpoint updates
     /// under load (`--quick` for a smaller smoke run).
     Xds,
+    /// The block server (gridmesh-block): throughput and latency of the test
+    /// CNN at increasing concurrency, dynamic batching on and off, on the
+    /// GPU when libtorch sees one, else the CPU (`--quick` for a smoke run).
+    Block {
+        /// Rounds; default 3, or 1 with --quick.
+        #[arg(long)]
+        rounds: Option<u32>,
+        /// The server's libtorch intra-op threads; default one per server core.
+        #[arg(long)]
+        torch_threads: Option<usize>,
+        /// Concurrency levels; default 1,4,8,16,32,64.
+        #[arg(long, value_delimiter = ',')]
+        concurrency: Vec<usize>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -71,6 +86,20 @@ fn main() -> ExitCode {
         Some(Command::Xds) => {
             let repo = workspace_root();
             xds::run(args.quick, repo, &target_dir(repo).join("bench"))
+        }
+        Some(Command::Block {
+            rounds,
+            torch_threads,
+            concurrency,
+        }) => {
+            let repo = workspace_root();
+            let options = block::Options {
+                quick: args.quick,
+                rounds,
+                torch_threads,
+                concurrency,
+            };
+            block::run(options, repo, &target_dir(repo).join("bench"))
         }
         None => run(args),
     };
