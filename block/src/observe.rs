@@ -75,10 +75,12 @@ impl Metrics {
                 registry.register(Box::new(counter.clone()))?;
                 Ok(counter)
             };
+        // Fine between 1 and 5 ms, where typical max_queue_delay settings
+        // and CPU forwards fall, so their p99 can be read off the buckets.
         let seconds = || {
             vec![
-                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-                10.0,
+                0.0001, 0.00025, 0.0005, 0.001, 0.0015, 0.002, 0.0025, 0.003, 0.004, 0.005, 0.0075,
+                0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
             ]
         };
         Ok(Self {

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use gridmesh_proto::inference::grpc_inference_service_server::GrpcInferenceServiceServer;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 
 use crate::http;
@@ -107,10 +107,13 @@ pub async fn run(options: Options) -> Result<()> {
             );
         }
     };
+    // Small responses must not wait for the peer's delayed ACK (Nagle): with
+    // it on, p99 latency sat at 40-50 ms whatever the load.
+    let incoming = TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
     tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(inference)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), drain)
+        .serve_with_incoming_shutdown(incoming, drain)
         .await
         .context("the gRPC server failed")?;
     tracing::info!("drained");
