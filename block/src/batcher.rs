@@ -149,7 +149,7 @@ impl Queue {
                     let deadline = oldest + rule.max_queue_delay();
                     let now = Instant::now();
                     if rule.dispatch_now(rows) || now >= deadline {
-                        return self.take(&mut jobs, rule.batch_rows());
+                        return self.take(&mut jobs, rule.batch_rows(rows));
                     }
                     self.wait(jobs, Some(deadline - now))
                 }
@@ -197,12 +197,20 @@ impl BatchRule {
         }
     }
 
-    /// Rows a batch may grow to; 0 leaves the oldest request alone.
-    fn batch_rows(&self) -> usize {
-        if self.batching.is_some() {
-            self.max_rows
-        } else {
-            0
+    /// Rows a batch may grow to when `available` rows wait; 0 leaves the
+    /// oldest request alone. As Triton's batcher does, the largest preferred
+    /// batch size that can be filled wins over taking everything: those are
+    /// the sizes the model runs best at.
+    fn batch_rows(&self, available: usize) -> usize {
+        match &self.batching {
+            None => 0,
+            Some(policy) => policy
+                .preferred_batch_sizes
+                .iter()
+                .copied()
+                .filter(|size| *size <= available)
+                .max()
+                .unwrap_or(self.max_rows),
         }
     }
 
@@ -403,4 +411,41 @@ pub fn first_line(message: &str) -> String {
         .next()
         .unwrap_or(message);
     message.trim().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rule(preferred: Vec<usize>) -> BatchRule {
+        BatchRule {
+            max_rows: 64,
+            batching: Some(BatchingPolicy {
+                max_queue_delay: Duration::from_millis(2),
+                preferred_batch_sizes: preferred,
+            }),
+        }
+    }
+
+    #[test]
+    fn the_largest_preferred_size_that_can_be_filled_wins() {
+        let rule = rule(vec![16, 32]);
+        assert_eq!(rule.batch_rows(36), 32);
+        assert_eq!(rule.batch_rows(20), 16);
+        // No preferred size can be filled: take whatever waits.
+        assert_eq!(rule.batch_rows(10), 64);
+        assert!(rule.dispatch_now(16) && rule.dispatch_now(64));
+        assert!(!rule.dispatch_now(17));
+    }
+
+    #[test]
+    fn without_dynamic_batching_each_request_runs_alone() {
+        let rule = BatchRule {
+            max_rows: 8,
+            batching: None,
+        };
+        assert_eq!(rule.batch_rows(8), 0);
+        assert!(rule.dispatch_now(1));
+        assert_eq!(rule.max_queue_delay(), Duration::ZERO);
+    }
 }
