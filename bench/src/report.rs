@@ -4,7 +4,7 @@
 
 mod checks;
 pub mod per_hop;
-mod table;
+pub(crate) mod table;
 
 use std::path::{Path, PathBuf};
 

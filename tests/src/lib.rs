@@ -1,5 +1,6 @@
 //! Test harness shared by the end-to-end tests, the benchmark and the demo.
 pub mod harness;
 pub mod process;
+pub mod test_models;
 pub mod upstream;
 pub mod xds_script;

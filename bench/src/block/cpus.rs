@@ -20,7 +20,7 @@ pub struct Split {
 
 impl Split {
     pub fn choose() -> Result<Self> {
-        let cpus = allowed_cpus()?;
+        let cpus = crate::machine::allowed_cpus()?;
         if cpus.len() < 2 {
             bail!(
                 "the block benchmark needs two CPUs (one for the client, one for the server); \
@@ -42,18 +42,6 @@ fn cpu_set(cores: &[usize]) -> libc::cpu_set_t {
         unsafe { libc::CPU_SET(core, &mut set) };
     }
     set
-}
-
-fn allowed_cpus() -> io::Result<Vec<usize>> {
-    // SAFETY: sched_getaffinity fills the set for this thread.
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    let rc = unsafe { libc::sched_getaffinity(0, size_of::<libc::cpu_set_t>(), &mut set) };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok((0..libc::CPU_SETSIZE as usize)
-        .filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) })
-        .collect())
 }
 
 /// Pins the calling thread to `cores`; threads (and processes) it starts

@@ -18,6 +18,7 @@ use serde::Serialize;
 
 use crate::machine::{self, IdleSpinner, MachineInfo, Placement};
 use crate::procfs::{BackgroundLoad, ProcessTree};
+use crate::report::table::{number, print_rows};
 use crate::results::Summary;
 use cpus::Split;
 use scrape::{BucketQuantile, ServerSide, Snapshot};
@@ -774,42 +775,5 @@ fn cell(summary: &Option<Summary>) -> String {
             format!("{} ±{:.0}%", number(summary.median), summary.spread_pct)
         }
         Some(summary) => number(summary.median),
-    }
-}
-
-fn number(value: f64) -> String {
-    match value.abs() {
-        v if v.is_infinite() => "inf".into(),
-        v if v >= 100.0 => format!("{value:.0}"),
-        v if v >= 10.0 => format!("{value:.1}"),
-        _ => format!("{value:.2}"),
-    }
-}
-
-/// Left-aligned first column, right-aligned numbers.
-fn print_rows(rows: &[Vec<String>]) {
-    let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
-    let widths: Vec<usize> = (0..columns)
-        .map(|i| {
-            rows.iter()
-                .filter_map(|row| row.get(i))
-                .map(|c| c.chars().count())
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    for row in rows {
-        let line: Vec<String> = row
-            .iter()
-            .enumerate()
-            .map(|(i, text)| {
-                if i == 0 {
-                    format!("{text:<width$}", width = widths[i])
-                } else {
-                    format!("{text:>width$}", width = widths[i])
-                }
-            })
-            .collect();
-        println!("  {}", line.join("  "));
     }
 }

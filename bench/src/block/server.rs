@@ -57,25 +57,9 @@ pub struct ModelInfo {
 /// benchmark's own repository from its `cnn`: `cnn` unchanged but for the
 /// instance group, and `cnn_nobatch` without `dynamic_batching`.
 pub fn prepare_repository(work_dir: &Path) -> Result<(PathBuf, ModelInfo)> {
-    let root = workspace_root();
-    let python = root.join(".venv/bin/python");
-    let script = root.join("block/models/make_test_models.py");
     let source = work_dir.join("test-models");
     let _ = std::fs::remove_dir_all(&source);
-    let output = Command::new(&python)
-        .arg(&script)
-        .arg(&source)
-        .output()
-        .with_context(|| format!("running {} {}", python.display(), script.display()))?;
-    if !output.status.success() {
-        bail!(
-            "{} failed ({}):\n{}{}",
-            script.display(),
-            output.status,
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
+    gridmesh_tests::test_models::build(&source)?;
     let config = std::fs::read_to_string(source.join("cnn/config.pbtxt"))
         .context("make_test_models.py wrote no cnn/config.pbtxt")?;
     let repository = work_dir.join("models");

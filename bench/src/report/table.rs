@@ -233,8 +233,9 @@ fn cell(summary: &Summary) -> String {
     }
 }
 
-fn number(value: f64) -> String {
+pub(crate) fn number(value: f64) -> String {
     match value.abs() {
+        v if v.is_infinite() => "inf".into(),
         v if v >= 100.0 => format!("{value:.0}"),
         v if v >= 10.0 => format!("{value:.1}"),
         _ => format!("{value:.2}"),
@@ -242,7 +243,7 @@ fn number(value: f64) -> String {
 }
 
 /// Left-aligned first column, right-aligned numbers.
-fn print_rows(rows: &[Vec<String>]) {
+pub(crate) fn print_rows(rows: &[Vec<String>]) {
     let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
     let widths: Vec<usize> = (0..columns)
         .map(|i| {

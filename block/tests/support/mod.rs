@@ -20,7 +20,7 @@ use std::process::ExitStatus;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use gridmesh_proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
 use gridmesh_proto::inference::model_infer_request::{
     InferInputTensor, InferRequestedOutputTensor,
@@ -29,9 +29,8 @@ use gridmesh_proto::inference::{
     InferTensorContents, ModelInferRequest, ModelInferResponse, ModelStatistics,
     ModelStatisticsRequest, ServerReadyRequest,
 };
-use gridmesh_tests::process::{
-    AdminResponse, ManagedProcess, admin_get, strip_ansi, workspace_root,
-};
+use gridmesh_tests::process::{AdminResponse, ManagedProcess, admin_get, strip_ansi};
+use gridmesh_tests::test_models;
 use serde_json::Value;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
@@ -64,8 +63,7 @@ pub fn test_models() -> &'static TestModels {
 }
 
 fn generate_models() -> Result<TestModels> {
-    let root = workspace_root();
-    let script = root.join("block/models/make_test_models.py");
+    let script = test_models::script();
     let script_bytes =
         std::fs::read(&script).with_context(|| format!("reading {}", script.display()))?;
     let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("test-models");
@@ -81,7 +79,7 @@ fn generate_models() -> Result<TestModels> {
         lock.lock()
             .with_context(|| format!("locking {}", lock_path.display()))?;
         if !dir.join("expected.json").is_file() {
-            run_model_script(&script, &cache, &dir)?;
+            run_model_script(&cache, &dir)?;
         }
     }
     let expected_path = dir.join("expected.json");
@@ -95,26 +93,12 @@ fn generate_models() -> Result<TestModels> {
 /// Runs make_test_models.py into a staging directory next to `dir` and
 /// renames it into place, so no test process ever sees a half-written
 /// repository.
-fn run_model_script(script: &Path, cache: &Path, dir: &Path) -> Result<()> {
+fn run_model_script(cache: &Path, dir: &Path) -> Result<()> {
     let staging = tempfile::Builder::new()
         .prefix(".staging-")
         .tempdir_in(cache)
         .context("creating a staging directory for the test models")?;
-    let python = workspace_root().join(".venv/bin/python");
-    let output = std::process::Command::new(&python)
-        .arg(script)
-        .arg(staging.path())
-        .output()
-        .with_context(|| format!("running {} {}", python.display(), script.display()))?;
-    if !output.status.success() {
-        bail!(
-            "{} failed ({}):\n{}{}",
-            script.display(),
-            output.status,
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
+    test_models::build(staging.path())?;
     match std::fs::rename(staging.path(), dir) {
         Ok(()) => {
             let _ = staging.keep();

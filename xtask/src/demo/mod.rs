@@ -415,11 +415,7 @@ async fn send_traffic(outbound: SocketAddr) -> Result<Vec<(Protocol, Tally)>> {
 async fn start_model_server(program: &Path, models_dir: &Path) -> Result<ManagedProcess> {
     println!("==> building the test models into {}", models_dir.display());
     let _ = std::fs::remove_dir_all(models_dir);
-    crate::run_visibly(
-        std::process::Command::new(workspace_root().join(".venv/bin/python"))
-            .arg(workspace_root().join("block/models/make_test_models.py"))
-            .arg(models_dir),
-    )?;
+    gridmesh_tests::test_models::build(models_dir)?;
     println!(
         "==> starting gridmesh-block on {MODEL_SERVER_GRPC} (gRPC) and {MODEL_SERVER_HTTP} (HTTP)"
     );
