@@ -34,11 +34,6 @@ struct Cli {
     /// libtorch's intra-op threads (default: libtorch's choice, one per core).
     #[arg(long)]
     torch_threads: Option<i32>,
-    /// Run TorchScript under libtorch's profiling executor (PyTorch's default),
-    /// which specialises graphs to input shapes: worth it only for models
-    /// that always see the same batch size.
-    #[arg(long)]
-    jit_profiling: bool,
     /// On SIGTERM, how long to wait for accepted requests before exiting.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     drain_timeout: Duration,
@@ -55,11 +50,6 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(&cli.log))
         .init();
-    // libtorch's profiling executor re-specialises a TorchScript graph for the
-    // input shapes it sees; a dynamic batcher feeds it a different batch size
-    // almost every forward, and per-row compute on the benchmark's CNN doubled
-    // (docs/block.md). The plain executor still optimises, shape-agnostically.
-    tch::jit::set_profiling_mode(cli.jit_profiling);
     if let Some(threads) = cli.torch_threads {
         tch::set_num_threads(threads);
     }
