@@ -4,7 +4,7 @@
 //! run one forward per batch and hand each caller its own rows back.
 //!
 //! The batcher is an OS thread, not a task: it waits on a condition variable
-//! with a timeout, which wakes within microseconds of the oldest request's
+//! with a timeout, which wakes within tens of microseconds of the oldest request's
 //! deadline, where tokio's timer would round `max_queue_delay` up to the next
 //! millisecond (a 100 us delay would become 1-2 ms).
 //!
