@@ -16,6 +16,7 @@
 //! are never computed.
 
 use std::collections::VecDeque;
+use std::panic::AssertUnwindSafe;
 use std::sync::mpsc::{Receiver, Sender, channel};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -298,7 +299,19 @@ fn run_batch(
 ) {
     let rows: usize = batch.iter().map(|job| job.rows).sum();
     let started = Instant::now();
-    let result = forward(instance, spec, &batch, rows);
+    // tch panics where libtorch reports what its checked calls did not
+    // expect; a panic must fail this batch, not the instance thread (its
+    // model would stop answering).
+    let result =
+        std::panic::catch_unwind(AssertUnwindSafe(|| forward(instance, spec, &batch, rows)))
+            .unwrap_or_else(|panic| {
+                let message = panic
+                    .downcast_ref::<String>()
+                    .map(String::as_str)
+                    .or_else(|| panic.downcast_ref::<&str>().copied())
+                    .unwrap_or("no message");
+                Err(format!("the forward panicked: {}", first_line(message)))
+            });
     load.batch_finished(batch.len(), started.elapsed());
     observer.running.sub(batch.len() as i64);
     match result {
