@@ -14,6 +14,7 @@ directory can also be served by Triton itself to compare behaviour:
   dtypes       UINT8, BOOL, INT32 and FP16 round trips, no batch dimension
   batch_probe  reports the batch size it was run with and spins for as long as the
                request asks, so tests can observe batching, queueing and overload
+  strings      BYTES in and out (TorchScript List[str]), batched
 
 OUT_DIR/expected.json holds a fixed input for every model except batch_probe (whose
 outputs depend on how requests were batched) and the outputs the saved model gives
@@ -41,6 +42,10 @@ TORCH_DTYPES = {
     "UINT8": torch.uint8,
     "BOOL": torch.bool,
 }
+
+
+# Where Triton's config name differs from the KServe one beyond the TYPE_ prefix.
+CONFIG_TYPES = {"BYTES": "STRING"}
 
 
 @dataclass(frozen=True)
@@ -232,10 +237,29 @@ def batch_probe() -> Model:
     )
 
 
+class Strings(nn.Module):
+    def forward(self, text: list[str]) -> tuple[Tensor, list[str]]:
+        lengths = torch.tensor([len(t) for t in text], dtype=torch.int64).unsqueeze(1)
+        return lengths, [t.upper() for t in text]
+
+
+def strings() -> Model:
+    return Model(
+        name="strings",
+        max_batch_size=8,
+        inputs=[Io("TEXT", "BYTES", (1,))],
+        outputs=[Io("LENGTH", "INT64", (1,)), Io("UPPER", "BYTES", (1,))],
+        config_tail=["dynamic_batching { max_queue_delay_microseconds: 1000 }"],
+        versions={1: script(Strings())},
+        # Its outputs are plain to compute in a test: no expected.json entry.
+        example=None,
+    )
+
+
 def config_pbtxt(model: Model) -> str:
     def tensors(kind: str, ios: list[Io]) -> list[str]:
         entries = [
-            f'  {{ name: "{io.name}" data_type: TYPE_{io.datatype} '
+            f'  {{ name: "{io.name}" data_type: TYPE_{CONFIG_TYPES.get(io.datatype, io.datatype)} '
             f"dims: [ {', '.join(map(str, io.dims))} ] }}"
             for io in ios
         ]
@@ -306,7 +330,7 @@ def main() -> None:
     torch.use_deterministic_algorithms(True)
 
     expected = {}
-    for build in (mlp, cnn, two_io, dtypes, batch_probe):
+    for build in (mlp, cnn, two_io, dtypes, batch_probe, strings):
         model = build()
         if versions := write_model(model, out_dir):
             expected[model.name] = versions

@@ -21,18 +21,19 @@ use std::sync::mpsc::{Receiver, Sender, channel};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use tch::{CModule, Device, IValue, Tensor};
+use tch::{CModule, Device, IValue};
 use tokio::sync::oneshot;
 
 use crate::load::Load;
-use crate::model_config::{BatchingPolicy, ModelSpec};
+use crate::model_config::{BatchingPolicy, ModelSpec, TensorSpec};
 use crate::observe::{Observer, Phases};
+use crate::tensor::Value;
 
 /// One request waiting for its batch.
 pub struct Job {
-    /// CPU tensors in forward order; with a leading batch dimension of `rows`
+    /// CPU values in forward order; with a leading batch dimension of `rows`
     /// when the model batches.
-    pub inputs: Vec<Tensor>,
+    pub inputs: Vec<Value>,
     pub rows: usize,
     pub enqueued: Instant,
     pub reply: oneshot::Sender<Result<Completed, String>>,
@@ -40,8 +41,8 @@ pub struct Job {
 
 /// A job's share of a batch that ran.
 pub struct Completed {
-    /// CPU tensors in the model's output order.
-    pub outputs: Vec<Tensor>,
+    /// CPU values in the model's output order.
+    pub outputs: Vec<Value>,
 }
 
 /// The waiting requests of one model version.
@@ -179,7 +180,7 @@ fn same_item_shapes(a: &Job, b: &Job) -> bool {
     a.inputs
         .iter()
         .zip(&b.inputs)
-        .all(|(x, y)| x.size().get(1..) == y.size().get(1..))
+        .all(|(x, y)| x.shape().get(1..) == y.shape().get(1..))
 }
 
 /// When a batch is complete, from the model's configuration.
@@ -317,16 +318,19 @@ fn run_batch(
     match result {
         Ok((outputs, phases)) => {
             observer.batch_ran(rows, batch.len(), phases);
+            if spec.max_batch_size == 0 {
+                // Without a batch dimension every batch is one request.
+                if let Some(job) = batch.into_iter().next() {
+                    let _ = job.reply.send(Ok(Completed { outputs }));
+                }
+                return;
+            }
             let mut offset = 0;
             for job in batch {
-                let mine = if spec.max_batch_size == 0 {
-                    outputs.iter().map(Tensor::shallow_clone).collect()
-                } else {
-                    outputs
-                        .iter()
-                        .map(|output| output.narrow(0, offset as i64, job.rows as i64))
-                        .collect()
-                };
+                let mine = outputs
+                    .iter()
+                    .map(|output| output.rows(offset, job.rows))
+                    .collect();
                 offset += job.rows;
                 let _ = job.reply.send(Ok(Completed { outputs: mine }));
             }
@@ -346,19 +350,18 @@ fn forward(
     spec: &ModelSpec,
     batch: &[Job],
     rows: usize,
-) -> Result<(Vec<Tensor>, Phases), String> {
+) -> Result<(Vec<Value>, Phases), String> {
     let torch = |error: tch::TchError| first_line(&error.to_string());
     let started = Instant::now();
     let arguments = (0..spec.inputs.len())
         .map(|index| {
-            let parts: Vec<&Tensor> = batch.iter().map(|job| &job.inputs[index]).collect();
-            let joined = match parts.as_slice() {
-                [single] => single.shallow_clone(),
-                parts => Tensor::f_cat(parts, 0).map_err(torch)?,
-            };
-            Ok(IValue::Tensor(
-                joined.f_to_device(instance.device).map_err(torch)?,
-            ))
+            let parts: Vec<&Value> = batch.iter().map(|job| &job.inputs[index]).collect();
+            Ok(match Value::join(&parts).map_err(torch)? {
+                Value::Tensor(tensor) => {
+                    IValue::Tensor(tensor.f_to_device(instance.device).map_err(torch)?)
+                }
+                Value::Strings { strings, .. } => IValue::StringList(strings),
+            })
         })
         .collect::<Result<Vec<_>, String>>()?;
     let joined = Instant::now();
@@ -366,48 +369,30 @@ fn forward(
     // The forward's kernels may still be queued on a GPU: the copy back below
     // waits for them, so the split between infer and output is approximate there.
     let inferred = Instant::now();
-    let outputs = match result {
-        IValue::Tensor(tensor) => vec![tensor],
-        IValue::Tuple(values) | IValue::GenericList(values) => values
-            .into_iter()
-            .map(|value| match value {
-                IValue::Tensor(tensor) => Ok(tensor),
-                _ => {
-                    Err("the model returned a tuple with something other than tensors".to_string())
-                }
-            })
-            .collect::<Result<_, _>>()?,
-        IValue::TensorList(tensors) => tensors,
-        _ => return Err("the model returned something other than tensors".into()),
+    let results = match result {
+        IValue::Tuple(values) => values,
+        IValue::TensorList(tensors) => tensors.into_iter().map(IValue::Tensor).collect(),
+        IValue::GenericList(values)
+            if !values
+                .iter()
+                .all(|value| matches!(value, IValue::String(_))) =>
+        {
+            values
+        }
+        single => vec![single],
     };
-    if outputs.len() != spec.outputs.len() {
+    if results.len() != spec.outputs.len() {
         return Err(format!(
-            "the model returned {} tensors but its configuration declares {} outputs",
-            outputs.len(),
+            "the model returned {} results but its configuration declares {} outputs",
+            results.len(),
             spec.outputs.len()
         ));
     }
-    let outputs = outputs
+    let batch_rows = (spec.max_batch_size > 0).then_some(rows);
+    let outputs = results
         .into_iter()
         .zip(&spec.outputs)
-        .map(|(output, declared)| {
-            if output.kind() != declared.element.kind() {
-                return Err(format!(
-                    "the model returned {:?} for output \"{}\", declared {}",
-                    output.kind(),
-                    declared.name,
-                    declared.element.kserve_name()
-                ));
-            }
-            if spec.max_batch_size > 0 && output.size().first() != Some(&(rows as i64)) {
-                return Err(format!(
-                    "output \"{}\" has shape {:?}, not {rows} rows for the {rows} rows of the batch",
-                    declared.name,
-                    output.size()
-                ));
-            }
-            output.f_to_device(Device::Cpu).map_err(torch)
-        })
+        .map(|(result, declared)| output_value(result, declared, batch_rows).map_err(torch_or_text))
         .collect::<Result<Vec<_>, _>>()?;
     let phases = Phases {
         input: joined - started,
@@ -415,6 +400,101 @@ fn forward(
         output: inferred.elapsed(),
     };
     Ok((outputs, phases))
+}
+
+enum OutputError {
+    Torch(tch::TchError),
+    Text(String),
+}
+
+fn torch_or_text(error: OutputError) -> String {
+    match error {
+        OutputError::Torch(error) => first_line(&error.to_string()),
+        OutputError::Text(text) => text,
+    }
+}
+
+/// One result of the forward as the output `declared` says it is, on the
+/// CPU; `batch_rows`: the rows it must have when the model batches.
+fn output_value(
+    result: IValue,
+    declared: &TensorSpec,
+    batch_rows: Option<usize>,
+) -> Result<Value, OutputError> {
+    let mismatch = |what: &str| {
+        OutputError::Text(format!(
+            "the model returned {what} for output \"{}\", declared {}",
+            declared.name,
+            declared.element.kserve_name()
+        ))
+    };
+    match (result, declared.element.kind()) {
+        (IValue::Tensor(tensor), Some(kind)) => {
+            if tensor.kind() != kind {
+                return Err(mismatch(&format!("{:?}", tensor.kind())));
+            }
+            if let Some(rows) =
+                batch_rows.filter(|rows| tensor.size().first() != Some(&(*rows as i64)))
+            {
+                return Err(OutputError::Text(format!(
+                    "output \"{}\" has shape {:?}, not {rows} rows for the {rows} rows of the batch",
+                    declared.name,
+                    tensor.size()
+                )));
+            }
+            Ok(Value::Tensor(
+                tensor
+                    .f_to_device(Device::Cpu)
+                    .map_err(OutputError::Torch)?,
+            ))
+        }
+        (IValue::StringList(strings), None) => strings_output(strings, declared, batch_rows),
+        (IValue::GenericList(values), None) => {
+            let strings = values
+                .into_iter()
+                .map(|value| match value {
+                    IValue::String(string) => Ok(string),
+                    _ => Err(mismatch("a list of something other than strings")),
+                })
+                .collect::<Result<_, _>>()?;
+            strings_output(strings, declared, batch_rows)
+        }
+        (IValue::Tensor(_), None) => Err(mismatch("a tensor")),
+        (_, _) => Err(mismatch("something other than a tensor")),
+    }
+}
+
+/// The shape of a list of strings: the batch's rows, then the declared
+/// dims, one of which may be -1.
+fn strings_output(
+    strings: Vec<String>,
+    declared: &TensorSpec,
+    batch_rows: Option<usize>,
+) -> Result<Value, OutputError> {
+    let mut shape: Vec<i64> = batch_rows
+        .map(|rows| rows as i64)
+        .into_iter()
+        .chain(declared.dims.iter().copied())
+        .collect();
+    let known: i64 = shape.iter().filter(|dim| **dim >= 0).product();
+    let count = strings.len() as i64;
+    let unknown: Vec<usize> = (0..shape.len()).filter(|i| shape[*i] < 0).collect();
+    let fits = match unknown.as_slice() {
+        [] => known == count,
+        [index] if known > 0 && count % known == 0 => {
+            shape[*index] = count / known;
+            true
+        }
+        _ => false,
+    };
+    if !fits {
+        return Err(OutputError::Text(format!(
+            "the model returned {count} strings for output \"{}\", which do not fill its shape {:?}",
+            declared.name,
+            declared.full_shape(usize::from(batch_rows.is_some()))
+        )));
+    }
+    Ok(Value::Strings { strings, shape })
 }
 
 /// libtorch errors carry a C++ backtrace after the message.

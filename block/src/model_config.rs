@@ -594,11 +594,11 @@ output [ { name: "OUTPUT__0" data_type: TYPE_FP32 dims: [1] } ]
             assert!(error.contains(expected), "{extra}: {error}");
         }
         let error = parse(
-            "input [{ name: \"x\" data_type: TYPE_STRING dims: [1] }]",
+            "input [{ name: \"x\" data_type: TYPE_UINT16 dims: [1] }]",
             "m",
         )
         .unwrap_err();
-        assert!(error.contains("input[0]: data_type TYPE_STRING"), "{error}");
+        assert!(error.contains("input[0]: data_type TYPE_UINT16"), "{error}");
         let error = parse(
             "input [{ name: \"x\" data_type: TYPE_FP32 dims: [0] }]",
             "m",

@@ -12,7 +12,6 @@ use gridmesh_proto::inference::{
     grpc_inference_service_server::GrpcInferenceService, model_infer_response::InferOutputTensor,
     model_metadata_response::TensorMetadata,
 };
-use tch::Tensor;
 use tokio::sync::oneshot;
 use tonic::{Request, Response, Status};
 
@@ -21,7 +20,7 @@ use crate::load::Load;
 use crate::model_config::{ModelSpec, PLATFORM, TensorSpec};
 use crate::observe::FailureReason;
 use crate::repository::{Repository, ServedVersion, Unservable};
-use crate::tensor;
+use crate::tensor::{self, Value};
 
 /// The response header the sidecar reads load from (ORCA).
 const LOAD_REPORT_HEADER: &str = "endpoint-load-metrics";
@@ -221,11 +220,11 @@ impl GrpcInferenceService for InferenceService {
     }
 }
 
-/// The request's inputs as CPU tensors in forward order, and its batch rows.
+/// The request's inputs as CPU values in forward order, and its batch rows.
 fn decode_inputs(
     spec: &ModelSpec,
     request: &ModelInferRequest,
-) -> Result<(Vec<Tensor>, usize), String> {
+) -> Result<(Vec<Value>, usize), String> {
     let raw = &request.raw_input_contents;
     if !raw.is_empty() && raw.len() != request.inputs.len() {
         return Err(format!(
@@ -234,7 +233,7 @@ fn decode_inputs(
             request.inputs.len()
         ));
     }
-    let mut decoded: Vec<Option<Tensor>> = spec.inputs.iter().map(|_| None).collect();
+    let mut decoded: Vec<Option<Value>> = spec.inputs.iter().map(|_| None).collect();
     let mut rows = None;
     for (index, input) in request.inputs.iter().enumerate() {
         let Some(position) = spec
@@ -271,15 +270,10 @@ fn decode_inputs(
             )));
         }
         rows = Some(input_rows);
-        let tensor = match (raw.get(index), &input.contents) {
-            (Some(bytes), _) => tensor::from_raw(declared.element, &input.shape, bytes),
-            (None, Some(contents)) => {
-                tensor::from_contents(declared.element, &input.shape, contents)
-            }
-            (None, None) => Err("has no contents (typed contents or raw_input_contents)".into()),
-        }
-        .map_err(at)?;
-        decoded[position] = Some(tensor);
+        let raw = raw.get(index).map(Vec::as_slice);
+        let value = tensor::decode(declared.element, &input.shape, raw, input.contents.as_ref())
+            .map_err(at)?;
+        decoded[position] = Some(value);
     }
     let inputs = decoded
         .into_iter()
@@ -356,7 +350,7 @@ fn requested_outputs(spec: &ModelSpec, request: &ModelInferRequest) -> Result<Ve
 fn encode_outputs(
     served: &ServedVersion,
     id: String,
-    outputs: &[Tensor],
+    outputs: &[Value],
     wanted: &[usize],
 ) -> Result<ModelInferResponse, String> {
     let mut response = ModelInferResponse {
@@ -371,10 +365,11 @@ fn encode_outputs(
         response.outputs.push(InferOutputTensor {
             name: declared.name.clone(),
             datatype: declared.element.kserve_name().into(),
-            shape: output.size(),
+            shape: output.shape(),
             ..Default::default()
         });
-        let raw = tensor::to_raw(output)
+        let raw = output
+            .to_raw()
             .map_err(|error| format!("cannot read output \"{}\": {error}", declared.name))?;
         response.raw_output_contents.push(raw);
     }

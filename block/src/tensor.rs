@@ -2,16 +2,19 @@
 //! spellings (KServe `FP32`, Triton `TYPE_FP32`, tch `Kind::Float`), request
 //! inputs decoded into CPU tensors (typed contents or raw little-endian
 //! bytes, checked against what the model declares), and outputs encoded as
-//! raw bytes, which is how Triton answers over gRPC.
+//! raw bytes, which is how Triton answers over gRPC. BYTES travel as the
+//! strings of a TorchScript `List[str]`, as Triton's PyTorch backend passes
+//! them.
 
 use gridmesh_proto::inference::{DataType, InferTensorContents};
 use tch::{Kind, Tensor};
 
 /// An element type gridmesh-block can move between the wire and a TorchScript
-/// model. (Unsigned types wider than 8 bits have no libtorch kind; strings
-/// would need `List[str]` arguments, which the batcher cannot concatenate.)
+/// model. (Unsigned types wider than 8 bits have no libtorch kind.)
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ElementType {
+    /// UTF-8 strings: a `List[str]` argument or result.
+    Bytes,
     Bool,
     Uint8,
     Int8,
@@ -38,12 +41,13 @@ impl ElementType {
             DataType::TypeBf16 => Self::Bf16,
             DataType::TypeFp32 => Self::Fp32,
             DataType::TypeFp64 => Self::Fp64,
+            DataType::TypeString => Self::Bytes,
             DataType::TypeInvalid => return Err("data_type is missing".into()),
             other => {
                 return Err(format!(
                     "data_type {} is not supported for TorchScript models (supported: \
                      TYPE_BOOL, TYPE_UINT8, TYPE_INT8, TYPE_INT16, TYPE_INT32, TYPE_INT64, \
-                     TYPE_FP16, TYPE_BF16, TYPE_FP32, TYPE_FP64)",
+                     TYPE_FP16, TYPE_BF16, TYPE_FP32, TYPE_FP64, TYPE_STRING)",
                     other.as_str_name()
                 ));
             }
@@ -53,6 +57,7 @@ impl ElementType {
     /// The KServe v2 name (`datatype` on the wire).
     pub fn kserve_name(self) -> &'static str {
         match self {
+            Self::Bytes => "BYTES",
             Self::Bool => "BOOL",
             Self::Uint8 => "UINT8",
             Self::Int8 => "INT8",
@@ -66,8 +71,10 @@ impl ElementType {
         }
     }
 
-    pub fn kind(self) -> Kind {
-        match self {
+    /// The libtorch element kind (none for strings).
+    pub fn kind(self) -> Option<Kind> {
+        Some(match self {
+            Self::Bytes => return None,
             Self::Bool => Kind::Bool,
             Self::Uint8 => Kind::Uint8,
             Self::Int8 => Kind::Int8,
@@ -78,13 +85,14 @@ impl ElementType {
             Self::Bf16 => Kind::BFloat16,
             Self::Fp32 => Kind::Float,
             Self::Fp64 => Kind::Double,
-        }
+        })
     }
 
-    /// Bytes per element in raw contents.
-    pub fn size(self) -> usize {
+    /// Bytes per element in raw contents (strings: their length prefix).
+    fn size(self) -> usize {
         match self {
             Self::Bool | Self::Uint8 | Self::Int8 => 1,
+            Self::Bytes => 4,
             Self::Int16 | Self::Fp16 | Self::Bf16 => 2,
             Self::Int32 | Self::Fp32 => 4,
             Self::Int64 | Self::Fp64 => 8,
@@ -95,8 +103,157 @@ impl ElementType {
 /// Why an input could not become a tensor; the caller prefixes the input's name.
 pub type DecodeError = String;
 
+/// A model's argument or result: a tensor, or the strings of a BYTES tensor
+/// (row-major, with the shape they have on the wire).
+pub enum Value {
+    Tensor(Tensor),
+    Strings {
+        strings: Vec<String>,
+        shape: Vec<i64>,
+    },
+}
+
+impl Value {
+    pub fn shape(&self) -> Vec<i64> {
+        match self {
+            Value::Tensor(tensor) => tensor.size(),
+            Value::Strings { shape, .. } => shape.clone(),
+        }
+    }
+
+    /// `count` rows of the leading dimension from `first` on.
+    pub fn rows(&self, first: usize, count: usize) -> Value {
+        match self {
+            Value::Tensor(tensor) => Value::Tensor(tensor.narrow(0, first as i64, count as i64)),
+            Value::Strings { strings, shape } => {
+                let per_row = element_count(shape.get(1..).unwrap_or_default());
+                let mut shape = shape.clone();
+                shape[0] = count as i64;
+                Value::Strings {
+                    strings: strings[first * per_row..(first + count) * per_row].to_vec(),
+                    shape,
+                }
+            }
+        }
+    }
+
+    /// The values one after the other along the leading dimension (the
+    /// callers made sure the rest of their shapes agree).
+    pub fn join(parts: &[&Value]) -> Result<Value, tch::TchError> {
+        match parts {
+            [Value::Tensor(single)] => Ok(Value::Tensor(single.shallow_clone())),
+            [Value::Tensor(_), ..] => {
+                let tensors: Vec<&Tensor> = parts
+                    .iter()
+                    .filter_map(|part| match part {
+                        Value::Tensor(tensor) => Some(tensor),
+                        Value::Strings { .. } => None,
+                    })
+                    .collect();
+                Ok(Value::Tensor(Tensor::f_cat(&tensors, 0)?))
+            }
+            _ => {
+                let mut strings = Vec::new();
+                let mut shape = parts.first().map(|part| part.shape()).unwrap_or_default();
+                if let Some(rows) = shape.first_mut() {
+                    *rows = parts
+                        .iter()
+                        .map(|part| part.shape().first().copied().unwrap_or(0))
+                        .sum();
+                }
+                for part in parts {
+                    if let Value::Strings { strings: more, .. } = part {
+                        strings.extend(more.iter().cloned());
+                    }
+                }
+                Ok(Value::Strings { strings, shape })
+            }
+        }
+    }
+
+    /// The raw contents KServe carries it in: little-endian elements, or for
+    /// strings each one's length as a little-endian u32 and then its bytes.
+    pub fn to_raw(&self) -> Result<Vec<u8>, tch::TchError> {
+        match self {
+            Value::Tensor(tensor) => to_raw(tensor),
+            Value::Strings { strings, .. } => {
+                let mut raw = Vec::with_capacity(strings.iter().map(|s| 4 + s.len()).sum());
+                for string in strings {
+                    raw.extend_from_slice(&(string.len() as u32).to_le_bytes());
+                    raw.extend_from_slice(string.as_bytes());
+                }
+                Ok(raw)
+            }
+        }
+    }
+}
+
+/// An input of `shape` from its raw contents, if the request sent raw
+/// contents, else from its typed contents.
+pub fn decode(
+    element: ElementType,
+    shape: &[i64],
+    raw: Option<&[u8]>,
+    contents: Option<&InferTensorContents>,
+) -> Result<Value, DecodeError> {
+    match (element, raw, contents) {
+        (ElementType::Bytes, Some(raw), _) => strings(shape, split_bytes(raw)?),
+        (ElementType::Bytes, None, Some(contents)) => strings(
+            shape,
+            contents.bytes_contents.iter().map(Vec::as_slice).collect(),
+        ),
+        (_, Some(raw), _) => from_raw(element, shape, raw).map(Value::Tensor),
+        (_, None, Some(contents)) => from_contents(element, shape, contents).map(Value::Tensor),
+        (_, None, None) => Err("has no contents (typed contents or raw_input_contents)".into()),
+    }
+}
+
+/// BYTES raw contents: each element's length (u32, little-endian), then it.
+fn split_bytes(mut raw: &[u8]) -> Result<Vec<&[u8]>, DecodeError> {
+    let mut elements = Vec::new();
+    while !raw.is_empty() {
+        let (length, rest) = raw
+            .split_first_chunk::<4>()
+            .ok_or("has BYTES raw contents that end inside an element's length prefix")?;
+        let length = u32::from_le_bytes(*length) as usize;
+        if rest.len() < length {
+            return Err(format!(
+                "has a BYTES element of {length} bytes but only {} bytes of raw contents left",
+                rest.len()
+            ));
+        }
+        let (element, rest) = rest.split_at(length);
+        elements.push(element);
+        raw = rest;
+    }
+    Ok(elements)
+}
+
+fn strings(shape: &[i64], elements: Vec<&[u8]>) -> Result<Value, DecodeError> {
+    let count = element_count(shape);
+    if elements.len() != count {
+        return Err(format!(
+            "has {} BYTES elements, but its shape {shape:?} holds {count}",
+            elements.len()
+        ));
+    }
+    let strings = elements
+        .into_iter()
+        .enumerate()
+        .map(|(index, bytes)| {
+            String::from_utf8(bytes.to_vec()).map_err(|_| {
+                format!("has BYTES element {index} that is not UTF-8 (TorchScript strings are)")
+            })
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(Value::Strings {
+        strings,
+        shape: shape.to_vec(),
+    })
+}
+
 /// Builds a CPU tensor of `shape` from raw little-endian bytes.
-pub fn from_raw(element: ElementType, shape: &[i64], raw: &[u8]) -> Result<Tensor, DecodeError> {
+fn from_raw(element: ElementType, shape: &[i64], raw: &[u8]) -> Result<Tensor, DecodeError> {
     let expected = element_count(shape) * element.size();
     if raw.len() != expected {
         return Err(format!(
@@ -109,12 +266,13 @@ pub fn from_raw(element: ElementType, shape: &[i64], raw: &[u8]) -> Result<Tenso
     if element == ElementType::Bool && raw.iter().any(|byte| *byte > 1) {
         return Err("has a BOOL byte other than 0 or 1 in its raw contents".into());
     }
-    Tensor::f_from_data_size(raw, shape, element.kind()).map_err(|error| error.to_string())
+    let kind = element.kind().ok_or("is BYTES, not a tensor")?;
+    Tensor::f_from_data_size(raw, shape, kind).map_err(|error| error.to_string())
 }
 
 /// Builds a CPU tensor of `shape` from the typed field KServe assigns to
 /// `element` (FP16 and BF16 have none: they only travel raw).
-pub fn from_contents(
+fn from_contents(
     element: ElementType,
     shape: &[i64],
     contents: &InferTensorContents,
@@ -165,6 +323,7 @@ pub fn from_contents(
             given("fp64_contents", contents.fp64_contents.len())?;
             Tensor::from_slice(&contents.fp64_contents)
         }
+        ElementType::Bytes => return Err("is BYTES, not a tensor".into()),
         ElementType::Fp16 | ElementType::Bf16 => {
             return Err(format!(
                 "is {} and has no typed contents field: send it in raw_input_contents",
@@ -191,7 +350,7 @@ where
 
 /// The tensor's elements as little-endian bytes (libtorch stores them so on
 /// every platform gridmesh runs on).
-pub fn to_raw(tensor: &Tensor) -> Result<Vec<u8>, tch::TchError> {
+fn to_raw(tensor: &Tensor) -> Result<Vec<u8>, tch::TchError> {
     let tensor = tensor.f_contiguous()?;
     let count = tensor.numel();
     let mut bytes = vec![0u8; count * tensor.kind().elt_size_in_bytes()];
@@ -235,9 +394,46 @@ mod tests {
                 .collect();
             let tensor = from_raw(element, &[2, 3], &raw).unwrap();
             assert_eq!(tensor.size(), vec![2, 3]);
-            assert_eq!(tensor.kind(), element.kind());
+            assert_eq!(Some(tensor.kind()), element.kind());
             assert_eq!(to_raw(&tensor).unwrap(), raw, "{element:?}");
         }
+    }
+
+    #[test]
+    fn bytes_round_trip_as_length_prefixed_strings() {
+        let raw = [
+            &3u32.to_le_bytes()[..],
+            b"abc",
+            &0u32.to_le_bytes(),
+            &2u32.to_le_bytes(),
+            "é".as_bytes(),
+        ]
+        .concat();
+        let value = decode(ElementType::Bytes, &[3, 1], Some(&raw), None).unwrap();
+        assert_eq!(value.to_raw().unwrap(), raw);
+        let Value::Strings { strings, .. } = value.rows(1, 2) else {
+            panic!("strings")
+        };
+        assert_eq!(strings, ["", "é"]);
+        let error = decode(ElementType::Bytes, &[1], Some(&raw[..5]), None)
+            .err()
+            .unwrap();
+        assert!(error.contains("3 bytes but only 1"), "{error}");
+        let error = decode(ElementType::Bytes, &[1], Some(&[1, 0, 0, 0, 0xff]), None)
+            .err()
+            .unwrap();
+        assert!(error.contains("not UTF-8"), "{error}");
+        let typed = InferTensorContents {
+            bytes_contents: vec![b"x".to_vec()],
+            ..Default::default()
+        };
+        let error = decode(ElementType::Bytes, &[2], None, Some(&typed))
+            .err()
+            .unwrap();
+        assert!(
+            error.contains("1 BYTES elements") && error.contains("holds 2"),
+            "{error}"
+        );
     }
 
     #[test]

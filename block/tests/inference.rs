@@ -6,13 +6,14 @@
 mod support;
 
 use gridmesh_proto::inference::model_config::SchedulingChoice;
+use gridmesh_proto::inference::model_infer_request::InferInputTensor;
 use gridmesh_proto::inference::model_instance_group::Kind;
 use gridmesh_proto::inference::model_metadata_response::TensorMetadata;
 use gridmesh_proto::inference::model_version_policy::PolicyChoice;
 use gridmesh_proto::inference::{
-    DataType, ModelConfig, ModelConfigRequest, ModelInferRequest, ModelInferResponse,
-    ModelMetadataRequest, ModelReadyRequest, ServerLiveRequest, ServerMetadataRequest,
-    ServerReadyRequest,
+    DataType, InferTensorContents, ModelConfig, ModelConfigRequest, ModelInferRequest,
+    ModelInferResponse, ModelMetadataRequest, ModelReadyRequest, ServerLiveRequest,
+    ServerMetadataRequest, ServerReadyRequest,
 };
 use support::{
     BlockServer, Client, Form, Tolerance, assert_output, batch_counts, f16_bits_to_f64,
@@ -592,4 +593,111 @@ async fn prometheus_metrics_count_requests_per_model_version() {
         ),
         "{text}"
     );
+}
+
+/// A BYTES tensor as KServe's raw contents: each element's length (u32,
+/// little-endian), then its bytes.
+fn bytes_raw(elements: &[&[u8]]) -> Vec<u8> {
+    elements
+        .iter()
+        .flat_map(|element| [&(element.len() as u32).to_le_bytes()[..], element].concat())
+        .collect()
+}
+
+fn strings_request(words: &[&str], form: Form) -> ModelInferRequest {
+    let rows = words.len() as i64;
+    let mut input = InferInputTensor {
+        name: "TEXT".into(),
+        datatype: "BYTES".into(),
+        shape: vec![rows, 1],
+        ..Default::default()
+    };
+    let mut request = ModelInferRequest {
+        model_name: "strings".into(),
+        ..Default::default()
+    };
+    match form {
+        Form::Typed => {
+            input.contents = Some(InferTensorContents {
+                bytes_contents: words.iter().map(|w| w.as_bytes().to_vec()).collect(),
+                ..Default::default()
+            });
+        }
+        Form::Raw => {
+            let elements: Vec<&[u8]> = words.iter().map(|w| w.as_bytes()).collect();
+            request.raw_input_contents = vec![bytes_raw(&elements)];
+        }
+    }
+    request.inputs = vec![input];
+    request
+}
+
+/// The strings model's answer: each word's length and the word in upper case.
+fn assert_strings_response(response: &ModelInferResponse, words: &[&str]) {
+    let rows = words.len() as i64;
+    assert_eq!(output_names(response), ["LENGTH", "UPPER"]);
+    assert_eq!(response.outputs[0].shape, [rows, 1]);
+    assert_eq!(response.outputs[1].shape, [rows, 1]);
+    assert_eq!(response.outputs[1].datatype, "BYTES");
+    let lengths: Vec<i64> = response.raw_output_contents[0]
+        .chunks_exact(8)
+        .map(|b| i64::from_le_bytes(b.try_into().unwrap()))
+        .collect();
+    let expected: Vec<i64> = words.iter().map(|w| w.len() as i64).collect();
+    assert_eq!(lengths, expected);
+    let upper: Vec<String> = words.iter().map(|w| w.to_uppercase()).collect();
+    let upper: Vec<&[u8]> = upper.iter().map(|w| w.as_bytes()).collect();
+    assert_eq!(response.raw_output_contents[1], bytes_raw(&upper));
+}
+
+#[tokio::test]
+async fn strings_travel_as_bytes_typed_raw_and_batched() {
+    let server = server().await;
+    let mut client = server.client().await;
+    let words = ["gridmesh", "", "block server"];
+    for form in [Form::Typed, Form::Raw] {
+        let response = infer(&mut client, strings_request(&words, form)).await;
+        assert_strings_response(&response, &words);
+    }
+
+    // Concurrent requests share forwards (their lists are joined), and each
+    // gets its own strings back.
+    let calls: Vec<_> = (0..6)
+        .map(|i| {
+            let mut client = client.clone();
+            tokio::spawn(async move {
+                let words = [format!("call {i}"), "x".repeat(i)];
+                let words: Vec<&str> = words.iter().map(String::as_str).collect();
+                let response = client
+                    .model_infer(strings_request(&words, Form::Raw))
+                    .await
+                    .unwrap()
+                    .into_inner();
+                assert_strings_response(&response, &words);
+            })
+        })
+        .collect();
+    for call in calls {
+        call.await.unwrap();
+    }
+    let stats = model_stats(&mut client, "strings", "1").await;
+    assert_eq!(stats.inference_count, 2 * 3 + 6 * 2);
+
+    // Malformed BYTES: a length prefix that overruns, and a string that is
+    // not UTF-8 (TorchScript strings are).
+    let mut overrun = strings_request(&["abc"], Form::Raw);
+    overrun.raw_input_contents[0].truncate(6);
+    let mut not_utf8 = strings_request(&["abc"], Form::Raw);
+    not_utf8.raw_input_contents[0] = bytes_raw(&[&[0xff, 0xfe]]);
+    for (case, request, said) in [
+        ("overrun", overrun, "3 bytes but only 2"),
+        ("not UTF-8", not_utf8, "not UTF-8"),
+    ] {
+        let status = client.model_infer(request).await.unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{case}: {status:?}");
+        assert!(
+            status.message().contains("TEXT") && status.message().contains(said),
+            "{case}: {status:?}"
+        );
+    }
 }

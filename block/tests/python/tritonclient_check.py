@@ -162,6 +162,19 @@ def main() -> None:
     for tensor in example["outputs"]:
         compare("dtypes", result, tensor, exact=True)
 
+    # BYTES: numpy object arrays of str in, bytes out (TorchScript List[str]).
+    words = ["gridmesh", "", "block server"]
+    text = grpcclient.InferInput("TEXT", [len(words), 1], "BYTES")
+    text.set_data_from_numpy(np.array(words, dtype=object).reshape(-1, 1))
+    result = client.infer("strings", [text])
+    lengths = result.as_numpy("LENGTH")
+    upper = result.as_numpy("UPPER")
+    check(lengths.ravel().tolist() == [len(w) for w in words], f"strings LENGTH: {lengths}")
+    check(
+        [u.decode() for u in upper.ravel()] == [w.upper() for w in words] and upper.shape == (3, 1),
+        f"strings UPPER: {upper!r}",
+    )
+
     # mlp version 1 ran one request of 3 rows above.
     deadline = time.monotonic() + 5
     while True:
