@@ -137,6 +137,12 @@ def cnn() -> Model:
         config_tail=[
             "dynamic_batching { max_queue_delay_microseconds: 2000 preferred_batch_size: [ 16, 32 ] }",
             "instance_group [ { count: 1 kind: KIND_CPU } ]",
+            # libtorch's first runs of a graph are slow: the server runs these
+            # before the model is ready.
+            "model_warmup [ {",
+            '  name: "random images" batch_size: 16 count: 2',
+            '  inputs { key: "image" value: { data_type: TYPE_FP32 dims: [ 3, 32, 32 ] random_data: true } }',
+            "} ]",
         ],
         versions={1: script(Cnn())},
         example=(torch.rand(3, 3, 32, 32),),
@@ -249,7 +255,11 @@ def strings() -> Model:
         max_batch_size=8,
         inputs=[Io("TEXT", "BYTES", (1,))],
         outputs=[Io("LENGTH", "INT64", (1,)), Io("UPPER", "BYTES", (1,))],
-        config_tail=["dynamic_batching { max_queue_delay_microseconds: 1000 }"],
+        config_tail=[
+            "dynamic_batching { max_queue_delay_microseconds: 1000 }",
+            'model_warmup [ { name: "empty strings" batch_size: 2 inputs { key: "TEXT" '
+            "value: { data_type: TYPE_STRING dims: [ 1 ] zero_data: true } } } ]",
+        ],
         versions={1: script(Strings())},
         # Its outputs are plain to compute in a test: no expected.json entry.
         example=None,

@@ -303,16 +303,20 @@ fn run_batch(
     // tch panics where libtorch reports what its checked calls did not
     // expect; a panic must fail this batch, not the instance thread (its
     // model would stop answering).
-    let result =
-        std::panic::catch_unwind(AssertUnwindSafe(|| forward(instance, spec, &batch, rows)))
-            .unwrap_or_else(|panic| {
-                let message = panic
-                    .downcast_ref::<String>()
-                    .map(String::as_str)
-                    .or_else(|| panic.downcast_ref::<&str>().copied())
-                    .unwrap_or("no message");
-                Err(format!("the forward panicked: {}", first_line(message)))
-            });
+    let arguments = (0..spec.inputs.len())
+        .map(|index| batch.iter().map(|job| &job.inputs[index]).collect())
+        .collect();
+    let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
+        forward(instance, spec, arguments, rows)
+    }))
+    .unwrap_or_else(|panic| {
+        let message = panic
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| panic.downcast_ref::<&str>().copied())
+            .unwrap_or("no message");
+        Err(format!("the forward panicked: {}", first_line(message)))
+    });
     load.batch_finished(batch.len(), started.elapsed());
     observer.running.sub(batch.len() as i64);
     match result {
@@ -343,19 +347,36 @@ fn run_batch(
     }
 }
 
-/// One forward over the whole batch; outputs on the CPU, checked against the
-/// configuration.
+/// Runs `inputs` (in forward order) `count` times on `instance`, for
+/// `model_warmup` before the instance takes requests.
+pub fn warm_up(
+    instance: &Instance,
+    spec: &ModelSpec,
+    inputs: &[Value],
+    rows: usize,
+    count: usize,
+) -> Result<(), String> {
+    let _no_grad = tch::no_grad_guard();
+    for _ in 0..count {
+        let arguments = inputs.iter().map(|input| vec![input]).collect();
+        forward(instance, spec, arguments, rows)?;
+    }
+    Ok(())
+}
+
+/// One forward over the whole batch (per input, the parts to join along the
+/// batch dimension); outputs on the CPU, checked against the configuration.
 fn forward(
     instance: &Instance,
     spec: &ModelSpec,
-    batch: &[Job],
+    arguments: Vec<Vec<&Value>>,
     rows: usize,
 ) -> Result<(Vec<Value>, Phases), String> {
     let torch = |error: tch::TchError| first_line(&error.to_string());
     let started = Instant::now();
-    let arguments = (0..spec.inputs.len())
-        .map(|index| {
-            let parts: Vec<&Value> = batch.iter().map(|job| &job.inputs[index]).collect();
+    let arguments = arguments
+        .into_iter()
+        .map(|parts| {
             Ok(match Value::join(&parts).map_err(torch)? {
                 Value::Tensor(tensor) => {
                     IValue::Tensor(tensor.f_to_device(instance.device).map_err(torch)?)

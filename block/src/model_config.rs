@@ -9,8 +9,9 @@ use std::sync::LazyLock;
 use std::time::Duration;
 
 use gridmesh_proto::inference::{
-    DataType, ModelConfig, ModelInput, ModelOutput, model_config::SchedulingChoice,
+    DataType, ModelConfig, ModelInput, ModelOutput, ModelWarmup, model_config::SchedulingChoice,
     model_instance_group::Kind as InstanceKind, model_version_policy::PolicyChoice,
+    model_warmup::input::InputDataType,
 };
 use prost_reflect::{DescriptorPool, DynamicMessage};
 
@@ -44,6 +45,10 @@ pub struct ModelSpec {
     pub instances: Vec<InstanceGroup>,
     pub model_filename: String,
     pub versions: VersionPolicy,
+    /// Forwards to run on every instance before the version is ready
+    /// (`model_warmup`), so the first requests do not pay for libtorch's
+    /// first runs of a graph.
+    pub warmup: Vec<WarmupSample>,
     /// Settings that parsed but that gridmesh-block does not act on, so the
     /// operator hears about them instead of assuming they apply.
     pub ignored: Vec<&'static str>,
@@ -64,6 +69,31 @@ impl TensorSpec {
         let batch = (max_batch_size > 0).then_some(-1);
         batch.into_iter().chain(self.dims.iter().copied()).collect()
     }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct WarmupSample {
+    pub name: String,
+    /// Rows of the leading dimension (1 when the model does not batch).
+    pub rows: usize,
+    /// In forward order.
+    pub inputs: Vec<WarmupInput>,
+    pub count: usize,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct WarmupInput {
+    /// The whole shape, with the batch dimension when the model batches.
+    pub shape: Vec<i64>,
+    pub data: WarmupData,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum WarmupData {
+    Zero,
+    Random,
+    /// Raw contents, in the model directory's `warmup/` (as Triton reads them).
+    File(String),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -384,9 +414,18 @@ fn check(mut config: ModelConfig, model_dir_name: &str) -> Result<ModelSpec, Str
         name => name.to_string(),
     };
 
+    let inputs = forward_order(inputs);
+    let warmup = config
+        .model_warmup
+        .iter()
+        .enumerate()
+        .map(|(index, sample)| {
+            warmup_sample(sample, &inputs, max_batch_size)
+                .map_err(|message| format!("model_warmup[{index}]: {message}"))
+        })
+        .collect::<Result<_, _>>()?;
     let ignored = [
         (config.optimization.is_some(), "optimization"),
-        (!config.model_warmup.is_empty(), "model_warmup"),
         (!config.parameters.is_empty(), "parameters"),
         (
             config.response_cache.as_ref().is_some_and(|c| c.enable),
@@ -404,8 +443,9 @@ fn check(mut config: ModelConfig, model_dir_name: &str) -> Result<ModelSpec, Str
 
     Ok(ModelSpec {
         max_batch_size,
-        inputs: forward_order(inputs),
+        inputs,
         outputs: forward_order(outputs),
+        warmup,
         batching,
         max_queue_size,
         instances,
@@ -413,6 +453,82 @@ fn check(mut config: ModelConfig, model_dir_name: &str) -> Result<ModelSpec, Str
         versions,
         ignored,
         config,
+    })
+}
+
+fn warmup_sample(
+    sample: &ModelWarmup,
+    inputs: &[TensorSpec],
+    max_batch_size: usize,
+) -> Result<WarmupSample, String> {
+    let rows = match (max_batch_size, sample.batch_size as usize) {
+        (0, 0 | 1) => 1,
+        (0, rows) => return Err(format!("batch_size {rows} for a model without batching")),
+        (max, rows) if (1..=max).contains(&rows) => rows,
+        (max, rows) => return Err(format!("batch_size {rows} is not within 1..={max}")),
+    };
+    if let Some(unknown) = sample
+        .inputs
+        .keys()
+        .find(|name| !inputs.iter().any(|i| &i.name == *name))
+    {
+        return Err(format!(
+            "inputs has \"{unknown}\", not an input of the model"
+        ));
+    }
+    let inputs = inputs
+        .iter()
+        .map(|declared| {
+            let given = sample.inputs.get(&declared.name).ok_or_else(|| {
+                format!(
+                    "inputs has no \"{}\" (every input needs data)",
+                    declared.name
+                )
+            })?;
+            let at = |message: String| format!("input \"{}\": {message}", declared.name);
+            let element = ElementType::from_config(given.data_type()).map_err(at)?;
+            if element != declared.element {
+                return Err(at(format!(
+                    "data_type is {}, the input is {}",
+                    element.kserve_name(),
+                    declared.element.kserve_name()
+                )));
+            }
+            let fits = given.dims.len() == declared.dims.len()
+                && given
+                    .dims
+                    .iter()
+                    .zip(&declared.dims)
+                    .all(|(dim, wanted)| *dim > 0 && (*wanted == -1 || dim == wanted));
+            if !fits {
+                return Err(at(format!(
+                    "dims {:?} do not fit the input's {:?} (each > 0)",
+                    given.dims, declared.dims
+                )));
+            }
+            let data = match &given.input_data_type {
+                Some(InputDataType::ZeroData(_)) | None => WarmupData::Zero,
+                Some(InputDataType::RandomData(_)) => WarmupData::Random,
+                Some(InputDataType::InputDataFile(file)) if file.contains('/') || file == ".." => {
+                    return Err(at(format!(
+                        "input_data_file \"{file}\" must be a file name"
+                    )));
+                }
+                Some(InputDataType::InputDataFile(file)) => WarmupData::File(file.clone()),
+            };
+            let batch = (max_batch_size > 0).then_some(rows as i64);
+            let shape = batch
+                .into_iter()
+                .chain(given.dims.iter().copied())
+                .collect();
+            Ok(WarmupInput { shape, data })
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(WarmupSample {
+        name: sample.name.clone(),
+        rows,
+        inputs,
+        count: sample.count.max(1) as usize,
     })
 }
 
@@ -607,6 +723,55 @@ output [ { name: "OUTPUT__0" data_type: TYPE_FP32 dims: [1] } ]
         assert!(error.contains("input[0]: dims has 0"), "{error}");
         let error = parse("", "m").unwrap_err();
         assert!(error.contains("at least one tensor"), "{error}");
+    }
+
+    #[test]
+    fn warmup_samples_are_checked_against_the_inputs() {
+        let model = |warmup: &str| {
+            format!(
+                "max_batch_size: 8\n\
+                 input [{{ name: \"x\" data_type: TYPE_FP32 dims: [-1] }}]\n\
+                 output [{{ name: \"y\" data_type: TYPE_FP32 dims: [1] }}]\n{warmup}"
+            )
+        };
+        let sample = |batch: u32, dims: &str, extra: &str| {
+            model(&format!(
+                "model_warmup [{{ name: \"w\" batch_size: {batch} count: 2 \
+                 inputs {{ key: \"x\" value: {{ data_type: TYPE_FP32 dims: [{dims}] {extra} }} }} }}]"
+            ))
+        };
+        let spec = parse(&sample(4, "3", "random_data: true"), "m").unwrap();
+        assert_eq!(
+            spec.warmup,
+            [WarmupSample {
+                name: "w".into(),
+                rows: 4,
+                inputs: vec![WarmupInput {
+                    shape: vec![4, 3],
+                    data: WarmupData::Random
+                }],
+                count: 2,
+            }]
+        );
+        let cases = [
+            (
+                sample(9, "3", ""),
+                "model_warmup[0]: batch_size 9 is not within 1..=8",
+            ),
+            (sample(1, "-1", ""), "input \"x\": dims [-1] do not fit"),
+            (
+                sample(1, "3", "input_data_file: \"../x\""),
+                "must be a file name",
+            ),
+            (
+                model("model_warmup [{ batch_size: 1 }]"),
+                "inputs has no \"x\"",
+            ),
+        ];
+        for (text, expected) in cases {
+            let error = parse(&text, "m").unwrap_err();
+            assert!(error.contains(expected), "{expected}: {error}");
+        }
     }
 
     #[test]

@@ -14,12 +14,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
 use anyhow::{Context, Result};
-use tch::{CModule, Device};
+use tch::{CModule, Device, Kind, Tensor};
 
 use crate::batcher::{self, Instance, Queue, first_line};
 use crate::load::Load;
-use crate::model_config::{self, DeviceKind, ModelSpec};
+use crate::model_config::{self, DeviceKind, ModelSpec, TensorSpec, WarmupData, WarmupInput};
 use crate::observe::{Metrics, Observer};
+use crate::tensor::{self, Value};
 
 pub struct Repository {
     root: PathBuf,
@@ -369,5 +370,73 @@ fn load_instances(path: &Path, spec: &ModelSpec) -> Result<Vec<Instance>, String
             instances.push(Instance { module, device });
         }
     }
+    // <model>/<version>/model.pt: the model's directory holds warmup/.
+    let model_dir = path.parent().and_then(Path::parent).unwrap_or(path);
+    warm_up(&instances, spec, model_dir)?;
     Ok(instances)
+}
+
+/// Runs the configuration's `model_warmup` samples on every instance.
+fn warm_up(instances: &[Instance], spec: &ModelSpec, model_dir: &Path) -> Result<(), String> {
+    for (index, sample) in spec.warmup.iter().enumerate() {
+        let at = |message: String| format!("model_warmup[{index}] \"{}\": {message}", sample.name);
+        let started = std::time::Instant::now();
+        let inputs = sample
+            .inputs
+            .iter()
+            .zip(&spec.inputs)
+            .map(|(input, declared)| warmup_value(input, declared, model_dir))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(at)?;
+        for instance in instances {
+            batcher::warm_up(instance, spec, &inputs, sample.rows, sample.count).map_err(at)?;
+        }
+        tracing::info!(
+            model = %spec.config.name,
+            sample = %sample.name,
+            runs = sample.count * instances.len(),
+            took = ?started.elapsed(),
+            "warmed up"
+        );
+    }
+    Ok(())
+}
+
+/// A warm-up input: zeros (empty strings), random values (uniform in [0, 1)
+/// for floating point, 0 or 1 otherwise, so index-like inputs stay in range),
+/// or raw contents from `<model>/warmup/<file>`.
+fn warmup_value(
+    input: &WarmupInput,
+    declared: &TensorSpec,
+    model_dir: &Path,
+) -> Result<Value, String> {
+    let shape = input.shape.as_slice();
+    let options = |kind| (kind, Device::Cpu);
+    let tensor = match (&input.data, declared.element.kind()) {
+        (WarmupData::File(file), _) => {
+            let path = model_dir.join("warmup").join(file);
+            let raw = std::fs::read(&path)
+                .map_err(|error| format!("cannot read {}: {error}", path.display()))?;
+            return tensor::decode(declared.element, shape, Some(&raw), None)
+                .map_err(|message| format!("{} {message}", path.display()));
+        }
+        (_, None) => {
+            return Ok(Value::Strings {
+                strings: vec![String::new(); tensor::element_count(shape)],
+                shape: shape.to_vec(),
+            });
+        }
+        (WarmupData::Zero, Some(kind)) => Tensor::f_zeros(shape, options(kind)),
+        (
+            WarmupData::Random,
+            Some(kind @ (Kind::Half | Kind::BFloat16 | Kind::Float | Kind::Double)),
+        ) => Tensor::f_rand(shape, options(kind)),
+        (WarmupData::Random, Some(Kind::Bool)) => {
+            Tensor::f_randint(2, shape, options(Kind::Int64)).and_then(|t| t.f_to_kind(Kind::Bool))
+        }
+        (WarmupData::Random, Some(kind)) => Tensor::f_randint(2, shape, options(kind)),
+    };
+    tensor
+        .map(Value::Tensor)
+        .map_err(|error| first_line(&error.to_string()))
 }

@@ -464,3 +464,19 @@ async fn an_unsupported_config_is_unavailable_naming_the_feature() {
     assert!(message.contains("stateful"), "{message}");
     assert_only_the_broken_model_is_down(&server, &mut client, "stateful").await;
 }
+
+#[tokio::test]
+async fn a_warmup_that_cannot_run_makes_the_model_unavailable() {
+    let repo = copy_models(&["cnn"]);
+    // Warm-up data from <model>/warmup/ that was never shipped.
+    let warmup = r#"model_warmup [ { name: "from file" batch_size: 1 inputs {
+  key: "INPUT__0" value: { data_type: TYPE_FP32 dims: [ 16 ] input_data_file: "missing.bin" } } } ]"#;
+    add_model_with_config(repo.path(), "warm", &mlp_like_config("warm", warmup));
+    let (server, mut client, message) =
+        start_with_broken_model(repo.path(), "warm", |m| m.contains("model_warmup")).await;
+    assert!(
+        message.contains("from file") && message.contains("warmup/missing.bin"),
+        "{message}"
+    );
+    assert_only_the_broken_model_is_down(&server, &mut client, "warm").await;
+}
