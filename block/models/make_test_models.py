@@ -103,6 +103,8 @@ def mlp() -> Model:
             "dynamic_batching { max_queue_delay_microseconds: 1000 }",
             # KIND_GPU on a machine without one exercises the server's CPU fallback.
             "instance_group [ { count: 1 kind: KIND_GPU } ]",
+            'model_warmup [ { name: "zeros" batch_size: 4 inputs { key: "INPUT__0" '
+            "value: { data_type: TYPE_FP32 dims: [ 16 ] zero_data: true } } } ]",
         ],
         versions=versions,
         example=(torch.randn(3, 16),),
