@@ -300,23 +300,12 @@ fn run_batch(
 ) {
     let rows: usize = batch.iter().map(|job| job.rows).sum();
     let started = Instant::now();
-    // tch panics where libtorch reports what its checked calls did not
-    // expect; a panic must fail this batch, not the instance thread (its
-    // model would stop answering).
     let arguments = (0..spec.inputs.len())
         .map(|index| batch.iter().map(|job| &job.inputs[index]).collect())
         .collect();
-    let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
-        forward(instance, spec, arguments, rows)
-    }))
-    .unwrap_or_else(|panic| {
-        let message = panic
-            .downcast_ref::<String>()
-            .map(String::as_str)
-            .or_else(|| panic.downcast_ref::<&str>().copied())
-            .unwrap_or("no message");
-        Err(format!("the forward panicked: {}", first_line(message)))
-    });
+    // A panic fails this batch; the instance thread (and with it the model)
+    // keeps answering.
+    let result = contain_panic("the forward", || forward(instance, spec, arguments, rows));
     load.batch_finished(batch.len(), started.elapsed());
     observer.running.sub(batch.len() as i64);
     match result {
@@ -516,6 +505,20 @@ fn strings_output(
         )));
     }
     Ok(Value::Strings { strings, shape })
+}
+
+/// Runs `work` (a call into libtorch), turning a panic into an error: tch
+/// panics where libtorch reports what its checked calls did not expect, and
+/// that must fail the work, not the thread doing it.
+pub fn contain_panic<T>(what: &str, work: impl FnOnce() -> Result<T, String>) -> Result<T, String> {
+    std::panic::catch_unwind(AssertUnwindSafe(work)).unwrap_or_else(|panic| {
+        let message = panic
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| panic.downcast_ref::<&str>().copied())
+            .unwrap_or("no message");
+        Err(format!("{what} panicked: {}", first_line(message)))
+    })
 }
 
 /// libtorch errors carry a C++ backtrace after the message.

@@ -16,7 +16,7 @@ use std::sync::{Arc, RwLock};
 use anyhow::{Context, Result};
 use tch::{CModule, Device, Kind, Tensor};
 
-use crate::batcher::{self, Instance, Queue, first_line};
+use crate::batcher::{self, Instance, Queue, contain_panic, first_line};
 use crate::load::Load;
 use crate::model_config::{self, DeviceKind, ModelSpec, TensorSpec, WarmupData, WarmupInput};
 use crate::observe::{Metrics, Observer};
@@ -139,7 +139,8 @@ impl Repository {
                 .join(version.to_string())
                 .join(&spec.model_filename);
             loads.spawn_blocking(move || {
-                let instances = load_instances(&path, &spec);
+                // A panic must fail this version, not leave it loading forever.
+                let instances = contain_panic("loading", || load_instances(&path, &spec));
                 (name, version, spec, instances)
             });
         }

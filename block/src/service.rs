@@ -165,18 +165,14 @@ impl GrpcInferenceService for InferenceService {
             ));
         }
         let model = &request.model_name;
-        let (inputs, rows) = decode_inputs(&served.spec, &request).map_err(|message| {
+        let invalid = |message: String| {
             fail(
                 FailureReason::InvalidArgument,
                 Status::invalid_argument(format!("model \"{model}\": {message}")),
             )
-        })?;
-        let wanted = requested_outputs(&served.spec, &request).map_err(|message| {
-            fail(
-                FailureReason::InvalidArgument,
-                Status::invalid_argument(format!("model \"{model}\": {message}")),
-            )
-        })?;
+        };
+        let (inputs, rows) = decode_inputs(&served.spec, &request).map_err(invalid)?;
+        let wanted = requested_outputs(&served.spec, &request).map_err(invalid)?;
 
         let (reply, completion) = oneshot::channel();
         let job = Job {

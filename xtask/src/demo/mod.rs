@@ -451,18 +451,9 @@ async fn start_model_server(program: &Path, models_dir: &Path) -> Result<Managed
 
 /// Whether `GET /v2/health/ready` answers 200.
 async fn model_server_ready(http: SocketAddr) -> bool {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let Ok(mut stream) = tokio::net::TcpStream::connect(http).await else {
-        return false;
-    };
-    let request =
-        format!("GET /v2/health/ready HTTP/1.1\r\nHost: {http}\r\nConnection: close\r\n\r\n");
-    if stream.write_all(request.as_bytes()).await.is_err() {
-        return false;
-    }
-    let mut response = Vec::new();
-    let _ = stream.read_to_end(&mut response).await;
-    response.starts_with(b"HTTP/1.1 200")
+    process::admin_get(http, "/v2/health/ready")
+        .await
+        .is_ok_and(|response| response.status == 200)
 }
 
 /// The address of a listener the control plane serves.
