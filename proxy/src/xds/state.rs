@@ -578,9 +578,8 @@ listeners: [{ name: l, address: "127.0.0.1:0", routeTable: rt }]
         (name.into(), version.into())
     }
 
-    /// Clusters and endpoints, then the route table: a held config with a
-    /// table routing to `up`.
-    fn with_clusters_and_table() -> Held {
+    /// A held config with the clusters and endpoints of [`CLUSTERS`].
+    fn with_clusters() -> Held {
         let mut held = held();
         for kind in [Kind::Cluster, Kind::Endpoints] {
             let stepped = step(
@@ -590,6 +589,13 @@ listeners: [{ name: l, address: "127.0.0.1:0", routeTable: rt }]
             );
             assert!(stepped.rejected.is_empty(), "{:?}", stepped.rejected);
         }
+        held
+    }
+
+    /// Clusters and endpoints, then the route table: a held config with a
+    /// table routing to `up`.
+    fn with_clusters_and_table() -> Held {
+        let mut held = with_clusters();
         let kind = Kind::RouteTable;
         let stepped = step(
             &mut held,
@@ -746,14 +752,7 @@ routeTables:
 
     #[test]
     fn a_listener_warms_until_its_route_table_arrives() {
-        let mut held = held();
-        for kind in [Kind::Cluster, Kind::Endpoints] {
-            step(
-                &mut held,
-                kind,
-                &response(kind, resources(kind, CLUSTERS, "1"), &[]),
-            );
-        }
+        let mut held = with_clusters();
         let kind = Kind::Listener;
         let stepped = step(
             &mut held,
@@ -916,14 +915,7 @@ listeners:
 
     #[test]
     fn a_warming_listener_is_validated_before_it_is_held() {
-        let mut held = held();
-        for kind in [Kind::Cluster, Kind::Endpoints] {
-            step(
-                &mut held,
-                kind,
-                &response(kind, resources(kind, CLUSTERS, "1"), &[]),
-            );
-        }
+        let mut held = with_clusters();
         let kind = Kind::Listener;
         let sent = resources(
             kind,
