@@ -15,7 +15,7 @@ use rand::Rng;
 use tokio::time::Instant;
 
 use crate::balance::InFlight;
-use crate::body::{Body, Completion, ReplayBody, ResponseBody, StreamEnd, StreamLimits};
+use crate::body::{Body, Completion, Replay, ResponseBody, StreamEnd, StreamLimits};
 use crate::cluster::{Cluster, Endpoint, Permit, SendError};
 use crate::error::ProxyError;
 use crate::grpc;
@@ -250,11 +250,11 @@ async fn send_with_retries(
     route: &Route,
     deadline: Option<Instant>,
 ) -> Result<(Response<Incoming>, InFlight), ProxyError> {
-    let replay = ReplayBody::new(body, policy.max_replay_body_bytes);
+    let replay = Replay::new(body, policy.max_replay_body_bytes);
     let mut attempt = 0;
     loop {
         let endpoint = cluster.pick(&parts.headers)?;
-        let body = match replay.replay() {
+        let body = match replay.attempt() {
             Some(body) => body.boxed_unsync(),
             None => return Err(ProxyError::UpstreamReset),
         };
@@ -266,7 +266,7 @@ async fn send_with_retries(
         };
         let can_retry = retryable
             && attempt < policy.max_retries
-            && replay.replay().is_some()
+            && replay.is_replayable()
             && cluster.try_retry();
         if !can_retry {
             return result;

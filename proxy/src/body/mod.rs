@@ -7,7 +7,7 @@ mod response;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Full, combinators::UnsyncBoxBody};
 
-pub use replay::ReplayBody;
+pub use replay::Replay;
 pub use response::{Completion, ResponseBody, StreamEnd, StreamLimits};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
