@@ -6,6 +6,8 @@
 use std::fs;
 use std::time::{Duration, Instant};
 
+use gridmesh_tests::process;
+
 /// Some processes and all their descendants, as found when listed.
 #[derive(Debug, Clone)]
 pub struct ProcessTree {
@@ -40,19 +42,7 @@ impl ProcessTree {
     /// `schedstat` (nanoseconds) rather than `stat`'s utime+stime, whose
     /// 10 ms clock ticks are too coarse for runs of a few seconds.
     pub fn cpu_time(&self) -> Duration {
-        let nanos: u64 = self
-            .pids
-            .iter()
-            .flat_map(|pid| {
-                fs::read_dir(format!("/proc/{pid}/task"))
-                    .into_iter()
-                    .flatten()
-                    .flatten()
-            })
-            .filter_map(|task| fs::read_to_string(task.path().join("schedstat")).ok())
-            .filter_map(|schedstat| schedstat.split_whitespace().next()?.parse::<u64>().ok())
-            .sum();
-        Duration::from_nanos(nanos)
+        self.pids.iter().map(|pid| process::cpu_time(*pid)).sum()
     }
 
     /// CPU time from each process's `stat` (utime + stime, clock ticks):

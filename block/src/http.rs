@@ -6,6 +6,7 @@ use std::convert::Infallible;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use gridmesh_net::{AcceptBackoff, accept};
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -20,10 +21,9 @@ use crate::observe::Metrics;
 pub type Readiness = Arc<dyn Fn() -> bool + Send + Sync>;
 
 pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, ready: Readiness) {
+    let mut backoff = AcceptBackoff::default();
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
-        };
+        let (stream, _) = accept(&listener, &mut backoff, "HTTP").await;
         let (metrics, ready) = (metrics.clone(), ready.clone());
         tokio::spawn(async move {
             let service = service_fn(move |request| {

@@ -14,7 +14,6 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use gridmesh_proto::inference::grpc_inference_service_server::GrpcInferenceServiceServer;
 use tokio::net::TcpListener;
-use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 
 use crate::http;
@@ -109,7 +108,7 @@ pub async fn run(options: Options) -> Result<()> {
     };
     // Small responses must not wait for the peer's delayed ACK (Nagle): with
     // it on, p99 latency sat at 40-50 ms whatever the load.
-    let incoming = TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
+    let incoming = gridmesh_net::incoming(grpc_listener, "gRPC");
     tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(inference)

@@ -12,6 +12,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 
+use gridmesh_net::{AcceptBackoff, accept};
 use gridmesh_proto::resource::Kind;
 
 use crate::server::Shared;
@@ -25,10 +26,9 @@ pub async fn serve(listener: std::net::TcpListener, shared: Arc<Shared>) {
             return;
         }
     };
+    let mut backoff = AcceptBackoff::default();
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
-        };
+        let (stream, _) = accept(&listener, &mut backoff, "admin").await;
         let shared = shared.clone();
         tokio::spawn(async move {
             let service = service_fn(|req| {

@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use gridmesh_net::{AcceptBackoff, accept};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -56,9 +57,6 @@ const IDLE_CLOSE_GRACE: Duration = Duration::from_secs(1);
 const HANDOFF_GRACE: Duration = Duration::from_secs(2);
 /// HTTP/2 streams per connection; more are refused with REFUSED_STREAM.
 const MAX_CONCURRENT_STREAMS: u32 = 1024;
-/// Backoff after accept() fails (e.g. out of file descriptors), so the
-/// loop neither spins nor gives up.
-const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(20);
 
 fn connection_builder(spec: &ListenerSpec) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -96,20 +94,13 @@ pub async fn accept_loop(
 ) {
     let builder = Arc::new(connection_builder(&spec));
     let spec_idle = spec.idle_timeout;
+    let mut backoff = AcceptBackoff::default();
     loop {
         let (stream, peer) = tokio::select! {
             biased;
             () = context.drain.started() => return,
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    tracing::warn!(listener = %context.name, error = %e, "accept failed");
-                    tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
-                    continue;
-                }
-            },
+            accepted = accept(&listener, &mut backoff, &context.name) => accepted,
         };
-        let _ = stream.set_nodelay(true);
         context.metrics.connections.inc();
         context.metrics.connections_active.inc();
         let activity = Arc::new(Activity::default());

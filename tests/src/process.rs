@@ -112,6 +112,20 @@ pub fn venv_bin(name: &str) -> PathBuf {
     workspace_root().join(".venv/bin").join(name)
 }
 
+/// Time a process's threads have spent on a CPU, from each thread's
+/// `schedstat` (nanoseconds; `stat`'s 10 ms ticks are too coarse for short
+/// windows). Threads that have exited no longer count.
+pub fn cpu_time(pid: u32) -> Duration {
+    let nanos: u64 = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|task| std::fs::read_to_string(task.path().join("schedstat")).ok())
+        .filter_map(|schedstat| schedstat.split_whitespace().next()?.parse::<u64>().ok())
+        .sum();
+    Duration::from_nanos(nanos)
+}
+
 /// Every binary the harness runs. They are always built together, by one
 /// cargo command, so that every caller (tests, `cargo xtask test` before the
 /// tests, the demo) resolves the same features and reuses the same artifacts.
@@ -434,6 +448,8 @@ pub struct ProxyProcess {
     config_path: PathBuf,
     /// Keeps a [`ProxyConfig::Yaml`] file alive until the proxy is dropped.
     _temporary_config: Option<tempfile::NamedTempFile>,
+    /// The admin address it bound, read from its log once it served.
+    admin: Option<SocketAddr>,
 }
 
 /// A response from the proxy's admin server.
@@ -509,6 +525,7 @@ impl ProxyProcess {
             config_text,
             config_path,
             _temporary_config: temporary_config,
+            admin: None,
         })
     }
 
@@ -532,15 +549,41 @@ impl ProxyProcess {
             .with_context(|| format!("in {}", self.config_path.display()))
     }
 
-    /// The admin server's address as the bootstrap sets it.
+    /// The admin server's address: the one it bound (port 0 in the
+    /// bootstrap gets a free port) once [`Self::wait_ready`] has seen it,
+    /// else the bootstrap's.
     pub fn admin_address(&self) -> Result<SocketAddr> {
-        admin_address(&self.bootstrap()?)
+        match self.admin {
+            Some(admin) => Ok(admin),
+            None => admin_address(&self.bootstrap()?),
+        }
+    }
+
+    /// The address a listener bound, from the proxy's log (`listener
+    /// serving`): with port 0 in the bootstrap, the port it was given.
+    pub fn listener_address(&self, listener: &str) -> Result<SocketAddr> {
+        let output = strip_ansi(&self.output());
+        let line = output
+            .lines()
+            .rev()
+            .find(|l| l.contains("listener serving") && log_field(l, "listener") == Some(listener))
+            .with_context(|| format!("{} logged no serving listener {listener:?}", self.name()))?;
+        log_field(line, "addr")
+            .and_then(|a| a.parse().ok())
+            .with_context(|| format!("no address in {line:?}"))
     }
 
     /// Waits until admin `/ready` answers 200; fails with the proxy's output
     /// if it exits first or `timeout` passes.
     pub async fn wait_ready(&mut self, timeout: Duration) -> Result<()> {
-        let admin = self.admin_address()?;
+        let serving = self
+            .process
+            .wait_for_line("gridmesh-proxy serving", timeout)
+            .await?;
+        let admin = log_field(&serving, "admin")
+            .and_then(|a| a.parse().ok())
+            .with_context(|| format!("no admin address in {serving:?}"))?;
+        self.admin = Some(admin);
         self.process
             .poll_until_ready(timeout, "ready", || async move {
                 matches!(admin_get(admin, "/ready").await, Ok(response) if response.status == 200)
@@ -572,6 +615,12 @@ impl ProxyProcess {
     pub async fn terminate(&mut self, grace: Duration) -> Result<ExitStatus> {
         self.process.terminate(grace).await
     }
+}
+
+/// The value of `name=value` in a log line (values without spaces).
+fn log_field<'a>(line: &'a str, name: &str) -> Option<&'a str> {
+    line.split_whitespace()
+        .find_map(|field| field.strip_prefix(name)?.strip_prefix('='))
 }
 
 /// Parses bootstrap YAML the way the proxy does (proto3 JSON mapping).
@@ -640,29 +689,17 @@ pub async fn start_control_plane(
         "info".into(),
     ];
     let mut control = ManagedProcess::spawn("gridmesh-control", &binary, args).unwrap();
-    let start = tokio::time::Instant::now();
-    loop {
-        let output = strip_ansi(&control.output());
-        if let Some(line) = output
-            .lines()
-            .find(|l| l.contains("control plane listening"))
-        {
-            let field = |name: &str| -> SocketAddr {
-                let value = line.split(&format!("{name}=")).nth(1).unwrap();
-                value.split_whitespace().next().unwrap().parse().unwrap()
-            };
-            let (xds, admin) = (field("xds_addr"), field("admin_addr"));
-            return (control, xds, admin);
-        }
-        if let Some(status) = control.exit_status().unwrap() {
-            panic!("gridmesh-control exited ({status}):\n{output}");
-        }
-        assert!(
-            start.elapsed() < CONTROL_PLANE_START,
-            "gridmesh-control did not start:\n{output}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let line = control
+        .wait_for_line("control plane listening", CONTROL_PLANE_START)
+        .await
+        .unwrap();
+    let field = |name: &str| -> SocketAddr {
+        log_field(&line, name)
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in {line:?}"))
+    };
+    let (xds, admin) = (field("xds_addr"), field("admin_addr"));
+    (control, xds, admin)
 }
 
 /// Log text without terminal colour codes.

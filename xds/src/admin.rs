@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
+use gridmesh_net::{AcceptBackoff, accept};
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -18,13 +19,11 @@ use tokio::net::TcpListener;
 use crate::{Shared, status};
 
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
+    let mut backoff = AcceptBackoff::default();
     loop {
-        let accepted = tokio::select! {
+        let (stream, _) = tokio::select! {
             () = shared.shutdown.cancelled() => return,
-            accepted = listener.accept() => accepted,
-        };
-        let Ok((stream, _)) = accepted else {
-            continue;
+            accepted = accept(&listener, &mut backoff, "admin") => accepted,
         };
         let shared = shared.clone();
         tokio::spawn(async move {

@@ -24,7 +24,6 @@ use std::time::Duration;
 use tokio::net::TcpSocket;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
 
 /// Connections the kernel queues before the server accepts them. A whole
 /// fleet reconnects at once after a control-plane restart; with tokio's
@@ -147,13 +146,14 @@ impl ControlPlane {
             let shared = shared.clone();
             async move {
                 let served = tonic::transport::Server::builder()
-                    .tcp_nodelay(true)
                     // Finds sidecars that vanished without closing.
                     .http2_keepalive_interval(Some(Duration::from_secs(30)))
                     .http2_keepalive_timeout(Some(Duration::from_secs(10)))
                     .add_service(server::service(shared.clone()))
                     .serve_with_incoming_shutdown(
-                        TcpListenerStream::new(xds),
+                        // Sets TCP_NODELAY (tonic ignores its own setting
+                        // with an incoming stream) and waits out EMFILE.
+                        gridmesh_net::incoming(xds, "xDS"),
                         shared.shutdown.clone().cancelled_owned(),
                     )
                     .await;

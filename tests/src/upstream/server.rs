@@ -2,8 +2,8 @@
 //! or h2c), then dispatch of each request to gRPC or plain HTTP.
 
 use std::sync::Arc;
-use std::time::Duration;
 
+use gridmesh_net::{AcceptBackoff, accept};
 use gridmesh_proto::testing::echo_server::EchoServer;
 use http::{HeaderValue, Request, Response};
 use hyper::body::Incoming;
@@ -23,10 +23,6 @@ use super::{UpstreamStats, http_endpoints};
 /// limits a test or the benchmark (hyper's default is 200); the benchmark opens
 /// 1,000 concurrent gRPC streams over one connection.
 const MAX_CONCURRENT_STREAMS: u32 = 16_384;
-
-/// How long to wait before accepting again after an accept error such as
-/// EMFILE, so that a full file table does not turn the loop into a busy spin.
-const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(50);
 
 pub(super) struct Server {
     /// `x-upstream` value, built once so that answering costs no allocation.
@@ -71,18 +67,13 @@ impl Server {
     pub(super) async fn run(self, listener: TcpListener, shutdown: CancellationToken) {
         let server = Arc::new(self);
         let mut connections = JoinSet::new();
+        let mut backoff = AcceptBackoff::default();
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
-                accepted = listener.accept() => match accepted {
-                    Ok((stream, _peer)) => {
-                        connections.spawn(server.clone().serve_connection(stream, shutdown.clone()));
-                    }
-                    Err(error) => {
-                        tracing::warn!(%error, "upstream accept failed");
-                        tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
-                    }
-                },
+                (stream, _peer) = accept(&listener, &mut backoff, "upstream") => {
+                    connections.spawn(server.clone().serve_connection(stream, shutdown.clone()));
+                }
                 // Reap finished connections so the set stays as small as the
                 // number of open ones.
                 Some(_) = connections.join_next(), if !connections.is_empty() => {}
@@ -94,10 +85,6 @@ impl Server {
 
     async fn serve_connection(self: Arc<Self>, stream: TcpStream, shutdown: CancellationToken) {
         UpstreamStats::count(&self.stats.connections);
-        // Small request/response exchanges must not wait for Nagle's timer.
-        if let Err(error) = stream.set_nodelay(true) {
-            tracing::debug!(%error, "TCP_NODELAY not set");
-        }
         let server = self.clone();
         let service = service_fn(move |request| server.clone().handle(request));
         let connection = self

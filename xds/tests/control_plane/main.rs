@@ -6,4 +6,5 @@ mod config;
 mod delta;
 mod fixtures;
 mod harness;
+mod sockets;
 mod sotw;
