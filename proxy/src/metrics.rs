@@ -3,6 +3,9 @@
 //! error reasons are a closed enum. Handles are resolved once per cluster and
 //! listener so the request path only touches atomics.
 
+use std::collections::HashMap;
+
+use prometheus::core::{Collector, MetricVec, MetricVecBuilder};
 use prometheus::{
     Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry,
@@ -239,6 +242,31 @@ impl Metrics {
         }
     }
 
+    /// Drops every series of a cluster that left the config, so that xDS
+    /// churn cannot grow `/metrics` without bound. Requests still in flight
+    /// on the old cluster count into handles no longer exported.
+    pub fn remove_cluster(&self, cluster: &str) {
+        let label = ("cluster", cluster);
+        remove_series(&self.upstream_requests, label);
+        remove_series(&self.upstream_responses, label);
+        remove_series(&self.upstream_response_headers, label);
+        remove_series(&self.upstream_duration, label);
+        remove_series(&self.upstream_retries, label);
+        remove_series(&self.upstream_overflow, label);
+        remove_series(&self.upstream_connects, label);
+        remove_series(&self.upstream_connect_errors, label);
+        remove_series(&self.upstream_connections_active, label);
+    }
+
+    /// Drops every series of a listener that left the config.
+    pub fn remove_listener(&self, listener: &str) {
+        let label = ("listener", listener);
+        remove_series(&self.downstream_connections_active, label);
+        remove_series(&self.downstream_connections, label);
+        remove_series(&self.downstream_requests, label);
+        remove_series(&self.local_replies, label);
+    }
+
     pub fn encode(&self) -> String {
         prometheus::TextEncoder::new()
             .encode_to_string(&self.registry.gather())
@@ -264,6 +292,25 @@ impl ListenerMetrics {
         self.local_replies
             .with_label_values(&[self.listener.as_str(), reason])
             .inc();
+    }
+}
+
+/// Removes every series of `family` whose label `name` has `value`, whatever
+/// its other labels (the prometheus crate removes only exact label sets).
+/// Walks the family's series: for config changes, never per request.
+fn remove_series<T: MetricVecBuilder>(family: &MetricVec<T>, (name, value): (&str, &str)) {
+    for metric_family in family.collect() {
+        for metric in metric_family.get_metric() {
+            let labels: HashMap<&str, &str> = metric
+                .get_label()
+                .iter()
+                .map(|pair| (pair.name(), pair.value()))
+                .collect();
+            if labels.get(name) == Some(&value) {
+                // Already gone if a concurrent removal got there first.
+                let _ = family.remove(&labels);
+            }
+        }
     }
 }
 

@@ -1,6 +1,7 @@
 //! State every request, the admin server and the xDS client can see, and
 //! the one way config changes: [`Shared::apply`].
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -121,8 +122,10 @@ impl Shared {
                 Some(&current),
             )?
         };
+        let gone = Departed::between(&current.snapshot, &staged.runtime.snapshot);
         self.runtime.store(Arc::new(staged.runtime));
         self.listeners.commit(staged.plan, self, drain_timeout);
+        gone.remove_metrics(&self.metrics);
         Ok(())
     }
 
@@ -139,5 +142,42 @@ impl Shared {
         let timeout = self.runtime.load().snapshot.drain_timeout;
         self.drain.start(timeout);
         self.listeners.drain_all(timeout);
+    }
+}
+
+/// Clusters and listeners a config change removed: their metric series go
+/// with them.
+struct Departed {
+    clusters: Vec<String>,
+    listeners: Vec<String>,
+}
+
+impl Departed {
+    fn between(before: &Snapshot, after: &Snapshot) -> Departed {
+        let clusters: HashSet<&str> = after.clusters.iter().map(|c| c.name.as_str()).collect();
+        let listeners: HashSet<&str> = after.listeners.iter().map(|l| l.name.as_str()).collect();
+        Departed {
+            clusters: before
+                .clusters
+                .iter()
+                .filter(|c| !clusters.contains(c.name.as_str()))
+                .map(|c| c.name.clone())
+                .collect(),
+            listeners: before
+                .listeners
+                .iter()
+                .filter(|l| !listeners.contains(l.name.as_str()))
+                .map(|l| l.name.clone())
+                .collect(),
+        }
+    }
+
+    fn remove_metrics(&self, metrics: &Metrics) {
+        for cluster in &self.clusters {
+            metrics.remove_cluster(cluster);
+        }
+        for listener in &self.listeners {
+            metrics.remove_listener(listener);
+        }
     }
 }

@@ -9,10 +9,10 @@ use std::time::Duration;
 use gridmesh_proto::config::Bootstrap;
 use gridmesh_proto::testing::EchoRequest;
 use gridmesh_tests::harness::{
-    self, TestProxy, closed_port, collect, get, grpc_echo_client, http1_client, metric_value,
-    render, within,
+    self, TestProxy, closed_port, collect, get, grpc_echo_client, http1_client, render, within,
 };
 use gridmesh_tests::process::{self, GRIDMESH_PROXY, ProxyConfig, ProxyProcess};
+use gridmesh_tests::prometheus;
 use gridmesh_tests::upstream::UpstreamHandle;
 use http::StatusCode;
 use tonic::Code;
@@ -65,11 +65,12 @@ async fn setup() -> Setup {
     }
 }
 
-fn series(metrics: &str) -> BTreeSet<String> {
-    metrics
-        .lines()
-        .filter(|l| !l.starts_with('#') && !l.is_empty())
-        .map(|l| l.rsplit_once(' ').map_or(l, |(s, _)| s).to_string())
+/// Every series (name and labels) in the text.
+fn series(metrics: &str) -> BTreeSet<(String, Vec<(String, String)>)> {
+    prometheus::parse(metrics)
+        .unwrap()
+        .into_iter()
+        .map(|s| (s.name, s.labels))
         .collect()
 }
 
@@ -158,7 +159,10 @@ async fn metrics_after_traffic() {
         .unwrap();
 
     let m = s.proxy.metrics().await;
-    let value = |name: &str, labels: &[(&str, &str)]| metric_value(&m, name, labels);
+    let value = |name: &str, labels: &[(&str, &str)]| {
+        prometheus::value(&m, name, labels)
+            .unwrap_or_else(|| panic!("no series {name} {labels:?} in:\n{m}"))
+    };
     let up = [("cluster", "up")];
     // 4 + 404 + 503 + route miss + dead + 2 gRPC + 1 = 11 requests.
     assert_eq!(
@@ -224,7 +228,8 @@ async fn metrics_after_traffic() {
                     "gridmesh_downstream_connections_active",
                     &[("listener", "in")],
                 )
-                .await;
+                .await
+                .expect("the listener's active connections gauge");
             if v == 2.0 {
                 break;
             }
@@ -246,12 +251,11 @@ async fn metrics_after_traffic() {
         "gridmesh_upstream_request_duration_seconds",
         "gridmesh_upstream_response_headers_seconds",
     ] {
-        let buckets: Vec<f64> = m
-            .lines()
-            .filter(|l| {
-                l.starts_with(&format!("{histogram}_bucket{{")) && l.contains("cluster=\"up\"")
-            })
-            .map(|l| l.rsplit_once(' ').unwrap().1.parse().unwrap())
+        let buckets: Vec<f64> = prometheus::parse(&m)
+            .unwrap()
+            .into_iter()
+            .filter(|s| s.name == format!("{histogram}_bucket") && s.has(&up))
+            .map(|s| s.value)
             .collect();
         assert!(buckets.len() >= 10, "{histogram}: {buckets:?}");
         assert!(
@@ -279,7 +283,8 @@ async fn metrics_after_traffic() {
                     "gridmesh_downstream_connections_active",
                     &[("listener", "in")],
                 )
-                .await;
+                .await
+                .expect("the listener's active connections gauge");
             if v == 0.0 {
                 break;
             }
@@ -320,12 +325,12 @@ async fn metric_label_cardinality_is_bounded() {
     );
     assert!(!text.contains("/path/"), "a path leaked into a label");
     assert_eq!(
-        metric_value(
+        prometheus::value(
             &text,
             "gridmesh_downstream_requests_total",
             &[("listener", "in")]
         ),
-        210.0
+        Some(210.0)
     );
 }
 
@@ -446,4 +451,67 @@ clusters: [{ name: up }]
     assert!(snapshot.admin_addr.ip().is_loopback());
     let s = setup().await;
     assert!(s.proxy.admin().ip().is_loopback());
+}
+
+/// Under xDS churn `/metrics` must not grow without bound: a cluster or a
+/// listener that leaves the config takes its series with it, whatever
+/// their other labels (response codes, breakers, reasons).
+#[tokio::test]
+async fn series_of_removed_clusters_and_listeners_go_with_them() {
+    let up = harness::upstream("a").await;
+    let config = |i: usize| {
+        render(
+            r#"
+listeners:
+  - { name: l${i}, address: "127.0.0.1:0", routeTable: rt }
+routeTables:
+  - name: rt
+    virtualHosts:
+      - name: all
+        domains: ["*"]
+        routes: [{ name: all, route: { cluster: c${i} } }]
+clusters: [{ name: c${i} }]
+endpoints: [{ cluster: c${i}, endpoints: ${up} }]
+"#,
+            &[("i", &i), ("up", &harness::endpoints(&[up.local_addr()]))],
+        )
+    };
+    let proxy = harness::proxy(&config(0)).await;
+    for i in 0..20 {
+        if i > 0 {
+            proxy.apply(harness::snapshot(&config(i))).unwrap();
+        }
+        let listener = proxy.addr(&format!("l{i}"));
+        assert_eq!(
+            http1_client().get(listener, "svc", "/echo").await.status,
+            200
+        );
+        assert_eq!(
+            http1_client()
+                .get(listener, "svc", "/status/503")
+                .await
+                .status,
+            503
+        );
+        let text = proxy.metrics().await;
+        let (cluster, name) = (format!("c{i}"), format!("l{i}"));
+        assert_eq!(
+            prometheus::value(
+                &text,
+                "gridmesh_upstream_responses_total",
+                &[("cluster", &cluster), ("code", "503")]
+            ),
+            Some(1.0),
+            "{text}"
+        );
+        let samples = prometheus::parse(&text).unwrap();
+        let labelled = |label: &str| -> BTreeSet<String> {
+            samples
+                .iter()
+                .filter_map(|s| s.label(label).map(str::to_string))
+                .collect()
+        };
+        assert_eq!(labelled("cluster"), BTreeSet::from([cluster]), "{text}");
+        assert_eq!(labelled("listener"), BTreeSet::from([name]), "{text}");
+    }
 }
