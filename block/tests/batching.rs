@@ -9,9 +9,10 @@ mod support;
 use std::time::Duration;
 
 use gridmesh_proto::inference::{ModelInferRequest, ModelInferResponse, ServerReadyRequest};
+use gridmesh_tests::prometheus;
 use support::{
     BlockServer, Client, Form, STOP_GRACE, Tolerance, assert_output, batch_counts, copy_models,
-    infer_request, metric, model_labels, model_stats, probe_request, probe_result, test_models,
+    infer_request, model_labels, model_stats, probe_request, probe_result, test_models,
 };
 use tokio::task::JoinHandle;
 use tonic::{Code, Status};
@@ -53,7 +54,7 @@ async fn probe_server(extra_args: &[&str]) -> (BlockServer, tempfile::TempDir) {
 /// batch_probe's gauge `name` (waiting or running) as /metrics shows it.
 async fn probe_gauge(server: &BlockServer, name: &str) -> Option<f64> {
     let text = server.metrics().await;
-    metric(
+    prometheus::sum(
         &text,
         &format!("gridmesh_block:{name}"),
         &model_labels("batch_probe", "1"),
@@ -121,12 +122,12 @@ async fn concurrent_requests_run_as_one_batch_and_each_gets_its_own_row() {
     let text = server.metrics().await;
     let labels = model_labels("batch_probe", "1");
     assert_eq!(
-        metric(&text, "gridmesh_block:batch_size_count", &labels),
+        prometheus::sum(&text, "gridmesh_block:batch_size_count", &labels),
         Some(1.0),
         "{text}"
     );
     assert_eq!(
-        metric(&text, "gridmesh_block:batch_size_sum", &labels),
+        prometheus::sum(&text, "gridmesh_block:batch_size_sum", &labels),
         Some(8.0),
         "{text}"
     );
@@ -232,8 +233,8 @@ async fn requests_cancelled_while_queued_are_never_computed() {
     server
         .poll("3 cancelled requests in /metrics", async || {
             let text = server.metrics().await;
-            let failures = metric(&text, "gridmesh_block:request_failure_total", &labels);
-            let waiting = metric(
+            let failures = prometheus::sum(&text, "gridmesh_block:request_failure_total", &labels);
+            let waiting = prometheus::sum(
                 &text,
                 "gridmesh_block:num_requests_waiting",
                 &model_labels("batch_probe", "1"),
@@ -294,7 +295,7 @@ async fn a_full_queue_rejects_with_resource_exhausted_and_serves_the_accepted() 
         ("reason", "queue_full"),
     ];
     assert_eq!(
-        metric(&text, "gridmesh_block:request_failure_total", &labels),
+        prometheus::sum(&text, "gridmesh_block:request_failure_total", &labels),
         Some(f64::from(rejected)),
         "{text}"
     );
@@ -342,7 +343,7 @@ async fn sigterm_finishes_queued_requests_refuses_new_ones_and_exits_0() {
     if let Ok(metrics) = gridmesh_tests::process::admin_get(server.http, "/metrics").await {
         let labels = [("model_name", "batch_probe"), ("reason", "draining")];
         assert_eq!(
-            metric(
+            prometheus::sum(
                 &metrics.body,
                 "gridmesh_block:request_failure_total",
                 &labels

@@ -15,9 +15,10 @@ use gridmesh_proto::inference::{
     ModelInferResponse, ModelMetadataRequest, ModelReadyRequest, ServerLiveRequest,
     ServerMetadataRequest, ServerReadyRequest,
 };
+use gridmesh_tests::prometheus;
 use support::{
     BlockServer, Client, Form, Tolerance, assert_output, batch_counts, f16_bits_to_f64,
-    f64_to_f16_bits, infer_request, load_report, metric, model_labels, model_stats, output_names,
+    f64_to_f16_bits, infer_request, load_report, model_labels, model_stats, output_names,
     request_outputs, test_models,
 };
 use tonic::Code;
@@ -544,8 +545,8 @@ async fn prometheus_metrics_count_requests_per_model_version() {
         .poll("the success counters in /metrics", async || {
             let text = server.metrics().await;
             let counts = (
-                metric(&text, success, &model_labels("mlp", "1")),
-                metric(&text, success, &model_labels("mlp", "2")),
+                prometheus::sum(&text, success, &model_labels("mlp", "1")),
+                prometheus::sum(&text, success, &model_labels("mlp", "2")),
             );
             (counts == (Some(2.0), Some(1.0))).then_some(text)
         })
@@ -567,7 +568,7 @@ async fn prometheus_metrics_count_requests_per_model_version() {
         );
     }
     let labels = model_labels("mlp", "1");
-    let sample = |name: &str| metric(&text, name, &labels);
+    let sample = |name: &str| prometheus::sum(&text, name, &labels);
     assert_eq!(
         sample("gridmesh_block:e2e_request_latency_seconds_count"),
         Some(2.0),

@@ -49,6 +49,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tonic::transport::{Channel, Endpoint};
 
+use crate::prometheus;
 use crate::upstream::{self, UpstreamHandle};
 
 pub use gridmesh_proxy::ERROR_HEADER;
@@ -283,9 +284,10 @@ impl TestProxy {
     }
 
     /// The value of one sample in `/metrics`, e.g.
-    /// `metric("gridmesh_requests_total", &[("listener", "in")])`; 0 when absent.
-    pub async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        metric_value(&self.metrics().await, name, labels)
+    /// `metric("gridmesh_requests_total", &[("listener", "in")])`; `None`
+    /// when there is no such series.
+    pub async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        prometheus::value(&self.metrics().await, name, labels)
     }
 
     /// Drains and waits until the proxy has stopped (bounded by [`TIMEOUT`]
@@ -315,31 +317,6 @@ impl Drop for TestProxy {
             proxy.drain();
         }
     }
-}
-
-/// One sample from Prometheus text: the first line for `name` whose labels
-/// include every pair given; 0 when there is none.
-pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
-    for line in text.lines().filter(|l| !l.starts_with('#')) {
-        let Some(rest) = line.strip_prefix(name) else {
-            continue;
-        };
-        let (label_text, value) = match rest.strip_prefix('{') {
-            Some(r) => match r.split_once('}') {
-                Some((l, v)) => (l, v),
-                None => continue,
-            },
-            None if rest.starts_with(' ') => ("", rest),
-            None => continue,
-        };
-        let all = labels
-            .iter()
-            .all(|(k, v)| label_text.contains(&format!("{k}=\"{v}\"")));
-        if all && let Ok(v) = value.trim().parse() {
-            return v;
-        }
-    }
-    0.0
 }
 
 // --------------------------------------------------------------- upstreams

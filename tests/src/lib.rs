@@ -1,6 +1,7 @@
 //! Test harness shared by the end-to-end tests, the benchmark and the demo.
 pub mod harness;
 pub mod process;
+pub mod prometheus;
 pub mod test_models;
 pub mod upstream;
 pub mod xds_script;

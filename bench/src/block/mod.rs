@@ -496,7 +496,7 @@ async fn measure_round(
             let after = Snapshot::take(server.http, &mut statistics, &tree, mode.model()).await?;
             let background_cores = background.cores();
             let outcome = client::collect(callers).await;
-            let side = scrape::between(&before, &after, mode.model());
+            let side = scrape::between(&before, &after, mode.model())?;
             let window = settings.level_duration.as_secs_f64();
             let latency = &outcome.latency_ns;
             let ms = |q: f64| latency.value_at_quantile(q) as f64 / 1e6;

@@ -10,6 +10,7 @@ use anyhow::{Context, Result, ensure};
 use gridmesh_proto::inference::ModelStatisticsRequest;
 use gridmesh_proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
 use gridmesh_tests::process::admin_get;
+use gridmesh_tests::prometheus;
 use serde::Serialize;
 use tonic::transport::Channel;
 
@@ -30,46 +31,37 @@ pub struct PromHistogram {
 }
 
 impl PromHistogram {
-    /// The series of `name` for `model` version 1 in a text exposition.
-    pub fn parse(text: &str, name: &str, model: &str) -> Self {
-        let labels = format!("model_name=\"{model}\",model_version=\"1\"");
+    /// The series of `name` for `model` version 1 in a text exposition;
+    /// an error when the exposition does not parse or lacks the series.
+    pub fn parse(text: &str, name: &str, model: &str) -> Result<Self> {
+        let labels = [("model_name", model), ("model_version", "1")];
         let mut histogram = Self::default();
-        for line in text.lines().filter(|line| !line.starts_with('#')) {
-            let Some((series, value)) = line.rsplit_once(' ') else {
-                continue;
-            };
-            let Ok(value) = value.parse::<f64>() else {
-                continue;
-            };
-            let Some((metric, rest)) = series.split_once('{') else {
-                continue;
-            };
-            if !rest.contains(&labels) {
+        let (mut sum, mut count) = (None, None);
+        for sample in prometheus::parse(text)? {
+            if !sample.has(&labels) {
                 continue;
             }
-            match metric.strip_prefix(name) {
+            match sample.name.strip_prefix(name) {
                 Some("_bucket") => {
-                    let Some(le) = rest
-                        .split("le=\"")
-                        .nth(1)
-                        .and_then(|le| le.split('"').next())
-                    else {
-                        continue;
-                    };
-                    let bound = if le == "+Inf" {
-                        f64::INFINITY
-                    } else {
-                        le.parse().unwrap_or(f64::NAN)
-                    };
-                    histogram.buckets.push((bound, value));
+                    let le = sample.label("le").context("a bucket without le")?;
+                    let bound = le
+                        .parse::<f64>()
+                        .with_context(|| format!("bucket bound {le:?}"))?;
+                    histogram.buckets.push((bound, sample.value));
                 }
-                Some("_sum") => histogram.sum = value,
-                Some("_count") => histogram.count = value,
+                Some("_sum") => sum = Some(sample.value),
+                Some("_count") => count = Some(sample.value),
                 _ => {}
             }
         }
+        histogram.sum = sum.with_context(|| format!("no {name}_sum for {model}"))?;
+        histogram.count = count.with_context(|| format!("no {name}_count for {model}"))?;
+        ensure!(
+            !histogram.buckets.is_empty(),
+            "no {name} buckets for {model}"
+        );
         histogram.buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
-        histogram
+        Ok(histogram)
     }
 
     /// What was observed between `before` and `self`.
@@ -244,17 +236,19 @@ pub struct ServerSide {
     pub window_s: f64,
 }
 
-pub fn between(before: &Snapshot, after: &Snapshot, model: &str) -> ServerSide {
-    let histogram = |name: &str| {
-        PromHistogram::parse(&after.metrics, name, model).since(&PromHistogram::parse(
-            &before.metrics,
-            name,
-            model,
-        ))
+pub fn between(before: &Snapshot, after: &Snapshot, model: &str) -> Result<ServerSide> {
+    let histogram = |name: &str| -> Result<PromHistogram> {
+        Ok(
+            PromHistogram::parse(&after.metrics, name, model)?.since(&PromHistogram::parse(
+                &before.metrics,
+                name,
+                model,
+            )?),
+        )
     };
-    let queue = histogram(QUEUE_TIME);
-    let inference = histogram(INFERENCE_TIME);
-    let batch = histogram(BATCH_SIZE);
+    let queue = histogram(QUEUE_TIME)?;
+    let inference = histogram(INFERENCE_TIME)?;
+    let batch = histogram(BATCH_SIZE)?;
     let executions = after.executions - before.executions;
     let inferences = after.inferences - before.inferences;
     let ms = |seconds: f64| seconds * 1e3;
@@ -269,7 +263,7 @@ pub fn between(before: &Snapshot, after: &Snapshot, model: &str) -> ServerSide {
         })
         .filter(|(_, count)| *count > 0.0)
         .collect();
-    ServerSide {
+    Ok(ServerSide {
         mean_batch_size: if executions > 0 {
             inferences as f64 / executions as f64
         } else {
@@ -306,7 +300,7 @@ pub fn between(before: &Snapshot, after: &Snapshot, model: &str) -> ServerSide {
         server_cpu_ms: (after.server_cpu - before.server_cpu).as_secs_f64() * 1e3,
         client_cpu_ms: (after.client_cpu - before.client_cpu).as_secs_f64() * 1e3,
         window_s: (after.at - before.at).as_secs_f64(),
-    }
+    })
 }
 
 #[cfg(test)]
@@ -336,7 +330,8 @@ mod tests {
             &exposition(&[("1", 10), ("2", 10), ("4", 10), ("+Inf", 10)], 10.0, 10),
             BATCH_SIZE,
             "cnn",
-        );
+        )
+        .unwrap();
         let after = PromHistogram::parse(
             &exposition(
                 &[("1", 10), ("2", 60), ("4", 110), ("+Inf", 110)],
@@ -345,8 +340,10 @@ mod tests {
             ),
             BATCH_SIZE,
             "cnn",
-        );
+        )
+        .unwrap();
         assert_eq!(before.buckets.len(), 4);
+        assert!(PromHistogram::parse("", BATCH_SIZE, "cnn").is_err());
         let window = after.since(&before);
         assert_eq!(window.count, 100.0);
         assert_eq!(window.mean(), 3.0);

@@ -607,43 +607,6 @@ pub fn batch_counts(stats: &ModelStatistics) -> HashMap<u64, u64> {
 // ---------------------------------------------------------------------------
 // Prometheus text
 
-/// The sum of the samples of `name` whose labels include every `labels`
-/// pair, or None if no sample matches.
-pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    let mut total = None;
-    for line in text.lines() {
-        if line.starts_with('#') {
-            continue;
-        }
-        let Some(rest) = line.strip_prefix(name) else {
-            continue;
-        };
-        let (label_text, value) = if let Some(rest) = rest.strip_prefix('{') {
-            let Some((label_text, value)) = rest.split_once('}') else {
-                continue;
-            };
-            (label_text, value)
-        } else if rest.starts_with(' ') {
-            ("", rest)
-        } else {
-            continue; // a longer name that starts with `name`
-        };
-        if !labels
-            .iter()
-            .all(|(k, v)| label_text.split(',').any(|l| l == format!("{k}=\"{v}\"")))
-        {
-            continue;
-        }
-        let value: f64 = value
-            .split_whitespace()
-            .next()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("unparseable sample: {line}"));
-        *total.get_or_insert(0.0) += value;
-    }
-    total
-}
-
 /// The labels every per-model series carries.
 pub fn model_labels<'a>(model: &'a str, version: &'a str) -> Vec<(&'a str, &'a str)> {
     vec![("model_name", model), ("model_version", version)]

@@ -58,6 +58,11 @@ impl Limits {
         self.requests.current.load(Ordering::Relaxed)
     }
 
+    /// Requests waiting for a connection (at the connection cap).
+    pub fn pending_requests(&self) -> u32 {
+        self.pending.current.load(Ordering::Relaxed)
+    }
+
     pub fn open_connections(&self) -> u32 {
         self.connections.current.load(Ordering::Relaxed)
     }

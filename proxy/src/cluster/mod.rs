@@ -333,6 +333,7 @@ impl Cluster {
             name: spec.name.clone(),
             lb_policy: spec.lb_policy.as_str_name(),
             requests_in_flight: self.limits.requests_in_flight(),
+            requests_pending: self.limits.pending_requests(),
             connections_open: self.limits.open_connections(),
             endpoints: balancer
                 .endpoints()
@@ -377,6 +378,8 @@ pub struct ClusterStatus {
     name: String,
     lb_policy: &'static str,
     requests_in_flight: u32,
+    /// Waiting for a connection (`maxPendingRequests` caps it).
+    requests_pending: u32,
     connections_open: u32,
     endpoints: Vec<EndpointStatus>,
 }

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use anyhow::{Result, bail};
 use gridmesh_tests::process::ProxyProcess;
+use gridmesh_tests::prometheus;
 use serde_json::Value;
 
 use super::inference::InferenceReport;
@@ -119,11 +120,10 @@ fn scalar_text(value: &Value) -> String {
 /// A Prometheus counter sample (`..._total`) that has counted something;
 /// zeros and histogram series would bury the interesting lines.
 fn is_nonzero_counter(line: &str) -> bool {
-    let Some((series, value)) = line.rsplit_once(' ') else {
-        return false;
-    };
-    let name = series.split('{').next().unwrap_or(series);
-    !line.starts_with('#') && name.ends_with("_total") && value != "0"
+    matches!(
+        prometheus::parse(line).as_deref(),
+        Ok([sample]) if sample.name.ends_with("_total") && sample.value != 0.0
+    )
 }
 
 pub struct Report<'a> {
