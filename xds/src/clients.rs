@@ -77,7 +77,25 @@ pub struct TypeView {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Subscribed {
     pub wildcard: bool,
+    /// The first [`Subscribed::SHOWN`] names, in name order: a stream may
+    /// name up to 100,000, and copying them all after every request would
+    /// make each request cost what the stream holds.
     pub names: Vec<String>,
+    /// How many names are subscribed in all.
+    #[serde(default)]
+    pub count: usize,
+}
+
+impl Subscribed {
+    pub const SHOWN: usize = 64;
+
+    pub fn of<'a>(wildcard: bool, names: impl ExactSizeIterator<Item = &'a str>) -> Subscribed {
+        Subscribed {
+            wildcard,
+            count: names.len(),
+            names: names.take(Self::SHOWN).map(str::to_string).collect(),
+        }
+    }
 }
 
 /// A response the client rejected.

@@ -160,6 +160,10 @@ fn subscribed(t: &TypeView) -> String {
         parts.push("*".to_string());
     }
     parts.extend(t.subscribed.names.iter().cloned());
+    let hidden = t.subscribed.count.saturating_sub(t.subscribed.names.len());
+    if hidden > 0 {
+        parts.push(format!("... ({hidden} more)"));
+    }
     if parts.is_empty() {
         "(nothing)".into()
     } else {

@@ -17,8 +17,9 @@ use std::sync::Arc;
 use gridmesh_proto::discovery::{DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource};
 use gridmesh_proto::envoy::config::core::v3::Node;
 use gridmesh_proto::resource::Kind;
+use tonic::Status;
 
-use super::{Answer, Answers, Context, Nonce, StreamState};
+use super::{Answer, Answers, Context, MAX_SUBSCRIBED_NAMES, Nonce, StreamState};
 use crate::clients::{Protocol, Subscribed, TypeView};
 use crate::snapshot::{Entry, Resources, Snapshot, parse_version, version_text};
 
@@ -53,8 +54,18 @@ struct TypeState {
     /// Resources held when the client last acknowledged the latest
     /// response (with nothing else of the type left unanswered).
     acked: usize,
-    /// Needs comparing with the snapshot.
+    /// Every subscribed resource needs comparing with the snapshot: a new
+    /// snapshot, the first request, a wildcard subscribed.
     dirty: bool,
+    /// Names whose subscription changed since the last look. When nothing
+    /// else changed only these are compared, so a request costs what it
+    /// names, not what the stream holds.
+    touched: BTreeSet<Arc<str>>,
+    /// Names unsubscribed while the wildcard still covers them: the client
+    /// cannot tell whether to keep them, so it is told either way — the
+    /// resource again if served, its removal if not (the protocol's one
+    /// exception to unsubscribing silently).
+    ambiguous: HashSet<Arc<str>>,
     /// No response sent yet: the first one goes out even if empty, so the
     /// client knows the type is current.
     initial: bool,
@@ -82,9 +93,16 @@ impl StreamState for State {
         &request.type_url
     }
 
-    fn on_request(&mut self, kind: Kind, request: DeltaDiscoveryRequest, ctx: &Context<'_>) {
+    fn on_request(
+        &mut self,
+        kind: Kind,
+        request: DeltaDiscoveryRequest,
+        ctx: &Context<'_>,
+    ) -> Result<(), Status> {
         let state = match self.types.get_mut(&kind) {
             Some(state) => {
+                // Subscription changes apply whatever the nonce: only the
+                // ACK/NACK is tied to it.
                 let answer = state.answers.answer(
                     kind,
                     &request.response_nonce,
@@ -104,6 +122,7 @@ impl StreamState for State {
                 state.wildcard = request.resource_names_subscribe.is_empty();
                 state.initial = true;
                 state.dirty = true;
+                check_names(kind, request.initial_resource_versions.len())?;
                 let mut held: Vec<(Arc<str>, u64)> = request
                     .initial_resource_versions
                     .into_iter()
@@ -119,22 +138,38 @@ impl StreamState for State {
                 state.dirty |= !state.wildcard;
                 state.wildcard = true;
             } else {
-                state.dirty |= state.names.insert(Arc::from(name));
+                let name: Arc<str> = Arc::from(name);
+                if state.names.insert(name.clone()) {
+                    state.touched.insert(name);
+                }
             }
         }
+        check_names(kind, state.names.len())?;
+        let mut dropped_wildcard = false;
         for name in request.resource_names_unsubscribe {
             if name == WILDCARD {
+                dropped_wildcard |= state.wildcard;
                 state.wildcard = false;
-            } else {
-                state.names.remove(name.as_str());
+            } else if let Some(name) = state.names.take(name.as_str()) {
+                state.told_absent.remove(&name);
+                if state.wildcard {
+                    // Compared again below, as if the client held nothing.
+                    state.forget(&name);
+                    state.ambiguous.insert(name.clone());
+                    state.touched.insert(name);
+                } else {
+                    // The client drops it by itself.
+                    state.forget(&name);
+                }
             }
+            // Anything else is a phantom unsubscription: nothing to do.
         }
-        // The client drops what it unsubscribed from by itself.
-        if !state.wildcard {
+        if dropped_wildcard {
+            // The client drops what only the wildcard gave it.
             let names = &state.names;
             state.held.retain(|(n, _)| names.contains(n));
-            state.told_absent.retain(|n| names.contains(n));
         }
+        Ok(())
     }
 
     fn on_snapshot(&mut self) {
@@ -151,12 +186,21 @@ impl StreamState for State {
         let mut upserts = Vec::new();
         let mut removals = Vec::new();
         for kind in Kind::PUSH_ORDER {
-            let Some(state) = self.types.get_mut(&kind).filter(|s| s.dirty) else {
+            let Some(state) = self
+                .types
+                .get_mut(&kind)
+                .filter(|s| s.dirty || !s.touched.is_empty())
+            else {
                 continue;
             };
-            state.dirty = false;
             let served = snapshot.resources(kind);
-            let (resources, removed) = state.diff(served);
+            let (resources, removed) = if std::mem::take(&mut state.dirty) {
+                state.diff(served)
+            } else {
+                state.diff_touched(served)
+            };
+            state.touched.clear();
+            state.ambiguous.clear();
             let initial = std::mem::take(&mut state.initial);
             if !resources.is_empty() || (initial && removed.is_empty()) {
                 let size = |name: &Arc<str>| {
@@ -227,10 +271,7 @@ impl StreamState for State {
         self.types
             .iter()
             .map(|(kind, state)| {
-                let subscribed = Subscribed {
-                    wildcard: state.wildcard,
-                    names: state.names.iter().map(|n| n.to_string()).collect(),
-                };
+                let subscribed = Subscribed::of(state.wildcard, state.names.iter().map(|n| &**n));
                 TypeView {
                     held: Some(state.held.len()),
                     acked: Some(state.acked),
@@ -314,19 +355,81 @@ impl TypeState {
         }
         removed.extend(old.map(|(h, _)| h));
         self.held = held;
+        // Named subscriptions to resources that do not exist are told once
+        // (again once a resource comes and goes); ambiguous ones always.
         self.told_absent
             .retain(|name| !served.entries.contains_key(name));
         for name in &self.names {
-            if !served.entries.contains_key(name)
-                && self.told_absent.insert(name.clone())
-                && !removed.iter().any(|r| **r == **name)
-            {
+            if !served.entries.contains_key(name) && self.told_absent.insert(name.clone()) {
                 removed.push(name.clone());
             }
         }
-        removed.sort();
+        removed.extend(
+            self.ambiguous
+                .iter()
+                .filter(|name| !served.entries.contains_key(*name))
+                .cloned(),
+        );
+        // A held name no longer served may also be a named subscription.
+        removed.sort_unstable();
+        removed.dedup();
         (upserts, removed)
     }
+
+    /// [`Self::diff`] for the touched names alone: what a request changed
+    /// when the snapshot did not. Both lists come out in name order.
+    fn diff_touched(&mut self, served: &Resources) -> (Vec<Arc<str>>, Vec<Arc<str>>) {
+        let mut upserts = Vec::new();
+        let mut removed = Vec::new();
+        for name in &self.touched {
+            let subscribed = self.wildcard || self.names.contains(name);
+            let entry = served.entries.get_key_value(&**name).filter(|_| subscribed);
+            let position = self.held.binary_search_by(|(h, _)| (**h).cmp(&**name));
+            match (entry, position) {
+                (Some((_, entry)), Ok(i)) if self.held[i].1 == entry.version => {}
+                (Some((_, entry)), Ok(i)) => {
+                    self.held[i].1 = entry.version;
+                    upserts.push(name.clone());
+                }
+                (Some((shared, entry)), Err(i)) => {
+                    self.held.insert(i, (shared.clone(), entry.version));
+                    upserts.push(name.clone());
+                }
+                (None, Ok(i)) => {
+                    self.held.remove(i);
+                    removed.push(name.clone());
+                }
+                (None, Err(_)) => {
+                    let absent_named = self.names.contains(name)
+                        && !served.entries.contains_key(&**name)
+                        && self.told_absent.insert(name.clone());
+                    if absent_named || self.ambiguous.contains(name) {
+                        removed.push(name.clone());
+                    }
+                }
+            }
+        }
+        (upserts, removed)
+    }
+
+    /// Drops `name` from what the client holds.
+    fn forget(&mut self, name: &str) {
+        if let Ok(i) = self.held.binary_search_by(|(h, _)| (**h).cmp(name)) {
+            self.held.remove(i);
+        }
+    }
+}
+
+/// Ends the stream when a type's subscriptions outgrow what one stream may
+/// hold.
+fn check_names(kind: Kind, count: usize) -> Result<(), Status> {
+    if count > MAX_SUBSCRIBED_NAMES {
+        return Err(Status::resource_exhausted(format!(
+            "the stream subscribes to {count} {} names; at most {MAX_SUBSCRIBED_NAMES} are served per type",
+            kind.label()
+        )));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

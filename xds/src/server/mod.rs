@@ -39,6 +39,13 @@ const OUTBOUND_QUEUE: usize = 2;
 /// order even when the client subscribes to the types in another order.
 const INITIAL_GATHER: Duration = Duration::from_millis(10);
 const INITIAL_GATHER_MAX: Duration = Duration::from_millis(50);
+/// The most names (or initial resource versions) one stream may give for
+/// one type. Beyond it the stream ends with RESOURCE_EXHAUSTED: one client
+/// must not make the control plane hold and compare without bound. A
+/// sidecar names its own clusters, far fewer.
+const MAX_SUBSCRIBED_NAMES: usize = 100_000;
+/// How long a failing stream waits for room to send the client its status.
+const ERROR_SEND_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub fn service(shared: Arc<Shared>) -> AggregatedDiscoveryServiceServer<Ads> {
     AggregatedDiscoveryServiceServer::new(Ads { shared })
@@ -101,8 +108,14 @@ trait StreamState: Send + 'static {
 
     fn node(request: &Self::Request) -> Option<&Node>;
     fn type_url(request: &Self::Request) -> &str;
-    /// Applies a request for a known type: ACK/NACK and subscriptions.
-    fn on_request(&mut self, kind: Kind, request: Self::Request, ctx: &Context<'_>);
+    /// Applies a request for a known type: ACK/NACK and subscriptions. An
+    /// error ends the stream with that status.
+    fn on_request(
+        &mut self,
+        kind: Kind,
+        request: Self::Request,
+        ctx: &Context<'_>,
+    ) -> Result<(), Status>;
     /// The served snapshot changed: every subscribed type needs a look.
     fn on_snapshot(&mut self);
     /// What to send now, in sending order, each already given its nonce
@@ -171,7 +184,11 @@ impl<S: StreamState> Stream<S> {
                 tracing::info!(node = %node_id, stream = self.client.stream(), "xDS stream closed by the client")
             }
             End::Error(status) => {
-                tracing::info!(node = %node_id, stream = self.client.stream(), error = %status.message(), "xDS stream failed")
+                tracing::warn!(node = %node_id, stream = self.client.stream(), code = ?status.code(), error = %status.message(), "xDS stream failed");
+                // The client learns why: ending the response stream without
+                // it would read as grpc-status OK. A client that reads
+                // nothing does not keep the task.
+                let _ = tokio::time::timeout(ERROR_SEND_TIMEOUT, self.tx.send(Err(status))).await;
             }
             End::Shutdown => {
                 tracing::debug!(node = %node_id, stream = self.client.stream(), "xDS stream ended: shutting down")
@@ -196,16 +213,24 @@ impl<S: StreamState> Stream<S> {
                         let mut batch = vec![request];
                         if first {
                             first = false;
-                            self.gather(&mut batch).await;
+                            if let Err(status) = self.gather(&mut batch).await {
+                                return End::Error(status);
+                            }
                         }
                         // Whatever else already arrived is handled together.
-                        while let Some(Ok(Some(r))) = self.inbound.message().now_or_never() {
-                            batch.push(r);
+                        loop {
+                            match self.inbound.message().now_or_never() {
+                                Some(Ok(Some(r))) => batch.push(r),
+                                // A decode error leaves the stream unreadable:
+                                // it ends here, not after another read.
+                                Some(Err(status)) => return End::Error(request_error(status)),
+                                Some(Ok(None)) | None => break,
+                            }
                         }
                         batch
                     }
                     Ok(None) => return End::ClientClosed,
-                    Err(status) => return End::Error(status),
+                    Err(status) => return End::Error(request_error(status)),
                 },
                 changed = snapshots.changed() => {
                     if changed.is_err() {
@@ -240,7 +265,12 @@ impl<S: StreamState> Stream<S> {
                     stream: self.client.stream(),
                     metrics: &self.shared.metrics,
                 };
-                self.state.on_request(kind, request, &ctx);
+                if let Err(status) = self.state.on_request(kind, request, &ctx) {
+                    return End::Error(status);
+                }
+                // A large request is CPU: let the other streams, the admin
+                // server and new connections in between requests.
+                tokio::task::consume_budget().await;
             }
             let stream = self.client.stream();
             let nonces = &mut self.nonces;
@@ -269,16 +299,29 @@ impl<S: StreamState> Stream<S> {
     }
 
     /// Collects the requests a new stream sends right after its first.
-    async fn gather(&mut self, batch: &mut Vec<S::Request>) {
+    async fn gather(&mut self, batch: &mut Vec<S::Request>) -> Result<(), Status> {
         let deadline = tokio::time::Instant::now() + INITIAL_GATHER_MAX;
         loop {
             let wait = (tokio::time::Instant::now() + INITIAL_GATHER).min(deadline);
             match tokio::time::timeout_at(wait, self.inbound.message()).await {
                 Ok(Ok(Some(request))) => batch.push(request),
-                // The stream's end or error shows on the next read.
-                Ok(_) | Err(_) => return,
+                Ok(Err(status)) => return Err(request_error(status)),
+                // The stream's end shows on the next read.
+                Ok(Ok(None)) | Err(_) => return Ok(()),
             }
         }
+    }
+}
+
+/// What a client is told when its request cannot be read. tonic reports a
+/// message over the decode limit as OUT_OF_RANGE; gRPC's convention (and
+/// grpc-core's, grpc-go's) for it is RESOURCE_EXHAUSTED. Undecodable bytes
+/// stay INTERNAL, as grpc-go answers them.
+fn request_error(status: Status) -> Status {
+    if status.code() == tonic::Code::OutOfRange {
+        Status::resource_exhausted(status.message().to_string())
+    } else {
+        status
     }
 }
 

@@ -8,8 +8,9 @@ use std::sync::Arc;
 use gridmesh_proto::discovery::{DiscoveryRequest, DiscoveryResponse};
 use gridmesh_proto::envoy::config::core::v3::Node;
 use gridmesh_proto::resource::Kind;
+use tonic::Status;
 
-use super::{Answer, Answers, Context, Nonce, StreamState};
+use super::{Answer, Answers, Context, MAX_SUBSCRIBED_NAMES, Nonce, StreamState};
 use crate::clients::{Protocol, Subscribed, TypeView};
 use crate::snapshot::{Snapshot, version_of};
 
@@ -23,6 +24,11 @@ pub(super) struct State {
 #[derive(Default)]
 struct TypeState {
     subscription: Subscription,
+    /// Until the client names a resource (or `*`), an empty list of names
+    /// means everything: the legacy wildcard, which Envoy's first LDS and
+    /// CDS requests rely on. Once it has named one, an empty list means
+    /// nothing.
+    named_once: bool,
     sent_version: Option<Arc<str>>,
     acked_version: Option<String>,
     answers: Answers,
@@ -39,18 +45,20 @@ struct Subscription {
 }
 
 impl Subscription {
-    /// Empty or `*`: everything.
-    fn of(names: Vec<String>) -> Subscription {
-        if names.is_empty() || names.iter().any(|n| n == WILDCARD) {
-            Subscription {
-                wildcard: true,
+    /// What a request's `resource_names` ask for; `named_once` says whether
+    /// the stream has named resources for the type before (see
+    /// [`TypeState::named_once`]).
+    fn of(names: Vec<String>, named_once: bool) -> Subscription {
+        if names.is_empty() {
+            return Subscription {
+                wildcard: !named_once,
                 names: BTreeSet::new(),
-            }
-        } else {
-            Subscription {
-                wildcard: false,
-                names: names.into_iter().collect(),
-            }
+            };
+        }
+        let wildcard = names.iter().any(|n| n == WILDCARD);
+        Subscription {
+            wildcard,
+            names: names.into_iter().filter(|n| n != WILDCARD).collect(),
         }
     }
 }
@@ -69,8 +77,31 @@ impl StreamState for State {
         &request.type_url
     }
 
-    fn on_request(&mut self, kind: Kind, request: DiscoveryRequest, ctx: &Context<'_>) {
+    fn on_request(
+        &mut self,
+        kind: Kind,
+        request: DiscoveryRequest,
+        ctx: &Context<'_>,
+    ) -> Result<(), Status> {
         let state = self.types.entry(kind).or_default();
+        // Once a response of the type went out, only a request answering the
+        // latest one counts: an older nonce (or none) means the client sent
+        // it before seeing the latest response, which supersedes it,
+        // subscription changes included (the protocol's rule, as
+        // go-control-plane applies it).
+        if let Some(latest) = &state.answers.latest_nonce
+            && request.response_nonce != *latest
+        {
+            tracing::debug!(node = ctx.node_id, %kind, nonce = request.response_nonce, "stale nonce: request ignored");
+            return Ok(());
+        }
+        if request.resource_names.len() > MAX_SUBSCRIBED_NAMES {
+            return Err(Status::resource_exhausted(format!(
+                "the request names {} {} resources; at most {MAX_SUBSCRIBED_NAMES} are served per type",
+                request.resource_names.len(),
+                kind.label()
+            )));
+        }
         let answer = state.answers.answer(
             kind,
             &request.response_nonce,
@@ -80,13 +111,16 @@ impl StreamState for State {
         if answer == Some(Answer::Ack) {
             state.acked_version = Some(request.version_info);
         }
-        let subscription = Subscription::of(request.resource_names);
-        // No nonce: a first request (or a client starting over).
-        if request.response_nonce.is_empty() || subscription != state.subscription {
+        let first = state.answers.latest_nonce.is_none();
+        let names_given = !request.resource_names.is_empty();
+        let subscription = Subscription::of(request.resource_names, state.named_once);
+        state.named_once |= names_given;
+        if first || subscription != state.subscription {
             state.subscription = subscription;
             state.force = true;
             state.dirty = true;
         }
+        Ok(())
     }
 
     fn on_snapshot(&mut self) {
@@ -152,10 +186,10 @@ impl StreamState for State {
         self.types
             .iter()
             .map(|(kind, state)| {
-                let subscribed = Subscribed {
-                    wildcard: state.subscription.wildcard,
-                    names: state.subscription.names.iter().cloned().collect(),
-                };
+                let subscribed = Subscribed::of(
+                    state.subscription.wildcard,
+                    state.subscription.names.iter().map(String::as_str),
+                );
                 TypeView {
                     acked_version: state.acked_version.clone(),
                     ..state.answers.view(*kind, subscribed)

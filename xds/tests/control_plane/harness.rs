@@ -19,7 +19,7 @@ use tokio::sync::mpsc;
 use tonic::Streaming;
 
 /// How long a response may take (config changes go through a 30 ms debounce).
-const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
+pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long "nothing is sent" is watched for.
 pub const QUIET: Duration = Duration::from_millis(300);
 
@@ -370,5 +370,18 @@ impl DeltaClient {
     /// ignored).
     pub async fn closed(&mut self) {
         while let Ok(Some(_)) = self.rx.message().await {}
+    }
+
+    /// The error status the server ends the stream with (responses before
+    /// it are skipped); panics if the stream ends with OK or stays open.
+    pub async fn ended_with_error(&mut self) -> tonic::Status {
+        loop {
+            match tokio::time::timeout(RESPONSE_TIMEOUT, self.rx.message()).await {
+                Ok(Ok(Some(_))) => continue,
+                Ok(Ok(None)) => panic!("the stream ended with OK"),
+                Ok(Err(status)) => return status,
+                Err(_) => panic!("the stream did not end within {RESPONSE_TIMEOUT:?}"),
+            }
+        }
     }
 }

@@ -6,5 +6,6 @@ mod config;
 mod delta;
 mod fixtures;
 mod harness;
+mod protocol_rules;
 mod sockets;
 mod sotw;
