@@ -311,9 +311,10 @@ fn nack(response: &DeltaDiscoveryResponse, message: String) -> DeltaDiscoveryReq
     }
 }
 
-/// Full-jitter exponential backoff: a random delay up to
-/// `MIN_BACKOFF * 2^(failures-1)`, capped at `MAX_BACKOFF`, so a fleet of
-/// sidecars that lost the same control plane does not reconnect in step.
+/// Jittered exponential backoff ("equal jitter"): a random delay between
+/// half and all of `MIN_BACKOFF * 2^(failures-1)`, capped at `MAX_BACKOFF`,
+/// so a fleet of sidecars that lost the same control plane does not
+/// reconnect in step, and none retries at once.
 fn backoff(failures: u32) -> Duration {
     let ceiling = MIN_BACKOFF
         .saturating_mul(1 << failures.saturating_sub(1).min(20))
