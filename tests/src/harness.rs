@@ -328,12 +328,6 @@ pub async fn upstream(name: &str) -> UpstreamHandle {
         .expect("bind the sample upstream")
 }
 
-/// A loopback address where nothing listens (bound, then closed).
-pub fn closed_port() -> SocketAddr {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.local_addr().expect("local addr")
-}
-
 /// What a [`RecordingUpstream`] saw of one request.
 #[derive(Debug, Clone)]
 pub struct Seen {

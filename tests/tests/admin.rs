@@ -9,8 +9,9 @@ use std::time::Duration;
 use gridmesh_proto::config::Bootstrap;
 use gridmesh_proto::testing::EchoRequest;
 use gridmesh_tests::harness::{
-    self, TestProxy, closed_port, collect, get, grpc_echo_client, http1_client, render, within,
+    self, TestProxy, collect, get, grpc_echo_client, http1_client, render, within,
 };
+use gridmesh_tests::ports::RefusingPort;
 use gridmesh_tests::process::{self, GRIDMESH_PROXY, ProxyConfig, ProxyProcess};
 use gridmesh_tests::prometheus;
 use gridmesh_tests::upstream::UpstreamHandle;
@@ -42,18 +43,18 @@ struct Setup {
     proxy: TestProxy,
     yaml: String,
     upstreams: Vec<UpstreamHandle>,
-    dead: SocketAddr,
+    dead: RefusingPort,
 }
 
 async fn setup() -> Setup {
     let upstreams = vec![harness::upstream("a").await, harness::upstream("b").await];
-    let dead = closed_port();
+    let dead = RefusingPort::new();
     let up: Vec<SocketAddr> = upstreams.iter().map(|u| u.local_addr()).collect();
     let yaml = render(
         YAML,
         &[
             ("up", &harness::endpoints(&up)),
-            ("dead", &harness::endpoints(&[dead])),
+            ("dead", &harness::endpoints(&[dead.addr()])),
         ],
     );
     let proxy = harness::proxy(&yaml).await;
@@ -358,10 +359,9 @@ async fn config_dump_round_trips_the_bootstrap() {
 #[tokio::test]
 async fn config_dump_names_the_file_of_the_real_binary() {
     let up = harness::upstream("a").await;
-    let admin = closed_port();
     let yaml = render(
         r#"
-admin: { address: "${admin}" }
+admin: { address: "127.0.0.1:0" }
 listeners:
   - { name: in, address: "127.0.0.1:0", routeTable: rt }
 routeTables:
@@ -369,10 +369,7 @@ routeTables:
 clusters: [{ name: up }]
 endpoints: [{ cluster: up, endpoints: ${up} }]
 "#,
-        &[
-            ("admin", &admin),
-            ("up", &harness::endpoints(&[up.local_addr()])),
-        ],
+        &[("up", &harness::endpoints(&[up.local_addr()]))],
     );
     let binary = process::binary(GRIDMESH_PROXY).unwrap();
     let mut proxy = ProxyProcess::start(
@@ -433,7 +430,7 @@ async fn clusters_show_endpoints_with_stats() {
     }
     assert_eq!(total, 6);
     let dead = &by_name("dead")["endpoints"][0];
-    assert_eq!(dead["address"], s.dead.to_string());
+    assert_eq!(dead["address"], s.dead.addr().to_string());
     assert_eq!(dead["failures"], 1, "{body}");
 }
 

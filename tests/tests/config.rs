@@ -4,10 +4,11 @@
 //! the shipped examples load and serve.
 
 use std::ffi::OsStr;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::time::Duration;
 
+use gridmesh_tests::ports::{RefusingPort, ReservedPort};
 use gridmesh_tests::process::{self, GRIDMESH_PROXY, ManagedProcess, ProxyConfig, ProxyProcess};
 
 /// The status the proxy exits with on invalid configuration (EX_USAGE).
@@ -15,14 +16,9 @@ const EXIT_INVALID_CONFIG: i32 = 64;
 const EXIT_WITHIN: Duration = Duration::from_secs(20);
 const READY_WITHIN: Duration = Duration::from_secs(30);
 
-fn free_port() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap()
-}
-
 /// A bootstrap with one listener, route table, cluster and endpoint; each
 /// case breaks one thing with `edit`. `{admin}` and `{listen}` are filled
-/// with free ports.
+/// in with ports.
 const BASE: &str = r#"
 admin: { address: "{admin}" }
 drainTimeout: 1s
@@ -52,15 +48,15 @@ struct Rejected {
     path: PathBuf,
 }
 
-/// Runs the proxy on `yaml` (after filling in ports), expects it to exit
-/// with status 64, and checks that neither its listener nor its admin port
-/// was ever served.
+/// Runs the proxy on `yaml`, expects it to exit with status 64, and checks
+/// it bound nothing first: its ports are held by the test (bound, without
+/// SO_REUSEADDR), so a proxy that tried to bind before validating would
+/// fail to bind and exit otherwise, naming the port in use.
 async fn rejected(yaml: &str) -> Rejected {
-    let admin = free_port();
-    let listen = free_port();
+    let (admin, listen) = (RefusingPort::new(), RefusingPort::new());
     let yaml = yaml
-        .replace("{admin}", &admin.to_string())
-        .replace("{listen}", &listen.to_string());
+        .replace("{admin}", &admin.addr().to_string())
+        .replace("{listen}", &listen.addr().to_string());
     let binary = process::binary(GRIDMESH_PROXY).expect("the proxy builds");
     let mut proxy =
         ProxyProcess::spawn(&binary, "invalid-config", ProxyConfig::Yaml(yaml.clone())).unwrap();
@@ -71,12 +67,10 @@ async fn rejected(yaml: &str) -> Rejected {
         Some(EXIT_INVALID_CONFIG),
         "expected exit status 64 for:\n{yaml}\noutput:\n{output}"
     );
-    for addr in [admin, listen] {
-        assert!(
-            TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_err(),
-            "{addr} accepts connections although the config was invalid"
-        );
-    }
+    assert!(
+        !output.contains("in use"),
+        "the proxy tried to bind before validating:\n{output}"
+    );
     let path = proxy.config_path().to_owned();
     let path_text = path.display().to_string();
     assert!(
@@ -117,16 +111,15 @@ impl Rejected {
 #[tokio::test]
 async fn the_unmodified_base_is_valid() {
     // Guards the cases below: each must fail because of its own edit.
-    let admin = free_port();
-    let listen = free_port();
+    let listen = ReservedPort::new();
     let yaml = BASE
-        .replace("{admin}", &admin.to_string())
-        .replace("{listen}", &listen.to_string());
+        .replace("{admin}", "127.0.0.1:0")
+        .replace("{listen}", &listen.addr().to_string());
     let binary = process::binary(GRIDMESH_PROXY).unwrap();
     let mut proxy = ProxyProcess::start(&binary, "base", ProxyConfig::Yaml(yaml), READY_WITHIN)
         .await
         .unwrap();
-    assert!(TcpStream::connect(listen).is_ok());
+    assert!(TcpStream::connect(listen.addr()).is_ok());
     let status = proxy.terminate(Duration::from_secs(10)).await.unwrap();
     assert_eq!(status.code(), Some(0), "{}", proxy.output());
 }
@@ -333,12 +326,15 @@ async fn examples_load_and_serve() {
     let examples = process::workspace_root().join("examples");
     let served = tempfile::tempdir().unwrap();
     let mut moved = std::collections::HashMap::new();
+    let mut reserved = Vec::new();
     for entry in std::fs::read_dir(examples.join("mesh")).unwrap() {
         let path = entry.unwrap().path();
         let mut resources = process::parse_bootstrap(&std::fs::read_to_string(&path).unwrap())
             .unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
         for listener in &mut resources.listeners {
-            let addr = free_port();
+            let port = ReservedPort::new();
+            let addr = port.addr();
+            reserved.push(port);
             listener.address = addr.to_string();
             moved.insert(listener.name.clone(), addr);
         }
@@ -361,7 +357,7 @@ async fn examples_load_and_serve() {
         let text = std::fs::read_to_string(&file).unwrap();
         let mut bootstrap =
             process::parse_bootstrap(&text).unwrap_or_else(|e| panic!("{}: {e:#}", file.display()));
-        bootstrap.admin.get_or_insert_default().address = free_port().to_string();
+        bootstrap.admin.get_or_insert_default().address = "127.0.0.1:0".into();
         let source = bootstrap
             .xds
             .as_mut()

@@ -7,9 +7,10 @@ use std::time::Duration;
 use gridmesh_proto::testing::echo_client::EchoClient;
 use gridmesh_proto::testing::{EchoRequest, StreamRequest};
 use gridmesh_tests::harness::{
-    self, Reply, chain, closed_port, endpoints, forward_all, grpc_echo_client, h2c_client, proxy,
+    self, Reply, chain, endpoints, forward_all, grpc_echo_client, h2c_client, proxy,
     recording_upstream, render, upstream, within,
 };
+use gridmesh_tests::ports::RefusingPort;
 use http::{Request, StatusCode};
 use tokio::time::Instant;
 use tonic::Code;
@@ -226,6 +227,7 @@ fn assert_trailers_only(reply: &Reply, code: Code, reason: &str) {
 #[tokio::test]
 async fn proxy_errors_are_trailers_only_with_the_right_status() {
     let up = upstream("a").await;
+    let refused = RefusingPort::new();
     let yaml = render(
         r#"
 listeners:
@@ -255,7 +257,7 @@ endpoints:
 "#,
         &[
             ("up", &endpoints(&[up.local_addr()])),
-            ("closed", &endpoints(&[closed_port()])),
+            ("closed", &endpoints(&[refused.addr()])),
         ],
     );
     let p = proxy(&yaml).await;

@@ -4,7 +4,7 @@
 //! not change (connections, pools, ports) stays.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -14,6 +14,7 @@ use gridmesh_tests::harness::{
     self, Protocol, TestProxy, collect, get, grpc_echo_client, h2c_client, http1_client, render,
     upstream, within,
 };
+use gridmesh_tests::ports::ReservedPort;
 use gridmesh_tests::upstream::UpstreamHandle;
 use http::StatusCode;
 use tokio::net::TcpStream;
@@ -300,7 +301,10 @@ async fn a_listener_settings_change_under_load_fails_nothing_and_keeps_the_port(
 async fn a_changed_listener_never_refuses_a_connection() {
     let Two { a, b } = two().await;
     let (up, bs) = ([a.local_addr()], [b.local_addr()]);
-    let port = harness::closed_port().to_string();
+    // The listener's port is fixed (a change must keep it); reserved, so no
+    // other test can take it first.
+    let reserved = ReservedPort::new();
+    let port = reserved.addr().to_string();
     let mut v = Vars {
         up: &up,
         b: &bs,
@@ -310,27 +314,35 @@ async fn a_changed_listener_never_refuses_a_connection() {
     let proxy = start(&v).await;
     let addr = proxy.addr("in");
     let stop = Arc::new(AtomicBool::new(false));
+    let tried = Arc::new(AtomicU64::new(0));
     let connector = tokio::spawn({
-        let stop = stop.clone();
+        let (stop, tried) = (stop.clone(), tried.clone());
         async move {
             let mut refused = 0;
-            let mut tried = 0;
             while !stop.load(Ordering::Relaxed) {
-                tried += 1;
+                tried.fetch_add(1, Ordering::Relaxed);
                 if TcpStream::connect(addr).await.is_err() {
                     refused += 1;
                 }
             }
-            (tried, refused)
+            refused
         }
     });
     for i in 0..10 {
         v.listener_settings = if i % 2 == 0 { ", idleTimeout: 30s" } else { "" };
         proxy.apply(snapshot(&v)).unwrap();
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        // Connections keep coming across each change.
+        let before = tried.load(Ordering::Relaxed);
+        within("connections after a change", async {
+            while tried.load(Ordering::Relaxed) < before + 5 {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await;
     }
     stop.store(true, Ordering::Relaxed);
-    let (tried, refused) = connector.await.unwrap();
+    let refused = connector.await.unwrap();
+    let tried = tried.load(Ordering::Relaxed);
     assert!(tried > 10, "{tried}");
     assert_eq!(refused, 0, "{refused} of {tried} connections refused");
     assert_eq!(answered_by(&proxy).await, "a");

@@ -7,10 +7,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use gridmesh_tests::harness::{
-    self, HttpClient, Protocol, Reply, chain, closed_port, collect, endpoints, forward_all, full,
-    get, h2c_client, http1_client, proxy, raw_http1, raw_http1_until_close, raw_status,
+    self, HttpClient, Protocol, Reply, chain, collect, endpoints, forward_all, full, get,
+    h2c_client, http1_client, proxy, raw_http1, raw_http1_until_close, raw_status,
     recording_upstream, render, streaming_body, upstream, within,
 };
+use gridmesh_tests::ports::RefusingPort;
 use gridmesh_tests::prometheus;
 use http::{Request, StatusCode, Version};
 use http_body_util::BodyExt;
@@ -655,6 +656,7 @@ fn assert_proxy_error(reply: &Reply, status: StatusCode, reason: &str) {
 #[tokio::test]
 async fn proxy_errors_carry_status_and_reason() {
     let up = upstream("a").await;
+    let refused = RefusingPort::new();
     let yaml = render(
         r#"
 listeners:
@@ -678,7 +680,7 @@ endpoints:
 "#,
         &[
             ("up", &endpoints(&[up.local_addr()])),
-            ("closed", &endpoints(&[closed_port()])),
+            ("closed", &endpoints(&[refused.addr()])),
         ],
     );
     let p = proxy(&yaml).await;

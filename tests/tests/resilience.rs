@@ -16,9 +16,10 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use gridmesh_proto::testing::{EchoRequest, StreamRequest};
 use gridmesh_tests::harness::{
-    self, Body, ERROR_HEADER, TestProxy, closed_port, collect, ended_with_status, full, get,
-    grpc_echo_client, h2c_client, http1_client, render, within,
+    self, Body, ERROR_HEADER, TestProxy, collect, ended_with_status, full, get, grpc_echo_client,
+    h2c_client, http1_client, render, within,
 };
+use gridmesh_tests::ports::RefusingPort;
 use gridmesh_tests::upstream::UpstreamHandle;
 use http::{HeaderValue, Request, Response, StatusCode};
 use http_body_util::combinators::BoxBody;
@@ -284,11 +285,11 @@ fn raw_grpc(path: &str) -> Request<Body> {
 #[tokio::test]
 async fn connect_failure_is_retried_onto_a_live_endpoint() {
     let live = upstream("live").await;
-    let dead = closed_port();
+    let dead = RefusingPort::new();
     let proxy = proxy(
         "retryPolicy: { maxRetries: 2, retryOn: [CONNECT_FAILURE], backoff: 0.001s }",
         "",
-        &[dead, live.local_addr()],
+        &[dead.addr(), live.local_addr()],
     )
     .await;
     for i in 0..6 {
@@ -311,7 +312,8 @@ async fn connect_failure_is_retried_onto_a_live_endpoint() {
 
 #[tokio::test]
 async fn connect_failure_without_a_retry_policy_fails_fast() {
-    let proxy = proxy("", "", &[closed_port()]).await;
+    let refused = RefusingPort::new();
+    let proxy = proxy("", "", &[refused.addr()]).await;
     let reply = http1_client().get(proxy.addr("in"), "svc", "/echo").await;
     assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(reply.error(), Some("upstream_connect_failure"));

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use gridmesh_proto::resource::Kind;
 use gridmesh_tests::harness::{self, TestProxy, get, http1_client, render, upstream, within};
+use gridmesh_tests::ports::ReservedPort;
 use gridmesh_tests::upstream::UpstreamHandle;
 use gridmesh_tests::xds_script::{ScriptServer, ScriptStream, parse, resources, resources_yaml};
 use http::StatusCode;
@@ -350,7 +351,10 @@ async fn a_listener_warms_until_its_route_table_arrives() {
 
 #[tokio::test]
 async fn a_removed_listener_stops_accepting() {
-    let port = harness::closed_port();
+    // Held for the test: once the listener goes, nothing else can take
+    // the port, so a refused connection means the listener is gone.
+    let reserved = ReservedPort::new();
+    let port = reserved.addr();
     let Setup {
         proxy,
         mut stream,

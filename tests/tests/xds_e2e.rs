@@ -15,7 +15,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use gridmesh_tests::harness::{self, closed_port, http1_client, render};
+use gridmesh_tests::harness::{self, http1_client, render};
+use gridmesh_tests::ports::ReservedPort;
 use gridmesh_tests::process::{
     self, GRIDMESH_CONTROL, GRIDMESH_PROXY, ManagedProcess, ProxyConfig, ProxyProcess,
 };
@@ -50,12 +51,16 @@ endpoints:
   - { cluster: local, endpoints: [{ address: "${upstream}" }] }
 "#;
 
+/// The sidecars' listeners are named in the control plane's config before
+/// the sidecars start, and a restarted control plane comes back on its
+/// ports: those ports are reserved for the mesh's life.
 struct Mesh {
     dir: tempfile::TempDir,
     client_out: SocketAddr,
     block_in: SocketAddr,
     xds: SocketAddr,
     control_admin: SocketAddr,
+    _ports: [ReservedPort; 4],
     control: ManagedProcess,
     client: ProxyProcess,
     block: ProxyProcess,
@@ -64,7 +69,8 @@ struct Mesh {
 impl Mesh {
     async fn start(upstream: &UpstreamHandle) -> Mesh {
         let dir = tempfile::tempdir().unwrap();
-        let (client_out, block_in) = (closed_port(), closed_port());
+        let ports = [(); 4].map(|()| ReservedPort::new());
+        let (client_out, block_in) = (ports[0].addr(), ports[1].addr());
         write_mesh(
             dir.path(),
             client_out,
@@ -72,12 +78,8 @@ impl Mesh {
             upstream.local_addr(),
             "/.*",
         );
-        // Port 0: the control plane says what it bound. A port picked here
-        // and bound later could be taken meanwhile by another test, and a
-        // sidecar would then talk to whatever took it.
-        let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
         let (control, xds, control_admin) =
-            process::start_control_plane(dir.path(), any, any).await;
+            process::start_control_plane(dir.path(), ports[2].addr(), ports[3].addr()).await;
         let client = start_sidecar("client-sidecar", xds, "client-out").await;
         let block = start_sidecar("block-sidecar", xds, "block-in").await;
         Mesh {
@@ -86,6 +88,7 @@ impl Mesh {
             block_in,
             xds,
             control_admin,
+            _ports: ports,
             control,
             client,
             block,
@@ -134,9 +137,9 @@ fn write_atomically(path: &Path, text: &str) {
 }
 
 async fn start_sidecar(name: &str, xds: SocketAddr, listener: &str) -> ProxyProcess {
+    // Admin on port 0: the harness reads the address from the log.
     let yaml = format!(
-        "admin: {{ address: \"{}\" }}\ndrainTimeout: 2s\nxds: {{ address: \"{xds}\", listeners: [{listener}] }}\n",
-        closed_port()
+        "admin: {{ address: \"127.0.0.1:0\" }}\ndrainTimeout: 2s\nxds: {{ address: \"{xds}\", listeners: [{listener}] }}\n",
     );
     let binary = process::binary(GRIDMESH_PROXY).unwrap();
     ProxyProcess::start(&binary, name, ProxyConfig::Yaml(yaml), READY_WITHIN)
@@ -368,11 +371,20 @@ async fn sidecars_outlive_a_control_plane_restart_under_load() {
 
     mesh.control.kill().await;
     // Serving goes on from the last config while the control plane is gone.
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let block_admin = mesh.block.admin_address().unwrap();
-    let dump = admin_json(block_admin, "/config_dump").await;
-    assert_eq!(dump["xds"]["connected"], false, "{:#}", dump["xds"]);
-    assert_eq!(mesh.block.admin_get("/ready").await.unwrap().status, 200);
+    for sidecar in [&mesh.client, &mesh.block] {
+        let admin = sidecar.admin_address().unwrap();
+        until(
+            "the sidecars notice the control plane is gone",
+            async || admin_json(admin, "/config_dump").await["xds"]["connected"] == false,
+        )
+        .await;
+        assert_eq!(sidecar.admin_get("/ready").await.unwrap().status, 200);
+    }
+    let served = load.ok.load(Ordering::Relaxed);
+    until("requests keep succeeding meanwhile", async || {
+        load.ok.load(Ordering::Relaxed) >= served + 20
+    })
+    .await;
 
     // Back on the same port with a changed config: both sidecars reconnect
     // and converge on it.
