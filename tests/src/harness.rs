@@ -33,6 +33,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use gridmesh_net::{AcceptBackoff, accept};
 use gridmesh_proto::testing::echo_client::EchoClient;
 use gridmesh_proxy::Proxy;
 use http::header::HOST;
@@ -355,10 +356,9 @@ pub async fn recording_upstream() -> RecordingUpstream {
     let task = tokio::spawn({
         let seen = seen.clone();
         async move {
+            let mut backoff = AcceptBackoff::default();
             loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
-                };
+                let (stream, _) = accept(&listener, &mut backoff, "recording upstream").await;
                 let seen = seen.clone();
                 tokio::spawn(async move {
                     let service = service_fn(move |req: Request<Incoming>| {
@@ -624,6 +624,24 @@ impl Conn {
             },
             Sender::Http1(_) => panic!("HTTP/1.1 connections carry one request at a time"),
         }
+    }
+
+    /// Resolves once the peer has closed the connection (bounded by
+    /// [`TIMEOUT`]).
+    pub async fn closed(&self) {
+        within("the connection to close", async {
+            loop {
+                let closed = match &self.sender {
+                    Sender::Http1(s) => s.is_closed(),
+                    Sender::Http2(s) => s.is_closed(),
+                };
+                if closed {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
     }
 
     /// Sends a request and waits (bounded) for the response head. The

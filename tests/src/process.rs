@@ -618,7 +618,7 @@ impl ProxyProcess {
 }
 
 /// The value of `name=value` in a log line (values without spaces).
-fn log_field<'a>(line: &'a str, name: &str) -> Option<&'a str> {
+pub fn log_field<'a>(line: &'a str, name: &str) -> Option<&'a str> {
     line.split_whitespace()
         .find_map(|field| field.strip_prefix(name)?.strip_prefix('='))
 }
@@ -728,14 +728,11 @@ mod tests {
     const START_TIMEOUT: Duration = Duration::from_secs(30);
     const STOP_GRACE: Duration = Duration::from_secs(10);
 
-    /// A loopback address nothing listens on right now. Another process could
-    /// take it before the child binds it, which the child would report.
-    fn unused_loopback_address() -> SocketAddr {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.local_addr().unwrap()
-    }
+    use crate::ports::RefusingPort;
 
-    fn bootstrap_yaml(admin: SocketAddr, listener: SocketAddr, endpoint: SocketAddr) -> String {
+    const ANY_PORT: &str = "127.0.0.1:0";
+
+    fn bootstrap_yaml(admin: &str, listener: &str, endpoint: SocketAddr) -> String {
         format!(
             "admin: {{ address: \"{admin}\" }}
 drainTimeout: 1s
@@ -755,10 +752,14 @@ endpoints:
 
     #[tokio::test]
     async fn sample_block_serves_until_sigterm() {
-        let address = unused_loopback_address();
-        let args = ["--listen", &address.to_string(), "--name", "harness-test"];
+        let args = ["--listen", ANY_PORT, "--name", "harness-test"];
         let mut block =
             ManagedProcess::spawn("sample-block", &binary(SAMPLE_BLOCK).unwrap(), args).unwrap();
+        let line = block
+            .wait_for_line("sample block listening", START_TIMEOUT)
+            .await
+            .unwrap();
+        let address: SocketAddr = log_field(&line, "address").unwrap().parse().unwrap();
         block.wait_listening(address, START_TIMEOUT).await.unwrap();
         assert!(block.exit_status().unwrap().is_none());
 
@@ -773,8 +774,8 @@ endpoints:
 
     #[tokio::test]
     async fn proxy_from_yaml_gets_ready_answers_admin_and_stops_on_sigterm() {
-        let admin = unused_loopback_address();
-        let yaml = bootstrap_yaml(admin, unused_loopback_address(), unused_loopback_address());
+        let endpoint = RefusingPort::new();
+        let yaml = bootstrap_yaml(ANY_PORT, ANY_PORT, endpoint.addr());
         let proxy_binary = binary(GRIDMESH_PROXY).unwrap();
         let mut proxy = ProxyProcess::start(
             &proxy_binary,
@@ -784,7 +785,8 @@ endpoints:
         )
         .await
         .unwrap();
-        assert_eq!(proxy.admin_address().unwrap(), admin);
+        // The address it bound, from its log.
+        assert_ne!(proxy.admin_address().unwrap().port(), 0);
         let config_path = proxy.config_path().to_owned();
         assert!(config_path.exists());
 
@@ -802,10 +804,13 @@ endpoints:
 
     #[tokio::test]
     async fn proxy_with_invalid_config_exits_64_naming_the_field() {
+        // Held ports: a proxy that bound before validating would fail to
+        // bind and exit otherwise.
+        let ports = [(); 3].map(|()| RefusingPort::new());
         let yaml = bootstrap_yaml(
-            unused_loopback_address(),
-            unused_loopback_address(),
-            unused_loopback_address(),
+            &ports[0].addr().to_string(),
+            &ports[1].addr().to_string(),
+            ports[2].addr(),
         )
         .replace("drainTimeout: 1s", "drainTimeout: soon");
         let proxy_binary = binary(GRIDMESH_PROXY).unwrap();
@@ -828,8 +833,11 @@ endpoints:
 
     #[tokio::test]
     async fn a_proxy_that_exits_early_fails_the_readiness_wait_with_its_output() {
-        let admin = unused_loopback_address();
-        let yaml = format!("admin: {{ address: \"{admin}\" }}\nlisteners: [ {{ name: broken }} ]");
+        let admin = RefusingPort::new();
+        let yaml = format!(
+            "admin: {{ address: \"{}\" }}\nlisteners: [ {{ name: broken }} ]",
+            admin.addr()
+        );
         let proxy_binary = binary(GRIDMESH_PROXY).unwrap();
         let error = ProxyProcess::start(
             &proxy_binary,

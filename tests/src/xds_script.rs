@@ -37,7 +37,10 @@ use tokio::task::{JoinHandle, JoinSet};
 use tonic::codegen::Service;
 use tonic::{Request, Response, Status, Streaming};
 
+use gridmesh_net::{AcceptBackoff, accept};
+
 use crate::harness::within_for;
+use crate::ports::ReservedPort;
 
 /// How long a script waits for the sidecar's next request by default.
 pub const WAIT: Duration = Duration::from_secs(3);
@@ -45,55 +48,40 @@ pub const WAIT: Duration = Duration::from_secs(3);
 /// A control plane on a real port whose streams the test drives.
 pub struct ScriptServer {
     addr: SocketAddr,
+    /// Held for the server's life and handed to [`ScriptServer::restart`]:
+    /// a stopped server's port refuses connections and nothing else takes it.
+    port: ReservedPort,
     streams: mpsc::UnboundedReceiver<ScriptStream>,
     task: JoinHandle<()>,
 }
 
 impl ScriptServer {
-    /// Serves on a free loopback port.
+    /// Serves on a loopback port of its own.
     pub async fn start() -> ScriptServer {
-        ScriptServer::bind("127.0.0.1:0".parse().expect("valid address")).await
-    }
-
-    /// Serves on `addr` (e.g. the port a previous server had).
-    pub async fn bind(addr: SocketAddr) -> ScriptServer {
-        let listener = TcpListener::bind(addr)
-            .await
-            .unwrap_or_else(|e| panic!("bind the scripted control plane on {addr}: {e}"));
-        let addr = listener.local_addr().expect("local addr");
-        let (streams_tx, streams) = mpsc::unbounded_channel();
-        let service = AggregatedDiscoveryServiceServer::new(Script {
-            streams: streams_tx,
-        });
-        let task = tokio::spawn(async move {
-            // Owned here, so aborting this task cuts every connection.
-            let mut connections = JoinSet::new();
-            loop {
-                tokio::select! {
-                    accepted = listener.accept() => {
-                        let Ok((stream, _)) = accepted else { continue };
-                        let _ = stream.set_nodelay(true);
-                        let service = service.clone();
-                        connections.spawn(async move {
-                            let service = hyper::service::service_fn(move |req| {
-                                let mut service = service.clone();
-                                async move { service.call(req).await }
-                            });
-                            let _ = auto::Builder::new(TokioExecutor::new())
-                                .http2_only()
-                                .serve_connection(TokioIo::new(stream), service)
-                                .await;
-                        });
-                    }
-                    Some(_) = connections.join_next(), if !connections.is_empty() => {}
-                }
-            }
-        });
+        let port = ReservedPort::new();
+        let addr = port.addr();
+        let (streams, task) = serve(addr).await;
         ScriptServer {
             addr,
+            port,
             streams,
             task,
         }
+    }
+
+    /// Closes the port and cuts every connection (as a crash would); the
+    /// port stays reserved, refusing connections, for [`Self::restart`].
+    pub async fn stop(&mut self) {
+        if !self.task.is_finished() {
+            self.task.abort();
+            let _ = (&mut self.task).await;
+        }
+    }
+
+    /// Serves again on the same port, as a restarted control plane does.
+    pub async fn restart(&mut self) {
+        self.stop().await;
+        (self.streams, self.task) = serve(self.port.addr()).await;
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -114,9 +102,41 @@ impl ScriptServer {
             .ok()
             .flatten()
     }
+}
 
-    /// Closes the port and cuts every connection (as a crash would).
-    pub fn stop(self) {}
+/// Serves the scripted ADS on `addr` until the returned task is aborted.
+async fn serve(addr: SocketAddr) -> (mpsc::UnboundedReceiver<ScriptStream>, JoinHandle<()>) {
+    let listener = TcpListener::bind(addr)
+        .await
+        .unwrap_or_else(|e| panic!("bind the scripted control plane on {addr}: {e}"));
+    let (streams_tx, streams) = mpsc::unbounded_channel();
+    let service = AggregatedDiscoveryServiceServer::new(Script {
+        streams: streams_tx,
+    });
+    let task = tokio::spawn(async move {
+        // Owned here, so aborting this task cuts every connection.
+        let mut connections = JoinSet::new();
+        let mut backoff = AcceptBackoff::default();
+        loop {
+            tokio::select! {
+                (stream, _) = accept(&listener, &mut backoff, "scripted control plane") => {
+                    let service = service.clone();
+                    connections.spawn(async move {
+                        let service = hyper::service::service_fn(move |req| {
+                            let mut service = service.clone();
+                            async move { service.call(req).await }
+                        });
+                        let _ = auto::Builder::new(TokioExecutor::new())
+                            .http2_only()
+                            .serve_connection(TokioIo::new(stream), service)
+                            .await;
+                    });
+                }
+                Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            }
+        }
+    });
+    (streams, task)
 }
 
 impl Drop for ScriptServer {

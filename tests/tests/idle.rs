@@ -60,11 +60,18 @@ async fn an_idle_keep_alive_connection_is_closed() {
         .await
         .unwrap();
     assert_eq!(reply.status, 200);
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    let idle_since = Instant::now();
+    conn.closed().await;
+    // The watchdog looks once per 0.2 s period, counting from the
+    // connection's start: it closes one to two periods in, so the idle time
+    // since the reply is a period, less the exchange, up to two. Closing at
+    // once would be a bug.
+    let idle = idle_since.elapsed();
     assert!(
-        conn.send(get("block", "/echo")).await.is_err(),
-        "the proxy closed the idle connection"
+        idle >= Duration::from_millis(100) && idle < Duration::from_secs(2),
+        "closed after {idle:?} idle, the timeout is 0.2 s"
     );
+    assert!(conn.send(get("block", "/echo")).await.is_err());
 }
 
 #[tokio::test]

@@ -29,7 +29,7 @@ use gridmesh_proto::inference::{
     InferTensorContents, ModelInferRequest, ModelInferResponse, ModelStatistics,
     ModelStatisticsRequest, ServerReadyRequest,
 };
-use gridmesh_tests::process::{AdminResponse, ManagedProcess, admin_get, strip_ansi};
+use gridmesh_tests::process::{AdminResponse, ManagedProcess, admin_get, log_field};
 use gridmesh_tests::test_models;
 use serde_json::Value;
 use tonic::transport::Channel;
@@ -657,44 +657,21 @@ impl BlockServer {
         args.extend(extra_args.iter().map(|s| s.to_string()));
         let binary = Path::new(env!("CARGO_BIN_EXE_gridmesh-block"));
         let mut process = ManagedProcess::spawn("gridmesh-block", binary, &args).unwrap();
-        let deadline = tokio::time::Instant::now() + START_TIMEOUT;
-        loop {
-            let output = strip_ansi(&process.output());
-            if let Some(line) = output
-                .lines()
-                .find(|l| l.contains("gridmesh-block listening"))
-            {
-                let field = |name: &str| -> SocketAddr {
-                    let value = line
-                        .split(&format!("{name}="))
-                        .nth(1)
-                        .unwrap_or_else(|| panic!("no {name}= in {line:?}"));
-                    let value = value.split_whitespace().next().unwrap_or_default();
-                    value
-                        .trim_matches('"')
-                        .parse()
-                        .unwrap_or_else(|_| panic!("{name} in {line:?} is not ip:port"))
-                };
-                let (grpc, http) = (field("grpc_addr"), field("http_addr"));
-                return BlockServer {
-                    process,
-                    grpc,
-                    http,
-                };
-            }
-            if let Some(status) = process.exit_status().unwrap() {
-                // Let the readers take in the last lines.
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                panic!(
-                    "gridmesh-block exited ({status}) before listening:\n{}",
-                    process.output()
-                );
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "gridmesh-block did not log its addresses within {START_TIMEOUT:?}:\n{output}"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
+        let line = process
+            .wait_for_line("gridmesh-block listening", START_TIMEOUT)
+            .await
+            .unwrap_or_else(|e| panic!("{e:#}"));
+        let field = |name: &str| -> SocketAddr {
+            log_field(&line, name)
+                .map(|value| value.trim_matches('"'))
+                .and_then(|value| value.parse().ok())
+                .unwrap_or_else(|| panic!("no {name}=ip:port in {line:?}"))
+        };
+        let (grpc, http) = (field("grpc_addr"), field("http_addr"));
+        BlockServer {
+            process,
+            grpc,
+            http,
         }
     }
 
@@ -716,7 +693,8 @@ impl BlockServer {
                 return;
             }
             if let Some(status) = self.process.exit_status().unwrap() {
-                tokio::time::sleep(Duration::from_millis(200)).await;
+                // Takes in the last lines it wrote.
+                let _ = self.process.wait_exit(Duration::from_secs(5)).await;
                 panic!(
                     "gridmesh-block exited ({status}) before it was ready:\n{}",
                     self.output()

@@ -219,7 +219,15 @@ async fn graceful_shutdown_finishes_in_flight_requests() {
     let upstream = start("a").await;
     let mut client = http1_client(upstream.local_addr()).await;
     let slow = tokio::spawn(async move { client.send_request(get("/delay/100")).await });
-    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    // Shut down once the request is in flight.
+    let in_flight = async {
+        while upstream.stats().http_requests() == 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(10), in_flight)
+        .await
+        .expect("the request reaches the upstream");
     upstream.shutdown().await;
     assert_eq!(slow.await.unwrap().unwrap().status(), StatusCode::OK);
 }

@@ -1,7 +1,10 @@
 //! The real `gridmesh-control` binary: `status`, exit codes, logs, SIGTERM.
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
+
+use gridmesh_tests::ports::RefusingPort;
+use gridmesh_tests::process::{ManagedProcess, log_field};
 
 use crate::fixtures;
 use crate::harness::*;
@@ -86,41 +89,36 @@ async fn status_prints_the_config_and_a_row_per_client_and_type() {
     );
 }
 
+/// `serve` on `dir` with held ports: the control plane must refuse the
+/// directory before binding, or it fails to bind and exits otherwise.
+fn serve_invalid(dir: &std::path::Path) -> std::process::Output {
+    let (xds, admin) = (RefusingPort::new(), RefusingPort::new());
+    let out = Command::new(BIN)
+        .args(["serve", "--xds-address", &xds.addr().to_string()])
+        .args(["--admin-address", &admin.addr().to_string(), "--config-dir"])
+        .arg(dir)
+        .output()
+        .expect("runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{stderr}");
+    assert!(
+        !stderr.contains("in use"),
+        "bound before validating: {stderr}"
+    );
+    out
+}
+
 #[test]
 fn an_invalid_directory_exits_64_naming_the_problems() {
     let dir = tempfile::tempdir().expect("tempdir");
     write(dir.path(), "routes.yaml", &fixtures::routes("missing"));
     write(dir.path(), "bad.yaml", "listeners: {");
-    let out = Command::new(BIN)
-        .args([
-            "serve",
-            "--xds-address",
-            "127.0.0.1:0",
-            "--admin-address",
-            "127.0.0.1:0",
-            "--config-dir",
-        ])
-        .arg(dir.path())
-        .output()
-        .expect("runs");
-    assert_eq!(out.status.code(), Some(64));
+    let out = serve_invalid(dir.path());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("bad.yaml: file: line 1"), "{stderr}");
     // Parse errors stop before validation: the routes file is not judged.
     std::fs::remove_file(dir.path().join("bad.yaml")).expect("rm");
-    let out = Command::new(BIN)
-        .args([
-            "serve",
-            "--xds-address",
-            "127.0.0.1:0",
-            "--admin-address",
-            "127.0.0.1:0",
-            "--config-dir",
-        ])
-        .arg(dir.path())
-        .output()
-        .expect("runs");
-    assert_eq!(out.status.code(), Some(64));
+    let out = serve_invalid(dir.path());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.contains(
@@ -136,31 +134,24 @@ async fn serve_logs_rejected_changes_and_exits_0_on_sigterm() {
     for (name, text) in fixtures::base() {
         write(dir.path(), name, &text);
     }
-    let admin = free_port();
-    let xds = free_port();
-    let child = Command::new(BIN)
-        .args([
-            "serve",
-            "--xds-address",
-            &xds.to_string(),
-            "--admin-address",
-            &admin.to_string(),
-            "--config-dir",
-        ])
-        .arg(dir.path())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawns");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let ready = tokio::net::TcpStream::connect(admin).await.is_ok()
-            && http_get(admin, "/ready").await.0 == 200;
-        if ready {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "never ready");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let args = ["serve", "--xds-address", "127.0.0.1:0"]
+        .into_iter()
+        .chain(["--admin-address", "127.0.0.1:0", "--config-dir"])
+        .map(std::ffi::OsStr::new)
+        .chain([dir.path().as_os_str()]);
+    let mut control =
+        ManagedProcess::spawn("gridmesh-control", BIN.as_ref(), args).expect("spawns");
+    let line = control
+        .wait_for_line("control plane listening", Duration::from_secs(10))
+        .await
+        .expect("listening");
+    let field = |name| -> std::net::SocketAddr {
+        log_field(&line, name)
+            .and_then(|a| a.parse().ok())
+            .expect("an address")
+    };
+    let (xds, admin) = (field("xds_addr"), field("admin_addr"));
+    assert_eq!(http_get(admin, "/ready").await.0, 200);
     let mut client = DeltaClient::connect(xds, "node-1").await;
     client.subscribe_all();
     client.recv_acked(4).await;
@@ -177,35 +168,21 @@ async fn serve_logs_rejected_changes_and_exits_0_on_sigterm() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let kill = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(kill.success());
-    let out = tokio::task::spawn_blocking(move || child.wait_with_output())
+    let status = control
+        .terminate(Duration::from_secs(10))
         .await
-        .expect("join")
-        .expect("waits");
-    assert_eq!(out.status.code(), Some(0));
-    let stderr = String::from_utf8_lossy(&out.stderr);
+        .expect("exits");
+    assert_eq!(status.code(), Some(0));
+    let output = control.output();
     assert!(
-        stderr.contains("routes.yaml: routeTable \"outbound\": virtualHosts[0].routes[0].match.regex: invalid regex"),
-        "{stderr}"
+        output.contains("routes.yaml: routeTable \"outbound\": virtualHosts[0].routes[0].match.regex: invalid regex"),
+        "{output}"
     );
     assert!(
-        stderr.contains("still serving the previous config"),
-        "{stderr}"
+        output.contains("still serving the previous config"),
+        "{output}"
     );
     // The stream was ended by the server, not cut.
-    let end = tokio::time::timeout(Duration::from_secs(2), client_end(&mut client)).await;
+    let end = tokio::time::timeout(Duration::from_secs(2), client.closed()).await;
     assert!(end.is_ok(), "stream still open after exit");
-}
-
-async fn client_end(client: &mut DeltaClient) {
-    client.closed().await;
-}
-
-fn free_port() -> std::net::SocketAddr {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.local_addr().expect("addr")
 }

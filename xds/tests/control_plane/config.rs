@@ -1,5 +1,7 @@
 //! The config directory: merged files, rejected changes, startup.
 
+use gridmesh_tests::ports::RefusingPort;
+
 use crate::fixtures::{self, CLUSTERS};
 use crate::harness::*;
 
@@ -144,7 +146,14 @@ async fn an_empty_directory_serves_empty_sets() {
 async fn an_invalid_directory_fails_the_start() {
     let dir = tempfile::tempdir().expect("tempdir");
     write(dir.path(), "routes.yaml", &fixtures::routes("missing"));
-    let Err(e) = gridmesh_xds::ControlPlane::start(options(dir.path())).await else {
+    // Held ports: binding before validating would fail with "in use" instead.
+    let (xds, admin) = (RefusingPort::new(), RefusingPort::new());
+    let options = gridmesh_xds::Options {
+        xds_addr: xds.addr(),
+        admin_addr: admin.addr(),
+        ..options(dir.path())
+    };
+    let Err(e) = gridmesh_xds::ControlPlane::start(options).await else {
         panic!("started with an invalid directory");
     };
     let text = e.to_string();

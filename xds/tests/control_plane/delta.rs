@@ -42,13 +42,18 @@ async fn nothing_is_pushed_again_without_a_change() {
     let mut client = h.delta("node-1").await;
     client.subscribe_all();
     client.recv_acked(4).await;
+    h.settled("node-1").await;
     client.expect_quiet().await;
     // Rewriting the same bytes, or only a comment, changes no resource.
+    // The reload of the comment proves both writes were read.
     h.write("clusters.yaml", CLUSTERS);
-    h.write(
-        "routes.yaml",
-        &format!("# a comment\n{}", fixtures::routes("a")),
-    );
+    let status = h
+        .write_and_wait_loaded(
+            "routes.yaml",
+            &format!("# a comment\n{}", fixtures::routes("a")),
+        )
+        .await;
+    assert_eq!(status.config.files.len(), 2);
     client.expect_quiet().await;
     let status = h.status().await;
     let c = type_view(client_view(&status, "node-1"), "cluster");
@@ -78,6 +83,7 @@ async fn a_change_pushes_only_the_changed_resources() {
         .map(|r| &r.version);
     assert_ne!(Some(&r.resources[0].version), old);
     client.ack(&r);
+    h.settled("node-1").await;
     client.expect_quiet().await;
 }
 
@@ -127,6 +133,7 @@ async fn removals_follow_upserts_in_reverse_push_order() {
     ]
     .map(|(t, c)| (t.to_string(), c.to_string()));
     assert_eq!(sequence, expected);
+    h.settled("node-1").await;
     client.expect_quiet().await;
 }
 
@@ -140,7 +147,8 @@ async fn a_named_subscription_gets_only_its_names_and_absent_ones_as_removed() {
     assert_eq!((names(&r[0]), removed(&r[0])), (vec!["a"], vec![]));
     assert_eq!((names(&r[1]), removed(&r[1])), (vec![], vec!["nope"]));
     // b is not subscribed; "nope" was already answered.
-    h.write("clusters.yaml", &fixtures::clusters_with_timeout("b", "2s"));
+    h.write_and_wait_loaded("clusters.yaml", &fixtures::clusters_with_timeout("b", "2s"))
+        .await;
     client.expect_quiet().await;
     h.write("clusters.yaml", &fixtures::clusters_with_timeout("a", "2s"));
     let r = client.recv().await;
@@ -160,7 +168,15 @@ async fn subscriptions_change_mid_stream() {
     assert_eq!(names(&r), ["b"], "only the newly subscribed resource");
     client.ack(&r);
     client.unsubscribe(C, &["a"]);
-    h.write("clusters.yaml", &fixtures::clusters_with_timeout("a", "2s"));
+    h.status_until("the unsubscription", |s| {
+        type_view(client_view(s, "node-1"), "cluster")
+            .subscribed
+            .names
+            == ["b"]
+    })
+    .await;
+    h.write_and_wait_loaded("clusters.yaml", &fixtures::clusters_with_timeout("a", "2s"))
+        .await;
     client.expect_quiet().await;
     h.write("clusters.yaml", &fixtures::clusters_with_timeout("b", "2s"));
     let r = client.recv().await;
@@ -183,7 +199,6 @@ async fn a_nack_is_recorded_shown_and_not_pushed_again() {
     let r = client.recv().await;
     assert_eq!((r.type_url.as_str(), names(&r)), (C, vec!["a"]));
     client.nack(&r, "cluster a: connect timeout too long");
-    client.expect_quiet().await;
     let status = h
         .status_until("the NACK", |s| {
             type_view(client_view(s, "node-1"), "cluster")
@@ -191,6 +206,7 @@ async fn a_nack_is_recorded_shown_and_not_pushed_again() {
                 .is_some()
         })
         .await;
+    client.expect_quiet().await;
     let c = type_view(client_view(&status, "node-1"), "cluster");
     let nack = c.last_nack.as_ref().expect("NACK");
     assert_eq!((nack.nonce.as_str(), nack.code), (r.nonce.as_str(), 3));
@@ -290,6 +306,7 @@ async fn a_large_type_arrives_in_bounded_responses() {
     for r in &responses {
         client.ack(r);
     }
+    h.settled("node-1").await;
     client.expect_quiet().await;
     assert!(responses.len() >= 3, "{} responses", responses.len());
     let mut seen = HashSet::new();
@@ -423,6 +440,7 @@ async fn a_reconnecting_client_gets_only_what_changed() {
             "{r:?}"
         );
     }
+    h.settled("node-2").await;
     same.expect_quiet().await;
 
     // a changed, b is gone (routes use a only).
@@ -453,6 +471,7 @@ async fn a_reconnecting_client_gets_only_what_changed() {
             (C.to_string(), s(&[]), s(&["b"])),
         ]
     );
+    h.settled("node-3").await;
     changed.expect_quiet().await;
 }
 
@@ -465,6 +484,7 @@ async fn an_unknown_type_is_ignored_and_shown() {
     let r = client.recv().await;
     assert_eq!(r.type_url, C, "the stream stays up and serves known types");
     client.ack(&r);
+    h.settled("node-1").await;
     client.expect_quiet().await;
     let status = h.status().await;
     let view = client_view(&status, "node-1");

@@ -86,6 +86,31 @@ impl Harness {
     }
 }
 
+impl Harness {
+    /// Writes `name` and waits until the control plane has read the change
+    /// and served it: `loaded_at` moves on with every accepted read of
+    /// changed bytes, even when no resource changed. Silence asserted after
+    /// this is about a change the control plane saw.
+    pub async fn write_and_wait_loaded(&self, name: &str, text: &str) -> StatusView {
+        let before = self.status().await.config.loaded_at;
+        self.write(name, text);
+        self.status_until(&format!("{name} to be reloaded"), |s| {
+            s.config.loaded_at != before
+        })
+        .await
+    }
+
+    /// Waits until no response to `node` waits for an answer: its ACKs and
+    /// NACKs so far were read.
+    pub async fn settled(&self, node: &str) -> StatusView {
+        self.status_until(&format!("{node}'s answers"), |s| {
+            let client = client_view(s, node);
+            !client.types.is_empty() && client.types.iter().all(|t| t.pending_nonce.is_none())
+        })
+        .await
+    }
+}
+
 pub fn options(dir: &Path) -> Options {
     Options {
         config_dir: dir.to_path_buf(),

@@ -24,6 +24,7 @@ async fn wildcard_gets_full_sets_in_push_order_and_full_state_updates() {
     assert_eq!(urls, [C, E, L, R]);
     assert_eq!(sotw_names(&initial[0]), ["a", "b"]);
     assert_eq!(sotw_names(&initial[3]), ["outbound"]);
+    h.settled("node-1").await;
     client.expect_quiet().await;
 
     h.write(
@@ -35,7 +36,6 @@ async fn wildcard_gets_full_sets_in_push_order_and_full_state_updates() {
     assert_eq!(sotw_names(&r), ["a", "b"], "the whole set, not the change");
     assert_ne!(r.version_info, initial[1].version_info);
     client.ack(&r, &[]);
-    client.expect_quiet().await;
     let status = h
         .status_until("the ACK", |s| {
             type_view(client_view(s, "node-1"), "endpoints")
@@ -44,6 +44,7 @@ async fn wildcard_gets_full_sets_in_push_order_and_full_state_updates() {
                 == Some(&r.version_info)
         })
         .await;
+    client.expect_quiet().await;
     let view = client_view(&status, "node-1");
     assert_eq!(view.protocol, gridmesh_xds::Protocol::Sotw);
     assert_eq!(
@@ -60,7 +61,8 @@ async fn a_named_subscription_gets_its_names_only() {
     let r = client.recv().await;
     assert_eq!(sotw_names(&r), ["b"]);
     client.ack(&r, &["b"]);
-    h.write("clusters.yaml", &fixtures::clusters_with_timeout("a", "2s"));
+    h.write_and_wait_loaded("clusters.yaml", &fixtures::clusters_with_timeout("a", "2s"))
+        .await;
     client.expect_quiet().await;
     h.write("clusters.yaml", &fixtures::clusters_with_timeout("b", "2s"));
     let r2 = client.recv().await;
@@ -83,7 +85,6 @@ async fn a_nack_is_recorded_and_not_pushed_again() {
     h.write("clusters.yaml", &fixtures::clusters_with_timeout("a", "2s"));
     let r = client.recv().await;
     client.nack(&r, &first.version_info, "bad cluster a");
-    client.expect_quiet().await;
     let status = h
         .status_until("the NACK", |s| {
             type_view(client_view(s, "node-1"), "cluster")
@@ -91,6 +92,7 @@ async fn a_nack_is_recorded_and_not_pushed_again() {
                 .is_some()
         })
         .await;
+    client.expect_quiet().await;
     let c = type_view(client_view(&status, "node-1"), "cluster");
     assert_eq!(c.acked_version.as_ref(), Some(&first.version_info));
     let nack = c.last_nack.as_ref().expect("NACK");

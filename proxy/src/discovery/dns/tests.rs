@@ -305,15 +305,42 @@ async fn an_empty_answer_keeps_the_last_addresses() {
         ips: vec![],
         ttl: 0,
     });
+    // Two lookups answered empty: the first could have been in flight
+    // before the change; the second was surely answered without addresses.
     let before = server.lookups().len();
-    tokio::time::sleep(Duration::from_millis(600)).await;
-    assert!(server.lookups().len() > before, "kept resolving");
+    lookups_reach(&server, before + 2).await;
     assert!(!addresses.has_changed().unwrap());
     assert_eq!(addresses.borrow().to_vec(), socket_addresses(&[1]));
 }
 
 #[tokio::test]
-async fn the_task_stops_when_every_receiver_is_gone() {
+async fn the_task_keeps_resolving_while_a_receiver_is_left() {
+    let server = DnsServer::start(Answer::Records {
+        ips: vec![ipv4(1)],
+        ttl: 0,
+    })
+    .await;
+    let (mut addresses, task) = watch_host(
+        server.resolver(),
+        NAME.into(),
+        PORT,
+        refresh(Duration::from_millis(100)),
+    );
+    next_change(&mut addresses, Duration::from_secs(5)).await;
+    let second = addresses.clone();
+    drop(addresses);
+    let seen = server.lookups().len();
+    lookups_reach(&server, seen + 2).await;
+    assert!(!task.is_finished(), "a receiver is still there");
+    drop(second);
+    timeout(Duration::from_secs(1), task)
+        .await
+        .expect("the task ended with the last receiver")
+        .unwrap();
+}
+
+#[tokio::test]
+async fn the_task_stops_when_every_receiver_is_gone_even_mid_ttl() {
     let server = DnsServer::start(Answer::Records {
         ips: vec![ipv4(1)],
         ttl: 3_600,
@@ -321,14 +348,22 @@ async fn the_task_stops_when_every_receiver_is_gone() {
     .await;
     let (mut addresses, task) =
         watch_host(server.resolver(), NAME.into(), PORT, DnsRefresh::default());
+    // One lookup answered: the task now waits out the hour.
     next_change(&mut addresses, Duration::from_secs(5)).await;
-    let second = addresses.clone();
     drop(addresses);
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    assert!(!task.is_finished(), "a receiver is still there");
-    drop(second);
     timeout(Duration::from_secs(1), task)
         .await
         .expect("the task ended while waiting out a one-hour TTL")
         .unwrap();
+}
+
+/// Waits (bounded) until the server has answered `count` lookups.
+async fn lookups_reach(server: &DnsServer, count: usize) {
+    timeout(Duration::from_secs(5), async {
+        while server.lookups().len() < count {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("fewer than {count} lookups within 5 s"));
 }
