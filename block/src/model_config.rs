@@ -784,4 +784,41 @@ output [ { name: "OUTPUT__0" data_type: TYPE_FP32 dims: [1] } ]
             vec![1]
         );
     }
+
+    /// Arbitrary edits of a valid configuration (every field the server
+    /// acts on) and of the CNN's: parsed into a spec or refused with a
+    /// message, never a panic. Errors that come from the text-format
+    /// parser name the line and column.
+    mod fuzz {
+        use gridmesh_tests::fuzz::{cases, mutations_of};
+        use gridmesh_tests::process::workspace_root;
+        use proptest::prelude::*;
+
+        use super::*;
+
+        fn seeds() -> Vec<String> {
+            let rich =
+                std::fs::read_to_string(workspace_root().join("block/tests/fuzz/config.pbtxt"))
+                    .expect("the fuzz seed");
+            vec![rich, CNN.to_string()]
+        }
+
+        #[test]
+        fn the_seeds_are_valid() {
+            for seed in seeds() {
+                parse(&seed, "cnn").unwrap_or_else(|e| panic!("{e}"));
+            }
+        }
+
+        proptest! {
+            #![proptest_config(cases(2_000))]
+
+            #[test]
+            fn fuzz_config_pbtxt_is_parsed_or_refused(text in mutations_of(seeds())) {
+                if let Err(message) = parse(&text, "cnn") {
+                    prop_assert!(!message.trim().is_empty());
+                }
+            }
+        }
+    }
 }

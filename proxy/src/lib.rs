@@ -41,6 +41,23 @@ use crate::listeners::Listeners;
 use crate::metrics::Metrics;
 use crate::shared::Shared;
 
+/// Property and fuzz tests run `cases` cases, or `GRIDMESH_FUZZ_CASES` when
+/// set (as the workspace's other fuzz tests do, see gridmesh_tests::fuzz).
+/// No regression files: a failure prints its minimal input, which belongs
+/// in a named test.
+#[cfg(test)]
+fn fuzz_config(cases: u32) -> proptest::test_runner::Config {
+    let cases = std::env::var("GRIDMESH_FUZZ_CASES")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(cases);
+    proptest::test_runner::Config {
+        cases,
+        failure_persistence: None,
+        ..Default::default()
+    }
+}
+
 /// After the drain deadline, how long gRPC streams get to send their
 /// closing trailers before the proxy stops regardless.
 const DRAIN_GRACE: Duration = Duration::from_millis(500);

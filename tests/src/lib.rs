@@ -1,4 +1,5 @@
 //! Test harness shared by the end-to-end tests, the benchmark and the demo.
+pub mod fuzz;
 pub mod harness;
 pub mod ports;
 pub mod process;

@@ -533,14 +533,8 @@ fn the_xds_address_must_be_host_and_port() {
     }
 }
 
-/// No regression files: a failure prints its minimal input, which belongs
-/// in a named test.
 fn config(cases: u32) -> ProptestConfig {
-    ProptestConfig {
-        cases,
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    }
+    crate::fuzz_config(cases)
 }
 
 /// Largest duration the proto3 JSON mapping allows (about 10,000 years).

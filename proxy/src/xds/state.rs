@@ -952,4 +952,125 @@ listeners:
             .collect();
         assert_eq!(served, ["good"]);
     }
+
+    /// Random responses — valid resources, resources whose encoding was
+    /// damaged or that are sent under another name, removals of held and
+    /// unknown names, for every kind in any order — never panic the client
+    /// state, every rejection names something the response carried and
+    /// says why, and what is held always stays consistent: versions only
+    /// for held resources, and the held config (warming listeners given
+    /// their tables) validates.
+    mod fuzz {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        const POOL: &str = r#"
+clusters: [{ name: up }, { name: spare, connectTimeout: 2s }, { name: bad, connectTimeout: -1s }]
+endpoints:
+  - { cluster: up, endpoints: [{ address: "127.0.0.1:9001" }] }
+  - { cluster: spare, endpoints: [{ address: "not an address" }] }
+  - { cluster: gone, endpoints: [] }
+routeTables:
+  - { name: rt, virtualHosts: [{ name: all, domains: ["*"], routes: [{ name: r, route: { cluster: up } }] }] }
+  - { name: rt2, virtualHosts: [{ name: all, domains: ["*"], routes: [{ name: r, route: { cluster: spare } }] }] }
+  - { name: broken, virtualHosts: [{ name: all, domains: ["*"], routes: [{ name: r, match: { regex: "(" }, route: { cluster: up } }] }] }
+listeners:
+  - { name: l, address: "127.0.0.1:0", routeTable: rt }
+  - { name: m, address: "127.0.0.1:0", routeTable: rt2 }
+  - { name: n, address: "127.0.0.1:0", routeTable: missing }
+"#;
+
+        #[derive(Debug, Clone)]
+        enum Damage {
+            None,
+            Bytes(Vec<(usize, u8)>),
+            Renamed(String),
+        }
+
+        fn damage() -> impl Strategy<Value = Damage> {
+            prop_oneof![
+                4 => Just(Damage::None),
+                1 => prop::collection::vec((any::<usize>(), any::<u8>()), 1..4).prop_map(Damage::Bytes),
+                1 => "[a-z]{1,3}".prop_map(Damage::Renamed),
+            ]
+        }
+
+        fn step() -> impl Strategy<Value = (Kind, Vec<(usize, Damage)>, Vec<String>)> {
+            (
+                prop::sample::select(Kind::PUSH_ORDER.to_vec()),
+                prop::collection::vec((any::<usize>(), damage()), 0..4),
+                prop::collection::vec(
+                    prop::sample::select(vec![
+                        "up", "spare", "bad", "gone", "rt", "rt2", "l", "m", "x",
+                    ])
+                    .prop_map(str::to_string),
+                    0..3,
+                ),
+            )
+        }
+
+        fn sent(kind: Kind, picks: &[(usize, Damage)]) -> Vec<Resource> {
+            let pool = resources(kind, POOL, "v");
+            picks
+                .iter()
+                .map(|(i, damage)| {
+                    let mut r = pool[i % pool.len()].clone();
+                    r.version = format!("v{i}");
+                    match damage {
+                        Damage::None => {}
+                        Damage::Bytes(edits) => {
+                            let any = r.resource.as_mut().expect("a body");
+                            let mut bytes = any.value.to_vec();
+                            for (at, byte) in edits {
+                                if !bytes.is_empty() {
+                                    let at = at % bytes.len();
+                                    bytes[at] ^= byte | 1;
+                                }
+                            }
+                            any.value = bytes.into();
+                        }
+                        Damage::Renamed(name) => r.name = name.clone(),
+                    }
+                    r
+                })
+                .collect()
+        }
+
+        proptest! {
+            #![proptest_config(crate::fuzz_config(256))]
+
+            #[test]
+            fn fuzz_responses_keep_the_held_state_consistent(steps in prop::collection::vec(step(), 1..12)) {
+                let mut held = held();
+                for (kind, picks, removed) in steps {
+                    let removed: Vec<&str> = removed.iter().map(String::as_str).collect();
+                    let response = response(kind, sent(kind, &picks), &removed);
+                    let carried: HashSet<&str> = response
+                        .resources
+                        .iter()
+                        .map(|r| r.name.as_str())
+                        .chain(removed.iter().copied())
+                        .collect();
+                    let update = Update::decode(kind, &response);
+                    let outcome = held.evaluate(&update);
+                    for r in &outcome.rejected {
+                        prop_assert!(carried.contains(r.name.as_str()), "{r:?} was not in the response");
+                        prop_assert!(!r.reason.trim().is_empty(), "{r:?}");
+                    }
+                    held.commit(outcome);
+                    for kind in Kind::PUSH_ORDER {
+                        let names: HashSet<&str> = kind.names(&held.dynamic).into_iter().collect();
+                        for name in held.versions(kind).keys() {
+                            prop_assert!(names.contains(name.as_str()), "{kind} {name} has a version but is not held");
+                        }
+                    }
+                    let checked = held.checked(&held.dynamic);
+                    if let Err(e) = config::build_snapshot(checked, "held") {
+                        prop_assert!(false, "the held config does not validate: {e}");
+                    }
+                }
+            }
+        }
+    }
 }

@@ -459,4 +459,198 @@ mod tests {
         let lens: Vec<usize> = many.iter().map(Vec::len).collect();
         assert_eq!(lens, [MAX_RESPONSE_RESOURCES, MAX_RESPONSE_RESOURCES, 1]);
     }
+
+    /// The delta protocol against a model of a conforming client, over
+    /// random request sequences and config changes: after every exchange
+    /// the client holds exactly the served resources it is subscribed to
+    /// (by name or wildcard), at their served versions — whatever it held
+    /// at the start (`initial_resource_versions`, right or wrong), however
+    /// it subscribed and unsubscribed, and whatever the config did.
+    mod model {
+        use std::collections::{BTreeMap, BTreeSet};
+
+        use gridmesh_proto::config::{Bootstrap, Cluster};
+        use proptest::prelude::*;
+
+        use super::*;
+        use crate::server::Context;
+        use crate::snapshot::{Snapshot, version_text};
+
+        const NAMES: [&str; 5] = ["a", "b", "c", "d", "e"];
+
+        #[derive(Debug, Clone)]
+        enum Op {
+            Subscribe(Vec<&'static str>),
+            Unsubscribe(Vec<&'static str>),
+            /// A new config: these clusters, each with a timeout that sets
+            /// its version.
+            Serve(BTreeMap<&'static str, u8>),
+        }
+
+        fn name() -> impl Strategy<Value = &'static str> {
+            prop::sample::select(vec!["*", "a", "b", "c", "d", "e", "z"])
+        }
+
+        fn config() -> impl Strategy<Value = BTreeMap<&'static str, u8>> {
+            prop::collection::btree_map(prop::sample::select(NAMES.to_vec()), 1u8..4, 0..5)
+        }
+
+        fn op() -> impl Strategy<Value = Op> {
+            prop_oneof![
+                prop::collection::vec(name(), 0..4).prop_map(Op::Subscribe),
+                prop::collection::vec(name(), 1..4).prop_map(Op::Unsubscribe),
+                config().prop_map(Op::Serve),
+            ]
+        }
+
+        fn snapshot(clusters: &BTreeMap<&'static str, u8>) -> Snapshot {
+            let set = Bootstrap {
+                clusters: clusters
+                    .iter()
+                    .map(|(name, timeout)| Cluster {
+                        name: name.to_string(),
+                        connect_timeout: Some(pbjson_types::Duration {
+                            seconds: i64::from(*timeout),
+                            nanos: 0,
+                        }),
+                        ..Default::default()
+                    })
+                    .collect(),
+                ..Default::default()
+            };
+            Snapshot::new(&set, Vec::new())
+        }
+
+        /// What a conforming client does and holds.
+        #[derive(Default)]
+        struct Client {
+            wildcard: bool,
+            names: BTreeSet<&'static str>,
+            holds: BTreeMap<String, String>,
+        }
+
+        impl Client {
+            fn unsubscribe(&mut self, names: &[&'static str]) {
+                for name in names {
+                    if *name == WILDCARD {
+                        self.wildcard = false;
+                        let explicit = &self.names;
+                        self.holds
+                            .retain(|held, _| explicit.contains(held.as_str()));
+                    } else if self.names.remove(name) && !self.wildcard {
+                        // Covered by the wildcard, it is kept: the server
+                        // says whether it stays.
+                        self.holds.remove(*name);
+                    }
+                }
+            }
+
+            fn apply(&mut self, response: &DeltaDiscoveryResponse) {
+                for resource in &response.resources {
+                    self.holds
+                        .insert(resource.name.clone(), resource.version.clone());
+                }
+                for name in &response.removed_resources {
+                    self.holds.remove(name);
+                }
+            }
+
+            fn expected(&self, served: &Snapshot) -> BTreeMap<String, String> {
+                served
+                    .resources(Kind::Cluster)
+                    .entries
+                    .iter()
+                    .filter(|(name, _)| self.wildcard || self.names.contains(&***name))
+                    .map(|(name, entry)| (name.to_string(), version_text(entry.version)))
+                    .collect()
+            }
+        }
+
+        proptest! {
+            #![proptest_config(gridmesh_tests::fuzz::cases(512))]
+
+            #[test]
+            fn fuzz_a_conforming_client_always_holds_what_it_subscribed_to(
+                first in prop::collection::vec(name(), 0..4),
+                initially_held in prop::collection::btree_map(
+                    prop::sample::select(NAMES.to_vec()), any::<bool>(), 0..4),
+                start in config(),
+                ops in prop::collection::vec(op(), 0..16),
+            ) {
+                let metrics = crate::metrics::Metrics::default();
+                let ctx = Context { node_id: "n", stream: 1, metrics: &metrics };
+                let mut served = snapshot(&start);
+                let mut state = State::default();
+                let mut client = Client::default();
+                let mut nonce = 0;
+                // The first request: what it subscribes to and what the
+                // client says it holds, at the served version or a stale one.
+                client.wildcard = first.is_empty() || first.contains(&WILDCARD);
+                client.names = first.iter().copied().filter(|n| *n != WILDCARD).collect();
+                for (name, right) in &initially_held {
+                    let served_version = served
+                        .resources(Kind::Cluster)
+                        .entries
+                        .get(*name)
+                        .map(|e| version_text(e.version));
+                    let version = match served_version {
+                        Some(v) if *right => v,
+                        _ => "0123456789abcdef".to_string(),
+                    };
+                    client.holds.insert(name.to_string(), version);
+                }
+                let request = DeltaDiscoveryRequest {
+                    type_url: Kind::Cluster.type_url().into(),
+                    resource_names_subscribe: first.iter().map(|n| n.to_string()).collect(),
+                    initial_resource_versions: client.holds.clone().into_iter().collect(),
+                    ..Default::default()
+                };
+                let requests = std::iter::once(Ok(request)).chain(ops.into_iter().map(Err));
+                for step in requests {
+                    match step {
+                        Ok(request) => state.on_request(Kind::Cluster, request, &ctx).unwrap(),
+                        Err(Op::Serve(clusters)) => {
+                            served = snapshot(&clusters);
+                            state.on_snapshot();
+                        }
+                        Err(Op::Subscribe(names)) => {
+                            for name in &names {
+                                if *name == WILDCARD {
+                                    client.wildcard = true;
+                                } else {
+                                    client.names.insert(name);
+                                }
+                            }
+                            let request = DeltaDiscoveryRequest {
+                                type_url: Kind::Cluster.type_url().into(),
+                                resource_names_subscribe: names.iter().map(|n| n.to_string()).collect(),
+                                ..Default::default()
+                            };
+                            state.on_request(Kind::Cluster, request, &ctx).unwrap();
+                        }
+                        Err(Op::Unsubscribe(names)) => {
+                            client.unsubscribe(&names);
+                            let request = DeltaDiscoveryRequest {
+                                type_url: Kind::Cluster.type_url().into(),
+                                resource_names_unsubscribe: names.iter().map(|n| n.to_string()).collect(),
+                                ..Default::default()
+                            };
+                            state.on_request(Kind::Cluster, request, &ctx).unwrap();
+                        }
+                    }
+                    let planned = state.responses(&served, &mut || {
+                        nonce += 1;
+                        Nonce { seq: nonce, text: format!("1-{nonce}") }
+                    });
+                    for (_, chunk) in planned {
+                        client.apply(&State::build(chunk, &served));
+                    }
+                    prop_assert_eq!(&client.holds, &client.expected(&served));
+                    let held = &state.types[&Kind::Cluster].held;
+                    prop_assert!(held.windows(2).all(|w| w[0].0 < w[1].0), "held sorted and unique");
+                    let _ = state.view();
+                }
+            }
+        }
+    }
 }
