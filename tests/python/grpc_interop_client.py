@@ -11,11 +11,10 @@ values, and grpc-status-details-bin carries a google.rpc.ErrorInfo. Every
 code, message, trailer and detail must arrive as the server sent it, and
 none may look like a proxy-made error (x-gridmesh-error).
 
-With --proxy-errors, TARGET is a sidecar with no route for the service: the
-sidecar's own trailers-only UNIMPLEMENTED must reach grpcio intact.
+With --proxy-errors, TARGET is a sidecar whose cluster has no endpoints: the
+sidecar's own trailers-only UNAVAILABLE must reach grpcio intact.
 
-Every check runs even after one fails; prints `N checks passed` and exits 1
-if any failed.
+Every check runs even after one fails (tests/python/checks.py).
 """
 
 import base64
@@ -26,23 +25,11 @@ import grpc
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
+from checks import check, finish
 from grpc_interop_server import SERVICE, decode_text, encode_text
 
 TIMEOUT = 10
 BINARY = bytes([0, 1, 2, 0xFE, 0xFF])
-
-failures: list[str] = []
-passed = 0
-
-
-def check(condition: bool, what: str) -> None:
-    global passed
-    if condition:
-        passed += 1
-    else:
-        failures.append(what)
-        print(f"FAILED: {what}", flush=True)
-
 
 class Outcome:
     """What a call delivered to the application."""
@@ -193,12 +180,16 @@ def proxy_errors(channel: grpc.Channel) -> None:
     for shape in ("Unary", "ClientStream", "ServerStream", "Bidi"):
         got = call(channel, shape, {"code": 0})
         check(
-            got.code == grpc.StatusCode.UNIMPLEMENTED,
-            f"{shape} without a route: code {got.code} (want UNIMPLEMENTED); {got}",
+            got.code == grpc.StatusCode.UNAVAILABLE,
+            f"{shape} without endpoints: code {got.code} (want UNAVAILABLE); {got}",
         )
         check(
-            ("x-gridmesh-error", "route_not_found") in got.trailers,
-            f"{shape} without a route: no x-gridmesh-error: {got}",
+            got.details == "no_healthy_upstream",
+            f"{shape} without endpoints: message {got.details!r}",
+        )
+        check(
+            ("x-gridmesh-error", "no_healthy_upstream") in got.trailers,
+            f"{shape} without endpoints: no x-gridmesh-error: {got}",
         )
 
 
@@ -209,10 +200,7 @@ def main() -> None:
             proxy_errors(channel)
         else:
             upstream_statuses(channel)
-    print(f"{passed} checks passed", flush=True)
-    if failures:
-        print(f"{len(failures)} checks FAILED", flush=True)
-        sys.exit(1)
+    finish()
 
 
 if __name__ == "__main__":

@@ -11,7 +11,9 @@ use std::time::Duration;
 use gridmesh_proto::discovery::DeltaDiscoveryRequest;
 use gridmesh_proto::discovery::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use gridmesh_tests::harness::within;
-use gridmesh_tests::process::{self, ProxyConfig, ProxyProcess, admin_get, start_control_plane};
+use gridmesh_tests::process::{
+    self, AdminResponse, ProxyConfig, ProxyProcess, admin_get, start_control_plane,
+};
 use rustix::process::{Pid, Resource, Rlimit, prlimit};
 use tokio::net::TcpStream;
 
@@ -117,6 +119,20 @@ async fn cpu_while_accepts_fail(pid: u32, addrs: &[SocketAddr]) -> (Duration, Rl
     panic!("connections to {addrs:?} kept being accepted: the descriptor limit does not hold");
 }
 
+/// The answer to GET `path` once the admin server serves again (the
+/// connections queued meanwhile are accepted first).
+async fn answered_again(admin: SocketAddr, path: &str) -> AdminResponse {
+    within("the admin server to answer again", async {
+        loop {
+            if let Ok(response) = admin_get(admin, path).await {
+                return response;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+}
+
 #[tokio::test]
 async fn a_sidecar_out_of_descriptors_waits_and_recovers() {
     let upstream = gridmesh_tests::harness::upstream("up").await;
@@ -155,15 +171,7 @@ endpoints: [{{ cluster: up, endpoints: [{{ address: "{}" }}] }}]
     );
 
     restore_descriptors(pid, limit);
-    let ready = within("admin answers again", async {
-        loop {
-            if let Ok(response) = admin_get(admin, "/ready").await {
-                return response;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await;
+    let ready = answered_again(admin, "/ready").await;
     assert_eq!(ready.status, 200, "{}", ready.body);
     let reply = gridmesh_tests::harness::http1_client()
         .get(listener, "up", "/echo")
@@ -191,15 +199,7 @@ async fn a_control_plane_out_of_descriptors_waits_and_recovers() {
     );
 
     restore_descriptors(pid, limit);
-    let status = within("the admin server answers again", async {
-        loop {
-            if let Ok(response) = admin_get(admin, "/status").await {
-                return response;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await;
+    let status = answered_again(admin, "/status").await;
     assert_eq!(status.status, 200, "{}", status.body);
     // The xDS server still serves: a new stream gets the clusters.
     let mut client = within(

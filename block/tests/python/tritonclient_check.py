@@ -11,6 +11,7 @@ even after one fails; the exit status is 1 if any failed.
 import json
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import tritonclient.grpc as grpcclient
@@ -25,17 +26,9 @@ NUMPY_TYPES = {
     "BOOL": np.bool_,
 }
 
-failures: list[str] = []
-passed = 0
-
-
-def check(condition: bool, what: str) -> None:
-    global passed
-    if condition:
-        passed += 1
-    else:
-        failures.append(what)
-        print(f"FAILED: {what}", flush=True)
+# The project's check-and-continue helpers live beside the other test scripts.
+sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "tests" / "python"))
+from checks import check, finish  # noqa: E402
 
 
 def array(tensor: dict) -> np.ndarray:
@@ -206,10 +199,7 @@ def main() -> None:
             )
 
     client.close()
-    if failures:
-        print(f"{len(failures)} of {passed + len(failures)} checks failed", flush=True)
-        sys.exit(1)
-    print(f"all {passed} checks passed", flush=True)
+    finish()
 
 
 if __name__ == "__main__":
