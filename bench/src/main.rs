@@ -1,6 +1,10 @@
 //! `gridmesh-bench`: what a gridmesh sidecar hop costs, as ratios against the
 //! direct path and against Envoy, nginx and HAProxy measured in the same run.
 //! See docs/benchmark.md.
+#![deny(clippy::unwrap_used)]
+// The benchmark pins processes to CPUs and sets scheduling policies and
+// priorities through libc (machine.rs, block/cpus.rs, targets/process.rs).
+#![allow(unsafe_code)]
 
 mod block;
 mod install;

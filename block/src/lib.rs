@@ -8,6 +8,7 @@
 //! and [`load`] watch every step. [`repository`] finds and loads the models
 //! that [`model_config`] describes; [`server`] wires it all to sockets.
 #![forbid(unsafe_code)]
+#![deny(clippy::unwrap_used)]
 
 pub mod batcher;
 pub mod http;

@@ -1,6 +1,7 @@
 //! `gridmesh-block`: serves a Triton-style model repository of TorchScript
 //! models over KServe v2 gRPC. See the crate documentation and docs/block.md.
 #![forbid(unsafe_code)]
+#![deny(clippy::unwrap_used)]
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -12,6 +12,7 @@
 //! - Accepted sockets get TCP_NODELAY: small responses (gRPC replies, xDS
 //!   pushes, admin answers) must not wait for the peer's delayed ACK.
 #![forbid(unsafe_code)]
+#![deny(clippy::unwrap_used)]
 
 use std::io;
 use std::net::SocketAddr;

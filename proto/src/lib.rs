@@ -4,6 +4,7 @@
 //! the proto3 JSON mapping, so a bootstrap YAML file and the control plane's
 //! xDS stream describe configuration in the same language.
 #![forbid(unsafe_code)]
+#![deny(clippy::unwrap_used)]
 
 pub mod gridmesh {
     pub mod v1 {

@@ -105,10 +105,7 @@ fn config_dump(shared: &Shared) -> serde_json::Value {
             (kind.label().to_string(), serde_json::Value::Array(list))
         })
         .collect();
-    let xds = shared
-        .xds_status
-        .as_ref()
-        .map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).clone());
+    let xds = shared.xds_status.as_ref().map(|s| s.lock().clone());
     serde_json::json!({
         "source": snapshot.source,
         "bootstrap": &snapshot.bootstrap,

@@ -11,7 +11,7 @@ use http::uri::{Authority, PathAndQuery, Scheme, Uri};
 use http::{HeaderValue, Request, Response, StatusCode, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use rand::Rng;
+use rand::RngExt;
 use tokio::time::Instant;
 
 use crate::balance::InFlight;

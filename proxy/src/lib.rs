@@ -5,6 +5,7 @@
 //! and `body` watching the streams go by. Config comes in as an immutable
 //! snapshot (`config`); `admin` and `metrics` observe from the side.
 #![forbid(unsafe_code)]
+#![deny(clippy::unwrap_used)]
 
 mod admin;
 mod balance;
@@ -27,8 +28,10 @@ mod shared;
 mod xds;
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
+
+use parking_lot::Mutex;
 
 use tokio::runtime::Handle;
 use tokio::task::JoinHandle;

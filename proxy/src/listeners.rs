@@ -11,9 +11,11 @@
 //! never touches connections.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use parking_lot::Mutex;
 
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::runtime::Handle;
@@ -78,7 +80,7 @@ impl Listeners {
 
     /// Binds what `specs` need that is not bound yet. Changes nothing.
     pub fn prepare(&self, specs: &[ListenerSpec]) -> Result<Plan, BindError> {
-        let active = self.active.lock().unwrap_or_else(|p| p.into_inner());
+        let active = self.active.lock();
         let mut listeners = Vec::with_capacity(specs.len());
         for spec in specs {
             if let Some(same) = active.iter().find(|a| serves_same(&a.spec, spec)) {
@@ -139,7 +141,7 @@ impl Listeners {
     /// Serves `plan`: starts new and changed listeners, drains removed and
     /// replaced ones (their connections get `drain_timeout`).
     pub fn commit(&self, plan: Plan, shared: &Arc<Shared>, drain_timeout: Duration) {
-        let mut active = self.active.lock().unwrap_or_else(|p| p.into_inner());
+        let mut active = self.active.lock();
         let mut previous = std::mem::take(&mut *active);
         for planned in plan.listeners {
             if planned.keep
@@ -185,7 +187,7 @@ impl Listeners {
     /// sockets close as their accept loops end.
     pub fn drain_all(&self, drain_timeout: Duration) {
         let _data_plane = self.data_plane.enter();
-        let all = std::mem::take(&mut *self.active.lock().unwrap_or_else(|p| p.into_inner()));
+        let all = std::mem::take(&mut *self.active.lock());
         for a in all {
             a.context.drain.start(drain_timeout);
         }
@@ -195,7 +197,6 @@ impl Listeners {
     pub fn addrs(&self) -> Vec<(String, SocketAddr)> {
         self.active
             .lock()
-            .unwrap_or_else(|p| p.into_inner())
             .iter()
             .map(|a| (a.spec.name.clone(), a.local_addr))
             .collect()

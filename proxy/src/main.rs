@@ -1,4 +1,6 @@
 //! `gridmesh-proxy --config <bootstrap.yaml>`: the sidecar.
+#![forbid(unsafe_code)]
+#![deny(clippy::unwrap_used)]
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use http::header::{HeaderName, HeaderValue};
 use http::{HeaderMap, request::Parts};
-use rand::Rng;
+use rand::RngExt;
 use regex::Regex;
 
 use crate::grpc;

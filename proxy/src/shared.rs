@@ -2,8 +2,10 @@
 //! the one way config changes: [`Shared::apply`].
 
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+
+use parking_lot::Mutex;
 
 use arc_swap::ArcSwap;
 use hickory_resolver::TokioResolver;
@@ -63,7 +65,7 @@ impl Shared {
         previous: Option<&Runtime>,
     ) -> Result<Staged, ApplyError> {
         let resolver = if runtime::needs_dns(&snapshot) {
-            let mut slot = resolver.lock().unwrap_or_else(|p| p.into_inner());
+            let mut slot = resolver.lock();
             if slot.is_none() {
                 *slot = Some(
                     discovery::dns::system_resolver()
@@ -105,7 +107,7 @@ impl Shared {
     /// flight finish on the config they started with, connections and pools
     /// that are still valid stay. Either all of it applies or nothing does.
     pub fn apply(self: &Arc<Self>, snapshot: Snapshot) -> Result<(), ApplyError> {
-        let _one_at_a_time = self.applying.lock().unwrap_or_else(|p| p.into_inner());
+        let _one_at_a_time = self.applying.lock();
         if self.drain.is_draining() {
             return Err(ApplyError::Draining);
         }
@@ -138,7 +140,7 @@ impl Shared {
     }
 
     pub(crate) fn start_drain(&self) {
-        let _no_apply_meanwhile = self.applying.lock().unwrap_or_else(|p| p.into_inner());
+        let _no_apply_meanwhile = self.applying.lock();
         let timeout = self.runtime.load().snapshot.drain_timeout;
         self.drain.start(timeout);
         self.listeners.drain_all(timeout);

@@ -1,4 +1,8 @@
 //! Test harness shared by the end-to-end tests, the benchmark and the demo.
+// Test support: a failed unwrap fails the test that called it, with its
+// location, which is what a test wants.
+#![allow(clippy::unwrap_used)]
+#![forbid(unsafe_code)]
 pub mod fuzz;
 pub mod harness;
 pub mod ports;

@@ -5,6 +5,7 @@
 //! sources (`source`) -> snapshot (`snapshot`) -> xDS server (`server`),
 //! with `clients`, `admin` and `metrics` observing from the side.
 #![forbid(unsafe_code)]
+#![deny(clippy::unwrap_used)]
 
 mod admin;
 mod clients;

@@ -1,5 +1,7 @@
 //! `gridmesh-control`: the control plane (`serve`) and a view of what it is
 //! doing (`status`).
+#![forbid(unsafe_code)]
+#![deny(clippy::unwrap_used)]
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -1,8 +1,11 @@
 //! The project's own commands, run as `cargo xtask <command>` (the alias is
 //! in `.cargo/config.toml`). A fresh machine with only the Rust toolchain runs
 //! both: each command first installs what it needs (see [`setup`]).
+#![forbid(unsafe_code)]
+#![deny(clippy::unwrap_used)]
 
 mod demo;
+mod dependencies;
 mod setup;
 mod test_suite;
 

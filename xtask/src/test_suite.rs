@@ -12,6 +12,9 @@ enum Action {
     /// The binaries the end-to-end tests run, built here once with visible
     /// progress rather than silently inside the first test that needs them.
     BuildEndToEndBinaries,
+    /// Licences and duplicate versions of the dependencies (see
+    /// [`crate::dependencies`]).
+    CheckDependencies,
 }
 
 struct Step {
@@ -36,6 +39,10 @@ const STEPS: &[Step] = &[
         ]),
     },
     Step {
+        name: "dependencies",
+        action: Action::CheckDependencies,
+    },
+    Step {
         name: "doc tests",
         action: Action::Cargo(&["test", "--workspace", "--doc"]),
     },
@@ -58,6 +65,7 @@ pub fn run() -> Result<()> {
             Action::BuildEndToEndBinaries => {
                 process::build_all(Profile::Debug, CargoOutput::Progress).map(drop)
             }
+            Action::CheckDependencies => crate::dependencies::check(),
         };
         outcome.with_context(|| format!("step \"{}\" failed", step.name))?;
     }

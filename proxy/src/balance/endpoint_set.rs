@@ -1,7 +1,7 @@
 //! The immutable endpoint list every policy works over, with the weighted and
 //! health-aware sampling they share.
 
-use rand::{Rng, RngCore};
+use rand::{Rng, RngExt};
 
 use super::Candidate;
 
@@ -61,7 +61,7 @@ impl<E: Candidate> EndpointSet<E> {
 
     /// An index drawn with probability proportional to weight, ignoring health.
     /// The set must not be empty.
-    pub(super) fn sample(&self, rng: &mut dyn RngCore) -> usize {
+    pub(super) fn sample(&self, rng: &mut dyn Rng) -> usize {
         let total = self.cumulative.last().copied().unwrap_or(0);
         let point = rng.random_range(0..total.max(1));
         self.cumulative.partition_point(|&upto| upto <= point)
@@ -75,7 +75,7 @@ impl<E: Candidate> EndpointSet<E> {
     /// binary search and no allocation, and is exact: redrawing until a
     /// healthy one comes up gives each healthy endpoint probability
     /// weight / healthy weight.
-    pub(super) fn sample_healthy(&self, rng: &mut dyn RngCore) -> usize {
+    pub(super) fn sample_healthy(&self, rng: &mut dyn Rng) -> usize {
         for _ in 0..REJECTION_DRAWS {
             let index = self.sample(rng);
             if self.is_healthy(index) {
@@ -88,7 +88,7 @@ impl<E: Candidate> EndpointSet<E> {
 
     /// Weighted draw over the endpoints healthy right now; `None` when there
     /// are none, or when health changed between the two passes.
-    fn sample_healthy_exactly(&self, rng: &mut dyn RngCore) -> Option<usize> {
+    fn sample_healthy_exactly(&self, rng: &mut dyn Rng) -> Option<usize> {
         let healthy = || (0..self.len()).filter(|&i| self.is_healthy(i));
         let total: u64 = healthy().map(|i| u64::from(self.weight(i))).sum();
         if total == 0 {

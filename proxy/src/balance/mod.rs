@@ -36,7 +36,7 @@ mod round_robin;
 
 use std::sync::Arc;
 
-use rand::RngCore;
+use rand::Rng;
 
 use self::endpoint_set::EndpointSet;
 use self::p2c::{LoadSignal, P2c};
@@ -112,7 +112,7 @@ impl PickContext {
 pub trait Balance<E>: Send + Sync {
     /// Chooses an endpoint, drawing any randomness from `rng` (tests and
     /// simulations pass a seeded one). `None` only when the set is empty.
-    fn pick_with(&self, ctx: &PickContext, rng: &mut dyn RngCore) -> Option<&E>;
+    fn pick_with(&self, ctx: &PickContext, rng: &mut dyn Rng) -> Option<&E>;
 
     /// Chooses an endpoint using the thread's random number generator.
     fn pick(&self, ctx: &PickContext) -> Option<&E> {

@@ -6,7 +6,7 @@
 
 use std::time::Instant;
 
-use rand::RngCore;
+use rand::Rng;
 
 use super::endpoint_set::EndpointSet;
 use super::{Balance, Candidate, PickContext};
@@ -49,7 +49,7 @@ impl<E: Candidate> P2c<E> {
 }
 
 impl<E: Candidate + Send + Sync> Balance<E> for P2c<E> {
-    fn pick_with(&self, _ctx: &PickContext, rng: &mut dyn RngCore) -> Option<&E> {
+    fn pick_with(&self, _ctx: &PickContext, rng: &mut dyn Rng) -> Option<&E> {
         if self.set.is_empty() {
             return None;
         }

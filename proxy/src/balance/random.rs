@@ -1,7 +1,7 @@
 //! Weighted random choice: no shared state at all, so the cheapest policy
 //! under contention, at the price of uneven short-term spread.
 
-use rand::RngCore;
+use rand::Rng;
 
 use super::endpoint_set::EndpointSet;
 use super::{Balance, Candidate, PickContext};
@@ -17,7 +17,7 @@ impl<E> Random<E> {
 }
 
 impl<E: Candidate + Send + Sync> Balance<E> for Random<E> {
-    fn pick_with(&self, _ctx: &PickContext, rng: &mut dyn RngCore) -> Option<&E> {
+    fn pick_with(&self, _ctx: &PickContext, rng: &mut dyn Rng) -> Option<&E> {
         if self.set.is_empty() {
             return None;
         }

@@ -6,7 +6,7 @@
 //! the list, so every sidecar builds the same ring and removing an endpoint
 //! moves only the keys that it owned.
 
-use rand::{Rng, RngCore};
+use rand::{Rng, RngExt};
 
 use super::endpoint_set::EndpointSet;
 use super::{Balance, Candidate, PickContext};
@@ -63,7 +63,7 @@ impl<E: Candidate> RingHash<E> {
 }
 
 impl<E: Candidate + Send + Sync> Balance<E> for RingHash<E> {
-    fn pick_with(&self, ctx: &PickContext, rng: &mut dyn RngCore) -> Option<&E> {
+    fn pick_with(&self, ctx: &PickContext, rng: &mut dyn Rng) -> Option<&E> {
         if self.ring.is_empty() {
             return None;
         }

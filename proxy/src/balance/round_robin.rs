@@ -4,7 +4,7 @@
 use std::cmp::Ordering;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
-use rand::{Rng, RngCore};
+use rand::{Rng, RngExt};
 
 use super::endpoint_set::EndpointSet;
 use super::{Balance, Candidate, PickContext};
@@ -45,7 +45,7 @@ impl<E: Candidate> RoundRobin<E> {
 }
 
 impl<E: Candidate + Send + Sync> Balance<E> for RoundRobin<E> {
-    fn pick_with(&self, _ctx: &PickContext, rng: &mut dyn RngCore) -> Option<&E> {
+    fn pick_with(&self, _ctx: &PickContext, rng: &mut dyn Rng) -> Option<&E> {
         if self.set.is_empty() {
             return None;
         }

@@ -8,8 +8,10 @@ mod retry_budget;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+
+use parking_lot::Mutex;
 
 use arc_swap::ArcSwap;
 use gridmesh_proto::config::cluster::{LbPolicy, UpstreamProtocol};
@@ -165,7 +167,7 @@ impl Cluster {
                 EndpointAddress::Socket(_) => None,
             })
             .collect();
-        let mut watches = self.discovery.lock().unwrap_or_else(|p| p.into_inner());
+        let mut watches = self.discovery.lock();
         watches.retain(|name, tasks| {
             let keep = names.contains_key(name);
             if !keep {
@@ -175,7 +177,6 @@ impl Cluster {
         });
         self.resolved
             .lock()
-            .unwrap_or_else(|p| p.into_inner())
             .retain(|name, _| names.contains_key(name));
         let new: Vec<HostPort> = names
             .into_keys()
@@ -205,11 +206,7 @@ impl Cluster {
                         return;
                     };
                     let latest = addresses.borrow_and_update().clone();
-                    cluster
-                        .resolved
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .insert(key.clone(), latest);
+                    cluster.resolved.lock().insert(key.clone(), latest);
                     cluster.rebuild();
                 }
             });
@@ -223,7 +220,7 @@ impl Cluster {
     /// removed ones finish their in-flight requests and then close.
     fn rebuild(&self) {
         let spec = self.spec.load();
-        let resolved = self.resolved.lock().unwrap_or_else(|p| p.into_inner());
+        let resolved = self.resolved.lock();
         let mut addrs: Vec<(SocketAddr, u32)> = Vec::new();
         for endpoint in &spec.endpoints {
             match &endpoint.address {
@@ -398,12 +395,7 @@ struct EndpointStatus {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        for tasks in self
-            .discovery
-            .get_mut()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-        {
+        for tasks in self.discovery.get_mut().values() {
             tasks.iter().for_each(JoinHandle::abort);
         }
     }

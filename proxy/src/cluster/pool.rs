@@ -3,8 +3,10 @@
 //! connection and pending-request caps.
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
+
+use parking_lot::Mutex;
 
 use http::{Request, Response};
 use hyper::body::Incoming;
@@ -72,10 +74,7 @@ impl Pool {
     }
 
     pub fn idle_http1_connections(&self) -> usize {
-        self.http1_idle
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .len()
+        self.http1_idle.lock().len()
     }
 
     pub async fn send_http1(
@@ -143,7 +142,7 @@ impl Pool {
     }
 
     fn pop_idle_http1(&self) -> Option<http1::SendRequest<Body>> {
-        let mut idle = self.http1_idle.lock().unwrap_or_else(|p| p.into_inner());
+        let mut idle = self.http1_idle.lock();
         while let Some((sender, since)) = idle.pop() {
             if sender.is_ready() && since.elapsed() < self.idle_timeout {
                 return Some(sender);
@@ -162,7 +161,7 @@ impl Pool {
             }
             let Some(pool) = pool.upgrade() else { return };
             let now = Instant::now();
-            let mut idle = pool.http1_idle.lock().unwrap_or_else(|p| p.into_inner());
+            let mut idle = pool.http1_idle.lock();
             // Connections idle past the timeout sit at the bottom: drop them.
             idle.retain(|(_, since)| now.duration_since(*since) < pool.idle_timeout);
             idle.push((sender, now));
@@ -198,7 +197,7 @@ impl Pool {
         match connected {
             Ok(sender) => {
                 *last_failure = None;
-                *self.http2.lock().unwrap_or_else(|p| p.into_inner()) = Some(sender.clone());
+                *self.http2.lock() = Some(sender.clone());
                 Ok(sender)
             }
             Err(error) => {
@@ -209,7 +208,7 @@ impl Pool {
     }
 
     fn live_http2(&self) -> Option<http2::SendRequest<Body>> {
-        let mut shared = self.http2.lock().unwrap_or_else(|p| p.into_inner());
+        let mut shared = self.http2.lock();
         match shared.as_ref() {
             Some(sender) if sender.is_ready() => Some(sender.clone()),
             Some(_) => {
@@ -221,7 +220,7 @@ impl Pool {
     }
 
     fn forget_http2(&self, dead: &http2::SendRequest<Body>) {
-        let mut shared = self.http2.lock().unwrap_or_else(|p| p.into_inner());
+        let mut shared = self.http2.lock();
         if shared
             .as_ref()
             .is_some_and(|s| !s.is_ready() || dead.is_closed())

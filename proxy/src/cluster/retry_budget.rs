@@ -2,23 +2,23 @@
 //! fixed share of recent traffic, plus a small floor per second, so that
 //! retries cannot multiply the load on an upstream that is already failing.
 
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 /// The window the budget looks back over, in one-second buckets.
 const WINDOW_SECONDS: usize = 10;
+/// A bucket is one atomic word: the second it counts (high bits) and the
+/// count (low bits), so moving a bucket to a new second and counting in it
+/// are one compare-and-swap, with no lock on the request path.
+const COUNT_BITS: u32 = 24;
+const COUNT_MASK: u64 = (1 << COUNT_BITS) - 1;
 
 pub struct RetryBudget {
     retry_percent: u64,
     min_per_second: u64,
-    window: Mutex<Window>,
-}
-
-struct Window {
     origin: Instant,
-    /// (second, requests, retries) per bucket; a bucket is stale when its
-    /// second is older than the window.
-    buckets: [(u64, u64, u64); WINDOW_SECONDS],
+    requests: [AtomicU64; WINDOW_SECONDS],
+    retries: [AtomicU64; WINDOW_SECONDS],
 }
 
 impl RetryBudget {
@@ -26,51 +26,59 @@ impl RetryBudget {
         RetryBudget {
             retry_percent: retry_percent.into(),
             min_per_second: min_retries_per_second.into(),
-            window: Mutex::new(Window {
-                origin: Instant::now(),
-                buckets: [(0, 0, 0); WINDOW_SECONDS],
-            }),
+            origin: Instant::now(),
+            requests: Default::default(),
+            retries: Default::default(),
         }
     }
 
     /// Counts a request (a first attempt) toward the budget.
     pub fn deposit(&self) {
-        self.update(|bucket| bucket.1 += 1);
+        count(&self.requests, self.now());
     }
 
-    /// Takes one retry from the budget; `false` when it is spent.
+    /// Takes one retry from the budget; `false` when it is spent. Retries
+    /// racing each other may overdraw it by the few in flight at once.
     pub fn try_withdraw(&self) -> bool {
-        let mut window = self.window.lock().unwrap_or_else(|p| p.into_inner());
-        let now = window.origin.elapsed().as_secs();
-        let (mut requests, mut retries) = (0, 0);
-        for (second, rq, rt) in &window.buckets {
-            if now.saturating_sub(*second) < WINDOW_SECONDS as u64 {
-                requests += rq;
-                retries += rt;
-            }
-        }
+        let now = self.now();
+        let requests = total(&self.requests, now);
+        let retries = total(&self.retries, now);
         let allowed =
             self.min_per_second * WINDOW_SECONDS as u64 + requests * self.retry_percent / 100;
         if retries >= allowed {
             return false;
         }
-        Self::bucket(&mut window, now).2 += 1;
+        count(&self.retries, now);
         true
     }
 
-    fn update(&self, f: impl FnOnce(&mut (u64, u64, u64))) {
-        let mut window = self.window.lock().unwrap_or_else(|p| p.into_inner());
-        let now = window.origin.elapsed().as_secs();
-        f(Self::bucket(&mut window, now));
+    /// Seconds since the budget was made.
+    fn now(&self) -> u64 {
+        self.origin.elapsed().as_secs()
     }
+}
 
-    fn bucket(window: &mut Window, now: u64) -> &mut (u64, u64, u64) {
-        let bucket = &mut window.buckets[now as usize % WINDOW_SECONDS];
-        if bucket.0 != now {
-            *bucket = (now, 0, 0);
-        }
-        bucket
-    }
+/// Adds one to `now`'s bucket, starting it afresh if it held an older second.
+fn count(buckets: &[AtomicU64; WINDOW_SECONDS], now: u64) {
+    let bucket = &buckets[now as usize % WINDOW_SECONDS];
+    let _ = bucket.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |word| {
+        Some(if word >> COUNT_BITS == now {
+            // Saturates: 16.7 million a second is far beyond one sidecar.
+            word + u64::from(word & COUNT_MASK < COUNT_MASK)
+        } else {
+            (now << COUNT_BITS) | 1
+        })
+    });
+}
+
+/// The counts of the buckets within the window ending at `now`.
+fn total(buckets: &[AtomicU64; WINDOW_SECONDS], now: u64) -> u64 {
+    buckets
+        .iter()
+        .map(|bucket| bucket.load(Ordering::Relaxed))
+        .filter(|word| now.saturating_sub(word >> COUNT_BITS) < WINDOW_SECONDS as u64)
+        .map(|word| word & COUNT_MASK)
+        .sum()
 }
 
 #[cfg(test)]
@@ -87,5 +95,18 @@ mod tests {
         }
         // 20% of 100 requests on top of the floor.
         assert_eq!((0..100).filter(|_| budget.try_withdraw()).count(), 20);
+    }
+
+    #[test]
+    fn buckets_start_afresh_each_second_and_count_only_their_window() {
+        let buckets: [AtomicU64; WINDOW_SECONDS] = Default::default();
+        count(&buckets, 3);
+        count(&buckets, 3);
+        count(&buckets, 4);
+        assert_eq!(total(&buckets, 4), 3);
+        // Second 13 reuses second 3's bucket.
+        count(&buckets, 13);
+        assert_eq!(total(&buckets, 13), 2, "second 4 and second 13");
+        assert_eq!(total(&buckets, 30), 0, "all of it too old");
     }
 }

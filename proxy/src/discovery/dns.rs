@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use hickory_resolver::TokioResolver;
 use hickory_resolver::lookup_ip::LookupIp;
 use hickory_resolver::net::NetError;
-use rand::Rng;
+use rand::RngExt;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{debug, warn};

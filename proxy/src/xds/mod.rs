@@ -13,15 +13,17 @@ mod state;
 
 use std::collections::BTreeMap;
 use std::collections::BTreeSet;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
+
+use parking_lot::Mutex;
 
 use gridmesh_proto::config::{self as pb, Bootstrap};
 use gridmesh_proto::discovery::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use gridmesh_proto::discovery::{DeltaDiscoveryRequest, DeltaDiscoveryResponse};
 use gridmesh_proto::google::rpc;
 use gridmesh_proto::resource::Kind;
-use rand::Rng;
+use rand::RngExt;
 use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -294,7 +296,7 @@ impl Client {
     }
 
     fn update_status(&self, change: impl FnOnce(&mut Status)) {
-        change(&mut self.status.lock().unwrap_or_else(|p| p.into_inner()));
+        change(&mut self.status.lock());
     }
 }
 

@@ -45,6 +45,7 @@ fn accepted_nodelay(local: std::net::SocketAddr, peer: std::net::SocketAddr) -> 
             // SAFETY: the descriptor is only borrowed for these calls; one
             // closed meanwhile fails them (or names another socket, which
             // the address check then rejects).
+            #[allow(unsafe_code)]
             let fd = unsafe { BorrowedFd::borrow_raw(fd) };
             let socket = SockRef::from(&fd);
             let addresses = (socket.local_addr().ok()?, socket.peer_addr().ok()?);

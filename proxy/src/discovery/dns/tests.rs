@@ -4,8 +4,10 @@
 //! with hickory's own message types), with records and TTLs a test sets.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
 
 use hickory_resolver::TokioResolver;
 use hickory_resolver::config::{
@@ -57,14 +59,14 @@ impl DnsServer {
     }
 
     fn set(&self, answer: Answer) {
-        *self.answer.lock().unwrap() = answer;
+        *self.answer.lock() = answer;
     }
 
     /// When lookups reached the server. Queries less than 50ms apart count
     /// as one lookup: hickory asks twice before giving up on a SERVFAIL.
     fn lookups(&self) -> Vec<Instant> {
         let mut lookups: Vec<Instant> = Vec::new();
-        for &at in self.queries.lock().unwrap().iter() {
+        for &at in self.queries.lock().iter() {
             match lookups.last() {
                 Some(&last) if at.duration_since(last) < Duration::from_millis(50) => {}
                 _ => lookups.push(at),
@@ -102,13 +104,13 @@ async fn serve(socket: UdpSocket, answer: Arc<Mutex<Answer>>, queries: Arc<Mutex
         let Ok(request) = Message::from_vec(&buffer[..len]) else {
             continue;
         };
-        queries.lock().unwrap().push(Instant::now());
+        queries.lock().push(Instant::now());
         let mut response = Message::response(request.metadata.id, request.metadata.op_code);
         response.metadata.recursion_desired = request.metadata.recursion_desired;
         response.metadata.recursion_available = true;
         response.metadata.authoritative = true;
         response.add_queries(request.queries.iter().cloned());
-        match &*answer.lock().unwrap() {
+        match &*answer.lock() {
             Answer::ServerFailure => response.metadata.response_code = ResponseCode::ServFail,
             Answer::Records { ips, ttl } => {
                 for query in request
