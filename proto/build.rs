@@ -25,7 +25,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         prost::Message::encode_to_vec(&descriptors),
     )?;
 
+    // Services only with the `grpc` feature: messages alone need no runtime.
+    let grpc = std::env::var_os("CARGO_FEATURE_GRPC").is_some();
     tonic_prost_build::configure()
+        .build_client(grpc)
+        .build_server(grpc)
         .file_descriptor_set_path(&descriptor_path)
         .skip_protoc_run()
         // Well-known types come from pbjson-types so they carry JSON-mapping serde impls.

@@ -1,5 +1,9 @@
 //! gridmesh's protobuf messages and gRPC services.
 //!
+//! The services (tonic clients and servers) come with the `grpc` feature, on
+//! by default; without it the crate is messages only, with no runtime, for
+//! crates such as gridmesh-config that must not pull one in.
+//!
 //! `gridmesh::v1` holds the configuration resources; they implement serde with
 //! the proto3 JSON mapping, so a bootstrap YAML file and the control plane's
 //! xDS stream describe configuration in the same language.
@@ -8,12 +12,12 @@
 
 pub mod gridmesh {
     pub mod v1 {
-        tonic::include_proto!("gridmesh.v1");
+        include!(concat!(env!("OUT_DIR"), "/gridmesh.v1.rs"));
         include!(concat!(env!("OUT_DIR"), "/gridmesh.v1.serde.rs"));
     }
     pub mod testing {
         pub mod v1 {
-            tonic::include_proto!("gridmesh.testing.v1");
+            include!(concat!(env!("OUT_DIR"), "/gridmesh.testing.v1.rs"));
         }
     }
 }
@@ -23,14 +27,14 @@ pub mod envoy {
     pub mod config {
         pub mod core {
             pub mod v3 {
-                tonic::include_proto!("envoy.config.core.v3");
+                include!(concat!(env!("OUT_DIR"), "/envoy.config.core.v3.rs"));
             }
         }
     }
     pub mod service {
         pub mod discovery {
             pub mod v3 {
-                tonic::include_proto!("envoy.service.discovery.v3");
+                include!(concat!(env!("OUT_DIR"), "/envoy.service.discovery.v3.rs"));
             }
         }
     }
@@ -39,7 +43,7 @@ pub mod envoy {
 /// The block server's protocol: KServe Open Inference Protocol v2 plus
 /// Triton's model configuration and statistics (wire-compatible trimmed copy).
 pub mod inference {
-    tonic::include_proto!("inference");
+    include!(concat!(env!("OUT_DIR"), "/inference.rs"));
 }
 
 /// Every message above as a serialized `FileDescriptorSet`, for reflection:
@@ -48,7 +52,7 @@ pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "
 
 pub mod google {
     pub mod rpc {
-        tonic::include_proto!("google.rpc");
+        include!(concat!(env!("OUT_DIR"), "/google.rpc.rs"));
     }
 }
 

@@ -20,8 +20,8 @@ use crate::cluster::{Cluster, Endpoint, Permit, SendError};
 use crate::error::ProxyError;
 use crate::grpc;
 use crate::headers;
-use crate::route::{RetryPolicy, Route};
 use crate::server::{ListenerContext, RequestGuard, Shared};
+use gridmesh_config::route::{RetryPolicy, Route};
 
 /// Serves one downstream request. Never fails: errors become replies.
 /// `connection` keeps the downstream connection counted as busy until the

@@ -3,7 +3,8 @@
 
 use std::time::Duration;
 
-use http::{HeaderMap, HeaderValue, header::CONTENT_TYPE};
+pub use gridmesh_config::route::is_grpc;
+use http::{HeaderMap, HeaderValue};
 
 pub const GRPC_TIMEOUT: &str = "grpc-timeout";
 pub const GRPC_STATUS: &str = "grpc-status";
@@ -30,12 +31,6 @@ impl Code {
             Code::Unavailable => "14",
         })
     }
-}
-
-pub fn is_grpc(headers: &HeaderMap) -> bool {
-    headers
-        .get(CONTENT_TYPE)
-        .is_some_and(|ct| ct.as_bytes().starts_with(b"application/grpc"))
 }
 
 /// The numeric `grpc-status` in a header map (response headers or trailers).
@@ -85,6 +80,8 @@ pub fn format_timeout(d: Duration) -> HeaderValue {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
 
     #[test]
@@ -118,5 +115,47 @@ mod tests {
             parse_timeout(&HeaderValue::from_static("99999999H")),
             Some(Duration::from_secs(99_999_999 * 3600))
         );
+    }
+
+    proptest! {
+        #![proptest_config(crate::fuzz_config(256))]
+
+        #[test]
+        fn grpc_timeout_parsing_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..16)) {
+            if let Ok(value) = HeaderValue::from_bytes(&bytes) {
+                let _ = parse_timeout(&value);
+            }
+        }
+
+        #[test]
+        fn grpc_timeout_parses_what_the_spec_allows(n in 0u64..100_000_000, unit in prop::sample::select(vec!['H', 'M', 'S', 'm', 'u', 'n'])) {
+            let value = HeaderValue::try_from(format!("{n}{unit}")).unwrap();
+            let expected = match unit {
+                'H' => Duration::from_secs(n * 3600),
+                'M' => Duration::from_secs(n * 60),
+                'S' => Duration::from_secs(n),
+                'm' => Duration::from_millis(n),
+                'u' => Duration::from_micros(n),
+                _ => Duration::from_nanos(n),
+            };
+            prop_assert_eq!(parse_timeout(&value), Some(expected));
+            // Nine digits is one too many.
+            let long = HeaderValue::try_from(format!("{}{unit}", n + 100_000_000)).unwrap();
+            prop_assert_eq!(parse_timeout(&long), None);
+        }
+
+        /// format -> parse never shortens a deadline and loses at most the
+        /// precision of the unit chosen (8 digits, so at worst 1 in 10^5 where
+        /// the unit steps by 1000).
+        #[test]
+        fn grpc_timeout_round_trips(nanos in prop_oneof![0u64..10_000_000_000, any::<u64>()]) {
+            let d = Duration::from_nanos(nanos);
+            let formatted = format_timeout(d);
+            let text = formatted.to_str().unwrap();
+            prop_assert!(text.len() <= 9, "{}", text);
+            let back = parse_timeout(&formatted).expect("what we format, we parse");
+            prop_assert!(back >= d, "{:?} -> {} -> {:?}", d, text, back);
+            prop_assert!(back - d <= d / 100_000 + Duration::from_nanos(1), "{:?} -> {} -> {:?}", d, text, back);
+        }
     }
 }

@@ -11,7 +11,6 @@ mod admin;
 mod balance;
 mod body;
 mod cluster;
-pub mod config;
 mod control;
 mod discovery;
 mod drain;
@@ -21,7 +20,6 @@ mod grpc;
 mod headers;
 mod listeners;
 mod metrics;
-mod route;
 mod runtime;
 mod server;
 mod shared;
@@ -39,10 +37,10 @@ use tokio::task::JoinHandle;
 pub use error::ERROR_HEADER;
 pub use shared::ApplyError;
 
-use crate::config::Snapshot;
 use crate::listeners::Listeners;
 use crate::metrics::Metrics;
 use crate::shared::Shared;
+use gridmesh_config::Snapshot;
 
 /// Property and fuzz tests run `cases` cases, or `GRIDMESH_FUZZ_CASES` when
 /// set (as the workspace's other fuzz tests do, see gridmesh_tests::fuzz).

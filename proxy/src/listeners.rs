@@ -21,9 +21,9 @@ use tokio::net::{TcpListener, TcpSocket};
 use tokio::runtime::Handle;
 use tokio_util::task::TaskTracker;
 
-use crate::config::ListenerSpec;
 use crate::drain::Drain;
 use crate::server::{self, ListenerContext, Shared};
+use gridmesh_config::ListenerSpec;
 
 /// Pending connections the kernel queues per listener.
 const BACKLOG: u32 = 1024;

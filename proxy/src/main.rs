@@ -6,7 +6,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use gridmesh_proxy::{Proxy, config};
+use gridmesh_config as config;
+use gridmesh_proxy::Proxy;
 use tokio::signal::unix::{SignalKind, signal};
 
 #[derive(Parser)]

@@ -10,9 +10,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::cluster::{Cluster, NoResolver};
-use crate::config::{EndpointAddress, Snapshot};
 use crate::metrics::Metrics;
-use crate::route::RouteTable;
+use gridmesh_config::route::RouteTable;
+use gridmesh_config::{EndpointAddress, Snapshot};
 
 pub struct Runtime {
     pub snapshot: Arc<Snapshot>,

@@ -18,10 +18,10 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{ListenerSpec, Protocol};
 use crate::drain::Drain;
 use crate::forward;
 use crate::metrics::ListenerMetrics;
+use gridmesh_config::{ListenerSpec, Protocol};
 
 pub use crate::shared::Shared;
 

@@ -11,13 +11,13 @@ use arc_swap::ArcSwap;
 use hickory_resolver::TokioResolver;
 
 use crate::cluster::NoResolver;
-use crate::config::Snapshot;
 use crate::discovery;
 use crate::drain::Drain;
 use crate::listeners::{BindError, Listeners, Plan};
 use crate::metrics::Metrics;
 use crate::runtime::{self, Runtime};
 use crate::xds;
+use gridmesh_config::Snapshot;
 
 pub struct Shared {
     pub runtime: ArcSwap<Runtime>,

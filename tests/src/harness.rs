@@ -232,8 +232,8 @@ pub async fn proxy(yaml: &str) -> TestProxy {
 }
 
 /// Parses and validates bootstrap YAML as [`proxy`] does, without starting it.
-pub fn snapshot(yaml: &str) -> gridmesh_proxy::config::Snapshot {
-    use gridmesh_proxy::config;
+pub fn snapshot(yaml: &str) -> gridmesh_config::Snapshot {
+    use gridmesh_config as config;
     let source = "test.yaml";
     let mut bootstrap = config::parse_bootstrap(yaml, source)
         .unwrap_or_else(|e| panic!("{e}\n--- yaml ---\n{yaml}"));

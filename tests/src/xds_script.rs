@@ -253,7 +253,7 @@ impl ScriptStream {
 
 /// Parses resources written as bootstrap YAML.
 pub fn parse(yaml: &str) -> Bootstrap {
-    gridmesh_proxy::config::parse_bootstrap(yaml, "script")
+    gridmesh_config::parse_bootstrap(yaml, "script")
         .unwrap_or_else(|e| panic!("{e}\n--- yaml ---\n{yaml}"))
 }
 

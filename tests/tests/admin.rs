@@ -346,7 +346,7 @@ async fn config_dump_round_trips_the_bootstrap() {
     let original = process::parse_bootstrap(&s.yaml).unwrap();
     assert_eq!(dumped, original);
     // What is dumped loads again as a bootstrap (JSON is YAML).
-    let reloaded = gridmesh_proxy::config::load_str(
+    let reloaded = gridmesh_config::load_str(
         &serde_json::to_string(&dump["bootstrap"]).unwrap(),
         "dump.json",
     )
@@ -443,7 +443,7 @@ routeTables:
   - { name: rt, virtualHosts: [{ name: all, domains: ["*"], routes: [{ route: { cluster: up } }] }] }
 clusters: [{ name: up }]
 "#;
-    let snapshot = gridmesh_proxy::config::load_str(yaml, "default.yaml").unwrap();
+    let snapshot = gridmesh_config::load_str(yaml, "default.yaml").unwrap();
     assert_eq!(snapshot.admin_addr, "127.0.0.1:15000".parse().unwrap());
     assert!(snapshot.admin_addr.ip().is_loopback());
     let s = setup().await;

@@ -12,9 +12,9 @@
 //! The sidecar's xDS client state, the control plane's stream state,
 //! `grpc-timeout` and `config.pbtxt` have fuzz properties beside their code.
 
+use gridmesh_config::{ConfigError, load_str, parse_bootstrap, validate_served};
 use gridmesh_proto::config::Bootstrap;
 use gridmesh_proto::resource::Kind;
-use gridmesh_proxy::config::{ConfigError, load_str, parse_bootstrap, validate_served};
 use gridmesh_tests::fuzz::{cases, mutations_of};
 use gridmesh_tests::process::workspace_root;
 use pbjson_types::Any;

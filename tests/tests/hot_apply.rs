@@ -8,8 +8,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use gridmesh_config::{Snapshot, load_str};
 use gridmesh_proto::testing::EchoRequest;
-use gridmesh_proxy::config::{Snapshot, load_str};
 use gridmesh_tests::harness::{
     self, Protocol, TestProxy, collect, get, grpc_echo_client, h2c_client, http1_client, render,
     upstream, within,

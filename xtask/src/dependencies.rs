@@ -8,8 +8,12 @@
 //!   control, may stay; a new one fails until it is removed or listed with
 //!   its reason.
 //!
-//! This is what `cargo deny check licenses bans` would do, without building
-//! cargo-deny (minutes on the CI's two cores) for two rules.
+//! - the configuration model (gridmesh-config) pulls in no runtime: the
+//!   control plane links it instead of the sidecar, and it must stay that
+//!   small.
+//!
+//! The first two are what `cargo deny check licenses bans` would do,
+//! without building cargo-deny (minutes on the CI's two cores) for them.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
@@ -61,7 +65,35 @@ const KNOWN_DUPLICATES: &[(&str, &str)] = &[
     ),
 ];
 
+/// Crates that must not depend on a runtime, and what counts as one.
+const RUNTIME_FREE: &[&str] = &["gridmesh-config"];
+const RUNTIME: &[&str] = &["tokio", "hyper", "tonic", "h2"];
+
 pub fn check() -> Result<()> {
+    for krate in RUNTIME_FREE {
+        let output = cargo()
+            .args([
+                "tree", "-e", "normal", "--prefix", "none", "--format", "{p}", "-p",
+            ])
+            .arg(krate)
+            .output()
+            .context("cannot run cargo tree")?;
+        if !output.status.success() {
+            bail!(
+                "cargo tree -p {krate} failed: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        let tree = String::from_utf8_lossy(&output.stdout);
+        let runtime: BTreeSet<&str> = tree
+            .lines()
+            .filter_map(|line| line.split_whitespace().next())
+            .filter(|name| RUNTIME.contains(name))
+            .collect();
+        if !runtime.is_empty() {
+            bail!("{krate} must not depend on a runtime, but pulls in {runtime:?}");
+        }
+    }
     let host = host_triple()?;
     let output = cargo()
         .args(["metadata", "--format-version", "1", "--filter-platform"])
@@ -83,7 +115,10 @@ pub fn check() -> Result<()> {
             problems.join("\n  ")
         );
     }
-    println!("dependencies: licences allowed, no new duplicate versions");
+    println!(
+        "dependencies: licences allowed, no new duplicate versions, {} free of a runtime",
+        RUNTIME_FREE.join(", ")
+    );
     Ok(())
 }
 

@@ -23,10 +23,10 @@ use tokio::task::JoinHandle;
 
 use crate::balance::{self, Balance, Candidate, Load, PickContext, Policy};
 use crate::body::Body;
-use crate::config::{ClusterSpec, EndpointAddress};
 use crate::discovery::dns::{self, Addresses, DnsRefresh};
 use crate::error::ProxyError;
 use crate::metrics::{ClusterMetrics, Metrics};
+use gridmesh_config::{ClusterSpec, EndpointAddress};
 
 pub use limits::Permit;
 use pool::Pool;

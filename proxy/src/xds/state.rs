@@ -16,7 +16,7 @@ use gridmesh_proto::discovery::DeltaDiscoveryResponse;
 use gridmesh_proto::resource::Kind;
 use serde::Serialize;
 
-use crate::config::{self, ConfigError, Origin, Snapshot};
+use gridmesh_config::{self as config, ConfigError, Origin, Snapshot};
 
 /// How many times one response is re-validated after rejecting what the
 /// previous round found wrong. Each round rejects at least one resource, so

@@ -8,9 +8,9 @@
 
 use std::path::{Path, PathBuf};
 
+use gridmesh_config::{ConfigError, parse_bootstrap, validate_served};
 use gridmesh_proto::config::Bootstrap;
 use gridmesh_proto::resource::Kind;
-use gridmesh_proxy::config::{ConfigError, parse_bootstrap, validate_served};
 use twox_hash::XxHash64;
 
 use super::{FileProblem, Rejected};

@@ -575,7 +575,7 @@ mod tests {
 
     /// What the control plane serves must pass the validator it uses.
     fn gridmesh_proxy_validates(mesh: &Bootstrap) {
-        if let Err(e) = gridmesh_proxy::config::validate_served(mesh.clone(), MESH_CONFIG) {
+        if let Err(e) = gridmesh_config::validate_served(mesh.clone(), MESH_CONFIG) {
             panic!("{e}");
         }
     }

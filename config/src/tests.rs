@@ -1,4 +1,4 @@
-//! Property tests of the bootstrap validator and of `grpc-timeout` parsing.
+//! Property tests of the bootstrap validator.
 //!
 //! Whatever a bootstrap holds (random names, addresses, regexes, header
 //! names, weights, durations with negative or out-of-range parts, enum
@@ -7,18 +7,14 @@
 //! a field. Known-bad perturbations of a good bootstrap are rejected with the
 //! exact field they broke.
 
-use std::time::Duration;
-
 use gridmesh_proto::config::{
     self as pb, Bootstrap, header_match, route_action::ClusterSpecifier, route_match::PathSpecifier,
 };
-use http::HeaderValue;
 use proptest::prelude::*;
 
 use gridmesh_proto::resource::Kind;
 
 use super::{ConfigError, ResourceAt, build_snapshot, load_str, parse_bootstrap, validate_served};
-use crate::grpc;
 
 type PbDuration = pbjson_types::Duration;
 
@@ -533,8 +529,14 @@ fn the_xds_address_must_be_host_and_port() {
     }
 }
 
+/// No regression files: a failure prints its minimal input, which belongs
+/// in a named test.
 fn config(cases: u32) -> ProptestConfig {
-    crate::fuzz_config(cases)
+    ProptestConfig {
+        cases,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    }
 }
 
 /// Largest duration the proto3 JSON mapping allows (about 10,000 years).
@@ -692,49 +694,5 @@ proptest! {
                 prop_assert!(e.problems.iter().any(|p| p.field == field), "{:#?}", e.problems);
             }
         }
-    }
-}
-
-// ------------------------------------------------------------ grpc-timeout
-
-proptest! {
-    #![proptest_config(config(256))]
-
-    #[test]
-    fn grpc_timeout_parsing_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..16)) {
-        if let Ok(value) = HeaderValue::from_bytes(&bytes) {
-            let _ = grpc::parse_timeout(&value);
-        }
-    }
-
-    #[test]
-    fn grpc_timeout_parses_what_the_spec_allows(n in 0u64..100_000_000, unit in prop::sample::select(vec!['H', 'M', 'S', 'm', 'u', 'n'])) {
-        let value = HeaderValue::try_from(format!("{n}{unit}")).unwrap();
-        let expected = match unit {
-            'H' => Duration::from_secs(n * 3600),
-            'M' => Duration::from_secs(n * 60),
-            'S' => Duration::from_secs(n),
-            'm' => Duration::from_millis(n),
-            'u' => Duration::from_micros(n),
-            _ => Duration::from_nanos(n),
-        };
-        prop_assert_eq!(grpc::parse_timeout(&value), Some(expected));
-        // Nine digits is one too many.
-        let long = HeaderValue::try_from(format!("{}{unit}", n + 100_000_000)).unwrap();
-        prop_assert_eq!(grpc::parse_timeout(&long), None);
-    }
-
-    /// format -> parse never shortens a deadline and loses at most the
-    /// precision of the unit chosen (8 digits, so at worst 1 in 10^5 where
-    /// the unit steps by 1000).
-    #[test]
-    fn grpc_timeout_round_trips(nanos in prop_oneof![0u64..10_000_000_000, any::<u64>()]) {
-        let d = Duration::from_nanos(nanos);
-        let formatted = grpc::format_timeout(d);
-        let text = formatted.to_str().unwrap();
-        prop_assert!(text.len() <= 9, "{}", text);
-        let back = grpc::parse_timeout(&formatted).expect("what we format, we parse");
-        prop_assert!(back >= d, "{:?} -> {} -> {:?}", d, text, back);
-        prop_assert!(back - d <= d / 100_000 + Duration::from_nanos(1), "{:?} -> {} -> {:?}", d, text, back);
     }
 }

@@ -9,7 +9,14 @@ use http::{HeaderMap, request::Parts};
 use rand::RngExt;
 use regex::Regex;
 
-use crate::grpc;
+/// Whether a request is gRPC (what a route's `grpc` match matches, and what
+/// the sidecar answers with trailers-only errors): a content type of
+/// `application/grpc`, with or without a `+format` suffix.
+pub fn is_grpc(headers: &HeaderMap) -> bool {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|ct| ct.as_bytes().starts_with(b"application/grpc"))
+}
 
 #[derive(Debug)]
 pub struct RouteTable {
@@ -121,7 +128,7 @@ impl RouteTable {
     /// The route for a request, or `None` when no virtual host or route matches.
     pub fn route(&self, parts: &Parts) -> Option<&Route> {
         let host = self.virtual_host(authority(parts)?)?;
-        let is_grpc = grpc::is_grpc(&parts.headers);
+        let is_grpc = is_grpc(&parts.headers);
         host.routes
             .iter()
             .find(|r| r.matcher.matches(parts.uri.path(), is_grpc, &parts.headers))

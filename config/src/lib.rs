@@ -1,10 +1,18 @@
-//! Configuration: reading the bootstrap file and turning gridmesh.v1 resources
-//! into the immutable snapshot the data plane serves from.
+//! gridmesh's configuration: reading the bootstrap file and turning gridmesh.v1
+//! resources into the immutable snapshot the data plane serves from, with the
+//! route tables compiled ([`route`]).
 //!
 //! Applying config is two-phase (as in ztunnel): everything is validated and
 //! converted here, off the data path and without side effects, and only a
 //! complete [`Snapshot`] is ever swapped in. A rejected file changes nothing.
+//!
+//! Its own crate, with no runtime and no network: the sidecar serves what it
+//! builds, and the control plane validates a directory with exactly the same
+//! rules without linking the sidecar.
+#![forbid(unsafe_code)]
+#![deny(clippy::unwrap_used)]
 
+pub mod route;
 mod validate;
 
 #[cfg(test)]
