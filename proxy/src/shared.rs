@@ -15,7 +15,7 @@ use crate::discovery;
 use crate::drain::Drain;
 use crate::listeners::{BindError, Listeners, Plan};
 use crate::metrics::Metrics;
-use crate::runtime::{self, Runtime};
+use crate::runtime::{self, Runtime, StagedRuntime};
 use crate::xds;
 use gridmesh_config::Snapshot;
 
@@ -51,7 +51,7 @@ pub enum ApplyError {
 /// visible to requests yet.
 pub struct Staged {
     plan: Plan,
-    runtime: Runtime,
+    runtime: StagedRuntime,
 }
 
 impl Shared {
@@ -91,7 +91,7 @@ impl Shared {
         // Without a control plane, the bootstrap is the complete config.
         let ready = xds_status.is_none();
         let shared = Arc::new(Shared {
-            runtime: ArcSwap::from_pointee(staged.runtime),
+            runtime: ArcSwap::from_pointee(staged.runtime.commit()),
             metrics,
             drain: Drain::default(),
             listeners,
@@ -124,8 +124,9 @@ impl Shared {
                 Some(&current),
             )?
         };
-        let gone = Departed::between(&current.snapshot, &staged.runtime.snapshot);
-        self.runtime.store(Arc::new(staged.runtime));
+        let runtime = staged.runtime.commit();
+        let gone = Departed::between(&current.snapshot, &runtime.snapshot);
+        self.runtime.store(Arc::new(runtime));
         self.listeners.commit(staged.plan, self, drain_timeout);
         gone.remove_metrics(&self.metrics);
         Ok(())

@@ -513,3 +513,53 @@ async fn an_endpoint_may_change_from_an_address_to_a_dns_name() {
     let _ = clusters;
     assert_eq!(answered_by(&proxy).await, "a");
 }
+
+/// Endpoints are identified by address: a weight change keeps the
+/// endpoint's pooled connections, load history and counters.
+#[tokio::test]
+async fn a_weight_change_keeps_the_endpoints_connections_and_counters() {
+    let a = upstream("a").await;
+    let yaml = |weight: u32| {
+        render(
+            r#"
+listeners:
+  - { name: in, address: "127.0.0.1:0", routeTable: rt }
+routeTables:
+  - name: rt
+    virtualHosts: [{ name: all, domains: ["*"], routes: [{ name: all, route: { cluster: up } }] }]
+clusters: [{ name: up, protocol: HTTP1 }]
+endpoints: [{ cluster: up, endpoints: ${up} }]
+"#,
+            &[(
+                "up",
+                &harness::weighted_endpoints(&[(a.local_addr(), weight)]),
+            )],
+        )
+    };
+    let proxy = harness::proxy(&yaml(1)).await;
+    let client = http1_client();
+    for _ in 0..3 {
+        let reply = client.get(proxy.addr("in"), "svc", "/echo").await;
+        assert_eq!(reply.status, StatusCode::OK);
+    }
+    assert_eq!(a.stats().connections(), 1, "one pooled upstream connection");
+
+    proxy.apply(harness::snapshot(&yaml(5))).unwrap();
+    for _ in 0..3 {
+        let reply = client.get(proxy.addr("in"), "svc", "/echo").await;
+        assert_eq!(reply.status, StatusCode::OK);
+    }
+    assert_eq!(
+        a.stats().connections(),
+        1,
+        "the reweighted endpoint kept its pooled connection"
+    );
+    let (_, clusters) = proxy.admin_get("/clusters").await;
+    let clusters: serde_json::Value = serde_json::from_str(&clusters).unwrap();
+    let endpoint = &clusters[0]["endpoints"][0];
+    assert_eq!(endpoint["weight"], 5, "{clusters:#}");
+    assert_eq!(
+        endpoint["requests"], 6,
+        "counters carried over: {clusters:#}"
+    );
+}

@@ -62,11 +62,19 @@ pub struct NoResolver {
     pub reason: String,
 }
 
+/// An endpoint as the balancer sees it. Identified by its address: a config
+/// change that only moves its weight makes a new `Endpoint` around the same
+/// [`EndpointState`], so its connections, load history and counters stay.
 pub struct Endpoint {
     pub addr: SocketAddr,
     pub weight: u32,
     /// In-flight requests and latency estimate, read by the balancer.
     pub load: Arc<Load>,
+    state: Arc<EndpointState>,
+}
+
+/// What an endpoint keeps across config changes.
+struct EndpointState {
     pool: Arc<Pool>,
     requests: AtomicU64,
     failures: AtomicU64,
@@ -118,7 +126,9 @@ impl Cluster {
                 ..(*spec).clone()
             })),
         });
-        cluster.update(spec)?;
+        cluster.spec.store(spec);
+        cluster.watch_dns()?;
+        cluster.rebuild();
         Ok(cluster)
     }
 
@@ -142,17 +152,25 @@ impl Cluster {
         **current == endpoints_aside
     }
 
-    /// Takes a new endpoint list (the caller checked [`Cluster::can_update_to`]).
-    /// Endpoints that stay keep their pools; removed ones stop getting new
-    /// requests, finish those in flight, and then close.
-    pub fn update(self: &Arc<Self>, spec: Arc<ClusterSpec>) -> Result<(), NoResolver> {
-        if **self.spec.load() == *spec {
-            return Ok(());
+    /// Whether taking `spec` would change this cluster's endpoints.
+    pub fn differs_from(&self, spec: &ClusterSpec) -> bool {
+        **self.spec.load() != *spec
+    }
+
+    /// Takes a new endpoint list (the caller checked [`Cluster::can_update_to`],
+    /// so a resolver is there for any hostname). Endpoints that stay keep
+    /// their pools, load and counters, whatever their weight; removed ones
+    /// stop getting new requests, finish those in flight, and then close.
+    pub fn update(self: &Arc<Self>, spec: Arc<ClusterSpec>) {
+        if !self.differs_from(&spec) {
+            return;
         }
         self.spec.store(spec);
-        self.watch_dns()?;
+        if let Err(error) = self.watch_dns() {
+            // can_update_to refuses hostnames without a resolver.
+            tracing::error!(%error, "endpoints left unresolved");
+        }
         self.rebuild();
-        Ok(())
     }
 
     /// Follows every `hostname:port` endpoint of the spec, and stops
@@ -235,35 +253,37 @@ impl Cluster {
         }
         drop(resolved);
         let current = self.balancer.load();
-        let existing: HashMap<(SocketAddr, u32), &Arc<Endpoint>> = current
-            .endpoints()
-            .iter()
-            .map(|e| ((e.addr, e.weight), e))
-            .collect();
+        let existing: HashMap<SocketAddr, &Arc<Endpoint>> =
+            current.endpoints().iter().map(|e| (e.addr, e)).collect();
         let mut seen = std::collections::HashSet::new();
         let endpoints = addrs
             .into_iter()
             // Two names resolving to one address are one endpoint.
             .filter(|(addr, _)| seen.insert(*addr))
-            .map(|(addr, weight)| {
-                existing
-                    .get(&(addr, weight))
-                    .map(|e| Arc::clone(e))
-                    .unwrap_or_else(|| {
-                        Arc::new(Endpoint {
+            .map(|(addr, weight)| match existing.get(&addr) {
+                Some(same) if same.weight == weight => Arc::clone(same),
+                // Reweighted: the same connections, load and counters.
+                Some(reweighted) => Arc::new(Endpoint {
+                    addr,
+                    weight,
+                    load: reweighted.load.clone(),
+                    state: reweighted.state.clone(),
+                }),
+                None => Arc::new(Endpoint {
+                    addr,
+                    weight,
+                    load: Arc::default(),
+                    state: Arc::new(EndpointState {
+                        pool: Arc::new(Pool::new(
                             addr,
-                            weight,
-                            load: Arc::default(),
-                            pool: Arc::new(Pool::new(
-                                addr,
-                                spec.connect_timeout,
-                                spec.idle_connection_timeout,
-                                self.limits.clone(),
-                            )),
-                            requests: AtomicU64::new(0),
-                            failures: AtomicU64::new(0),
-                        })
-                    })
+                            spec.connect_timeout,
+                            spec.idle_connection_timeout,
+                            self.limits.clone(),
+                        )),
+                        requests: AtomicU64::new(0),
+                        failures: AtomicU64::new(0),
+                    }),
+                }),
             })
             .collect();
         self.balancer
@@ -340,9 +360,9 @@ impl Cluster {
                     weight: e.weight,
                     requests_in_flight: e.load.in_flight(),
                     latency_estimate_ms: e.load.rtt_estimate().as_secs_f64() * 1e3,
-                    requests: e.requests.load(Ordering::Relaxed),
-                    failures: e.failures.load(Ordering::Relaxed),
-                    idle_http1_connections: e.pool.idle_http1_connections(),
+                    requests: e.state.requests.load(Ordering::Relaxed),
+                    failures: e.state.failures.load(Ordering::Relaxed),
+                    idle_http1_connections: e.state.pool.idle_http1_connections(),
                 })
                 .collect(),
         }
@@ -355,14 +375,15 @@ impl Endpoint {
         req: Request<Body>,
         metrics: &ClusterMetrics,
     ) -> Result<Response<Incoming>, SendError> {
-        self.requests.fetch_add(1, Ordering::Relaxed);
+        let state = &self.state;
+        state.requests.fetch_add(1, Ordering::Relaxed);
         let result = if req.version() == Version::HTTP_2 {
-            self.pool.send_http2(req, metrics).await
+            state.pool.send_http2(req, metrics).await
         } else {
-            self.pool.send_http1(req, metrics).await
+            state.pool.send_http1(req, metrics).await
         };
         if result.is_err() {
-            self.failures.fetch_add(1, Ordering::Relaxed);
+            state.failures.fetch_add(1, Ordering::Relaxed);
         }
         result
     }
