@@ -4,6 +4,8 @@
 use std::convert::Infallible;
 use std::sync::Arc;
 
+use parking_lot::Mutex;
+
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::Full;
@@ -15,10 +17,14 @@ use hyper_util::rt::TokioIo;
 use gridmesh_net::{AcceptBackoff, accept};
 use gridmesh_proto::resource::Kind;
 
-use crate::server::Shared;
+use crate::shared::Shared;
+use crate::xds;
+
+/// The xDS client's state, for `/config_dump`, when the proxy has one.
+type XdsStatus = Option<Arc<Mutex<xds::Status>>>;
 
 /// Serves admin requests on an already-bound (non-blocking) listener.
-pub async fn serve(listener: std::net::TcpListener, shared: Arc<Shared>) {
+pub async fn serve(listener: std::net::TcpListener, shared: Arc<Shared>, xds: XdsStatus) {
     let listener = match tokio::net::TcpListener::from_std(listener) {
         Ok(l) => l,
         Err(e) => {
@@ -29,11 +35,11 @@ pub async fn serve(listener: std::net::TcpListener, shared: Arc<Shared>) {
     let mut backoff = AcceptBackoff::default();
     loop {
         let (stream, _) = accept(&listener, &mut backoff, "admin").await;
-        let shared = shared.clone();
+        let (shared, xds) = (shared.clone(), xds.clone());
         tokio::spawn(async move {
             let service = service_fn(|req| {
-                let shared = shared.clone();
-                async move { Ok::<_, Infallible>(handle(&shared, req)) }
+                let response = handle(&shared, &xds, req);
+                async move { Ok::<_, Infallible>(response) }
             });
             let _ = http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
@@ -42,7 +48,7 @@ pub async fn serve(listener: std::net::TcpListener, shared: Arc<Shared>) {
     }
 }
 
-fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>> {
+fn handle(shared: &Shared, xds: &XdsStatus, req: Request<Incoming>) -> Response<Full<Bytes>> {
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/live") => text(StatusCode::OK, "live\n"),
         (&Method::GET, "/ready") if shared.drain.is_draining() => {
@@ -61,7 +67,7 @@ fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>> {
             );
             rsp
         }
-        (&Method::GET, "/config_dump") => json(&config_dump(shared)),
+        (&Method::GET, "/config_dump") => json(&config_dump(shared, xds)),
         (&Method::GET, "/clusters") => {
             let runtime = shared.runtime.load();
             let clusters: Vec<_> = runtime.clusters.iter().map(|c| c.status()).collect();
@@ -84,7 +90,7 @@ fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>> {
 /// The config being served, in the bootstrap's own shape (it loads again
 /// as a bootstrap), with each resource's version and origin, and the xDS
 /// client's state (warming listeners, rejected resources and why).
-fn config_dump(shared: &Shared) -> serde_json::Value {
+fn config_dump(shared: &Shared, xds: &XdsStatus) -> serde_json::Value {
     let runtime = shared.runtime.load();
     let snapshot = &runtime.snapshot;
     let resources: serde_json::Map<String, serde_json::Value> = Kind::PUSH_ORDER
@@ -105,7 +111,7 @@ fn config_dump(shared: &Shared) -> serde_json::Value {
             (kind.label().to_string(), serde_json::Value::Array(list))
         })
         .collect();
-    let xds = shared.xds_status.as_ref().map(|s| s.lock().clone());
+    let xds = xds.as_ref().map(|s| s.lock().clone());
     serde_json::json!({
         "source": snapshot.source,
         "bootstrap": &snapshot.bootstrap,

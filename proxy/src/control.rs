@@ -21,10 +21,11 @@ pub fn spawn(
         .name("gridmesh-control".into())
         .spawn(move || {
             runtime.block_on(async move {
+                let xds_status = xds.as_ref().map(xds::Client::status);
                 if let Some(client) = xds {
                     tokio::spawn(client.run(shared.clone()));
                 }
-                admin::serve(admin_listener, shared).await
+                admin::serve(admin_listener, shared, xds_status).await
             })
         })?;
     Ok(())

@@ -1,28 +1,35 @@
 //! gridmesh's sidecar proxy.
 //!
-//! A request travels: accept (`server`) -> route (`route`) -> pick and
-//! connect (`cluster`) -> upstream, with `forward` tying the steps together
-//! and `body` watching the streams go by. Config comes in as an immutable
-//! snapshot (`config`); `admin` and `metrics` observe from the side.
+//! A request travels: accept (`transport`, `server`) -> filters (`filter`)
+//! -> route (gridmesh-config's route tables) -> call the cluster (`call`:
+//! pick, connect, retries; `cluster`, `balance`) -> upstream, and back,
+//! with `pipeline` naming each phase and `body` watching the streams go by.
+//! Config comes in as immutable snapshots (gridmesh-config), served through
+//! `runtime`; `shared` applies them; `admin` and `metrics` observe from the
+//! side.
 #![forbid(unsafe_code)]
 #![deny(clippy::unwrap_used)]
 
 mod admin;
 mod balance;
 mod body;
+mod call;
 mod cluster;
 mod control;
 mod discovery;
+mod downstream;
 mod drain;
 mod error;
-mod forward;
+mod filter;
 mod grpc;
 mod headers;
 mod listeners;
 mod metrics;
+mod pipeline;
 mod runtime;
 mod server;
 mod shared;
+mod transport;
 mod xds;
 
 use std::net::SocketAddr;
@@ -34,9 +41,13 @@ use parking_lot::Mutex;
 use tokio::runtime::Handle;
 use tokio::task::JoinHandle;
 
+pub use body::{Body, BoxError};
 pub use error::ERROR_HEADER;
+pub use filter::{Decision, FilterFactory, HttpFilter};
 pub use shared::ApplyError;
+pub use transport::ConnectionContext;
 
+use crate::filter::Filters;
 use crate::listeners::Listeners;
 use crate::metrics::Metrics;
 use crate::shared::Shared;
@@ -81,14 +92,29 @@ pub struct Proxy {
     stopped: JoinHandle<()>,
 }
 
-impl Proxy {
+/// A proxy to start, with what its bootstrap cannot say: filters given in
+/// code (the policy issue will deliver them over xDS as well).
+pub struct ProxyBuilder {
+    snapshot: Snapshot,
+    filters: Vec<Arc<dyn FilterFactory>>,
+}
+
+impl ProxyBuilder {
+    /// Adds a filter every request of every listener passes through, after
+    /// the filters added before it.
+    pub fn filter(mut self, filter: Arc<dyn FilterFactory>) -> Self {
+        self.filters.push(filter);
+        self
+    }
+
     /// Binds every listener and the admin server, then serves. Binding
     /// happens first, so a port in use fails the start before anything
     /// serves. With an `xds` section, the proxy then follows the control
     /// plane, and is ready once its first complete config is applied.
-    pub async fn start(snapshot: Snapshot) -> Result<Proxy, StartError> {
+    pub async fn start(self) -> Result<Proxy, StartError> {
+        let ProxyBuilder { snapshot, filters } = self;
         let metrics = Metrics::default();
-        let listeners = Listeners::new(Handle::current());
+        let listeners = Listeners::new(Handle::current(), Filters::new(filters));
         let resolver = Mutex::new(None);
         let admin_error = |source| StartError::Admin {
             addr: snapshot.admin_addr,
@@ -103,13 +129,14 @@ impl Proxy {
             .clone()
             .map(|source| xds::Client::new(source, snapshot.bootstrap.clone()));
         let staged = Shared::stage(&listeners, &metrics, &resolver, snapshot, None)?;
-        let xds_status = xds.as_ref().map(xds::Client::status);
-        let (shared, plan) = Shared::new(staged, listeners, metrics, resolver, xds_status);
+        // Without a control plane, the bootstrap is the complete config.
+        let ready = xds.is_none();
+        let (shared, plan) = Shared::new(staged, listeners, metrics, resolver, ready);
         control::spawn(admin, shared.clone(), xds).map_err(|source| StartError::Admin {
             addr: admin_addr,
             source,
         })?;
-        shared.listeners.commit(plan, &shared, drain_timeout);
+        shared.start_listeners(plan, drain_timeout);
 
         let stopped = tokio::spawn({
             let shared = shared.clone();
@@ -134,6 +161,21 @@ impl Proxy {
             admin_addr,
             stopped,
         })
+    }
+}
+
+impl Proxy {
+    /// Starts a proxy serving `snapshot` (see [`ProxyBuilder::start`]).
+    pub async fn start(snapshot: Snapshot) -> Result<Proxy, StartError> {
+        Proxy::builder(snapshot).start().await
+    }
+
+    /// A proxy to start with more than its bootstrap says.
+    pub fn builder(snapshot: Snapshot) -> ProxyBuilder {
+        ProxyBuilder {
+            snapshot,
+            filters: Vec::new(),
+        }
     }
 
     /// The bound address of a listener (useful with port 0).

@@ -22,7 +22,13 @@ use tokio::runtime::Handle;
 use tokio_util::task::TaskTracker;
 
 use crate::drain::Drain;
-use crate::server::{self, ListenerContext, Shared};
+use arc_swap::ArcSwap;
+
+use crate::downstream::ListenerContext;
+use crate::filter::Filters;
+use crate::metrics::Metrics;
+use crate::runtime::Runtime;
+use crate::server;
 use gridmesh_config::ListenerSpec;
 
 /// Pending connections the kernel queues per listener.
@@ -40,6 +46,8 @@ pub struct Listeners {
     /// The data plane's runtime: sockets register with its reactor and
     /// accept loops run on its workers, wherever the apply runs.
     data_plane: Handle,
+    /// The filters of every listener's requests.
+    filters: Filters,
     active: Mutex<Vec<Active>>,
     /// Every downstream connection, so a proxy drain can wait for them.
     pub connections: TaskTracker,
@@ -66,9 +74,10 @@ struct Planned {
 }
 
 impl Listeners {
-    pub fn new(data_plane: Handle) -> Listeners {
+    pub fn new(data_plane: Handle, filters: Filters) -> Listeners {
         Listeners {
             data_plane,
+            filters,
             active: Mutex::new(Vec::new()),
             connections: TaskTracker::new(),
         }
@@ -138,9 +147,16 @@ impl Listeners {
         Ok((Arc::new(listener), local_addr))
     }
 
-    /// Serves `plan`: starts new and changed listeners, drains removed and
-    /// replaced ones (their connections get `drain_timeout`).
-    pub fn commit(&self, plan: Plan, shared: &Arc<Shared>, drain_timeout: Duration) {
+    /// Serves `plan`: starts new and changed listeners (their requests are
+    /// served from `runtime`), drains removed and replaced ones (their
+    /// connections get `drain_timeout`).
+    pub fn commit(
+        &self,
+        plan: Plan,
+        runtime: &Arc<ArcSwap<Runtime>>,
+        metrics: &Metrics,
+        drain_timeout: Duration,
+    ) {
         let mut active = self.active.lock();
         let mut previous = std::mem::take(&mut *active);
         for planned in plan.listeners {
@@ -155,16 +171,17 @@ impl Listeners {
                 continue;
             }
             let context = Arc::new(ListenerContext {
-                name: planned.spec.name.clone(),
-                metrics: shared.metrics.listener(&planned.spec.name),
+                name: planned.spec.name.as_str().into(),
+                metrics: metrics.listener(&planned.spec.name),
                 drain: Drain::default(),
                 replaced: AtomicBool::new(false),
+                filters: self.filters.clone(),
             });
             self.data_plane.spawn(server::accept_loop(
                 planned.socket.clone(),
                 planned.spec.clone(),
                 context.clone(),
-                shared.clone(),
+                runtime.clone(),
                 self.connections.clone(),
             ));
             tracing::info!(listener = %planned.spec.name, addr = %planned.local_addr, "listener serving");

@@ -5,11 +5,12 @@ use std::convert::Infallible;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use gridmesh_net::{AcceptBackoff, accept};
+use arc_swap::ArcSwap;
+use gridmesh_net::AcceptBackoff;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -18,31 +19,11 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 use tokio_util::task::TaskTracker;
 
-use crate::drain::Drain;
-use crate::forward;
-use crate::metrics::ListenerMetrics;
+use crate::downstream::{Activity, ListenerContext};
+use crate::pipeline;
+use crate::runtime::Runtime;
+use crate::transport::{self, Accepted};
 use gridmesh_config::{ListenerSpec, Protocol};
-
-pub use crate::shared::Shared;
-
-pub struct ListenerContext {
-    pub name: String,
-    pub metrics: ListenerMetrics,
-    /// Started when this listener is removed or replaced, or the proxy
-    /// drains: stop accepting, close connections gracefully.
-    pub drain: Drain,
-    /// Set before `drain` starts when a config change, not a shutdown,
-    /// drains this listener: its clients keep talking to this proxy, so
-    /// HTTP/1.1 connections get a hand-off grace (see [`HANDOFF_GRACE`]).
-    pub replaced: AtomicBool,
-}
-
-impl ListenerContext {
-    /// Whether responses on this listener should close HTTP/1.1 connections.
-    pub fn closing(&self) -> bool {
-        self.drain.is_draining()
-    }
-}
 
 /// How long an idle connection gets to close gracefully (HTTP/2 GOAWAY). It
 /// has no request in flight, so this only covers the GOAWAY round trip; a
@@ -89,33 +70,42 @@ pub async fn accept_loop(
     listener: Arc<TcpListener>,
     spec: ListenerSpec,
     context: Arc<ListenerContext>,
-    shared: Arc<Shared>,
+    runtime: Arc<ArcSwap<Runtime>>,
     connections: TaskTracker,
 ) {
     let builder = Arc::new(connection_builder(&spec));
     let spec_idle = spec.idle_timeout;
     let mut backoff = AcceptBackoff::default();
     loop {
-        let (stream, peer) = tokio::select! {
+        let Accepted {
+            stream,
+            context: connection,
+        } = tokio::select! {
             biased;
             () = context.drain.started() => return,
-            accepted = accept(&listener, &mut backoff, &context.name) => accepted,
+            accepted = transport::accept(&listener, &mut backoff, &context.name) => accepted,
         };
+        let peer = connection.peer;
         context.metrics.connections.inc();
         context.metrics.connections_active.inc();
         let activity = Arc::new(Activity::default());
         let service = {
-            let shared = shared.clone();
+            let runtime = runtime.clone();
             let context = context.clone();
             let activity = activity.clone();
             service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                let shared = shared.clone();
+                let runtime = runtime.clone();
                 let context = context.clone();
+                let connection = connection.clone();
                 if req.version() == http::Version::HTTP_2 {
                     activity.http2.store(true, Ordering::Relaxed);
                 }
                 let request = activity.request();
-                async move { Ok::<_, Infallible>(forward::serve(shared, context, req, request).await) }
+                async move {
+                    let response =
+                        pipeline::serve(&runtime, &context, connection, req, request).await;
+                    Ok::<_, Infallible>(response)
+                }
             })
         };
         let io = Watched {
@@ -163,52 +153,6 @@ pub async fn accept_loop(
             }
             context.metrics.connections_active.dec();
         });
-    }
-}
-
-/// What a connection's watchdog needs to tell idle from busy.
-#[derive(Default)]
-struct Activity {
-    reads: AtomicU64,
-    requests: AtomicUsize,
-    /// The connection speaks HTTP/2 (it can be told to go away).
-    http2: AtomicBool,
-}
-
-impl Activity {
-    /// Counts a request until the returned guard is dropped, which the
-    /// request path does when the response stream ends.
-    fn request(self: &Arc<Self>) -> RequestGuard {
-        self.requests.fetch_add(1, Ordering::Relaxed);
-        RequestGuard(self.clone())
-    }
-
-    /// Resolves once a whole `period` passed with no request in flight and
-    /// nothing read. A connection that stalls mid-request-head (slowloris)
-    /// or sits idle in keep-alive is closed this way. One timer per
-    /// connection per period, instead of hyper's per-request header timer,
-    /// which cost an extra runtime wake-up on every request.
-    async fn idle(&self, period: Duration) {
-        let mut ticks = tokio::time::interval(period);
-        ticks.tick().await;
-        let mut reads = self.reads.load(Ordering::Relaxed);
-        loop {
-            ticks.tick().await;
-            let now = self.reads.load(Ordering::Relaxed);
-            if now == reads && self.requests.load(Ordering::Relaxed) == 0 {
-                return;
-            }
-            reads = now;
-        }
-    }
-}
-
-/// Held by the request path while a request (and its response stream) is open.
-pub struct RequestGuard(Arc<Activity>);
-
-impl Drop for RequestGuard {
-    fn drop(&mut self) {
-        self.0.requests.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

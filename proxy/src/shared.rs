@@ -1,5 +1,6 @@
-//! State every request, the admin server and the xDS client can see, and
-//! the one way config changes: [`Shared::apply`].
+//! The proxy's state as the admin server and the xDS client see it, and the
+//! one way config changes: [`Shared::apply`]. Requests see only the runtime
+//! (`Shared::runtime`, handed to the listeners).
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -16,11 +17,11 @@ use crate::drain::Drain;
 use crate::listeners::{BindError, Listeners, Plan};
 use crate::metrics::Metrics;
 use crate::runtime::{self, Runtime, StagedRuntime};
-use crate::xds;
 use gridmesh_config::Snapshot;
 
 pub struct Shared {
-    pub runtime: ArcSwap<Runtime>,
+    /// What requests are served with, swapped whole by [`Shared::apply`].
+    pub runtime: Arc<ArcSwap<Runtime>>,
     pub metrics: Metrics,
     pub drain: Drain,
     pub listeners: Listeners,
@@ -29,8 +30,6 @@ pub struct Shared {
     /// Created when the first hostname endpoint appears; shared by every
     /// DNS watch so they share its cache.
     resolver: Mutex<Option<TokioResolver>>,
-    /// The xDS client's state, when the proxy has one.
-    pub xds_status: Option<Arc<Mutex<xds::Status>>>,
     /// Applies run one at a time (the xDS client and a drain may race).
     applying: Mutex<()>,
 }
@@ -81,26 +80,32 @@ impl Shared {
         Ok(Staged { plan, runtime })
     }
 
+    /// The proxy serving `staged` once its listeners are committed (the
+    /// returned plan). `ready` says whether this config is complete (no
+    /// control plane to wait for).
     pub fn new(
         staged: Staged,
         listeners: Listeners,
         metrics: Metrics,
         resolver: Mutex<Option<TokioResolver>>,
-        xds_status: Option<Arc<Mutex<xds::Status>>>,
+        ready: bool,
     ) -> (Arc<Shared>, Plan) {
-        // Without a control plane, the bootstrap is the complete config.
-        let ready = xds_status.is_none();
         let shared = Arc::new(Shared {
-            runtime: ArcSwap::from_pointee(staged.runtime.commit()),
+            runtime: Arc::new(ArcSwap::from_pointee(staged.runtime.commit())),
             metrics,
             drain: Drain::default(),
             listeners,
             ready: AtomicBool::new(ready),
             resolver,
-            xds_status,
             applying: Mutex::new(()),
         });
         (shared, staged.plan)
+    }
+
+    /// Serves the listeners of a new proxy's first config.
+    pub fn start_listeners(&self, plan: Plan, drain_timeout: std::time::Duration) {
+        self.listeners
+            .commit(plan, &self.runtime, &self.metrics, drain_timeout);
     }
 
     /// Serves `snapshot` from now on: new requests use it, requests in
@@ -127,7 +132,8 @@ impl Shared {
         let runtime = staged.runtime.commit();
         let gone = Departed::between(&current.snapshot, &runtime.snapshot);
         self.runtime.store(Arc::new(runtime));
-        self.listeners.commit(staged.plan, self, drain_timeout);
+        self.listeners
+            .commit(staged.plan, &self.runtime, &self.metrics, drain_timeout);
         gone.remove_metrics(&self.metrics);
         Ok(())
     }

@@ -223,9 +223,22 @@ pub struct TestProxy {
 /// text if the YAML is invalid. When the YAML names no admin address the
 /// admin server takes a free port (not 15000), so tests can run in parallel.
 pub async fn proxy(yaml: &str) -> TestProxy {
+    proxy_with_filters(yaml, Vec::new()).await
+}
+
+/// [`proxy`] with `filters` on every listener, in order.
+pub async fn proxy_with_filters(
+    yaml: &str,
+    filters: Vec<Arc<dyn gridmesh_proxy::FilterFactory>>,
+) -> TestProxy {
     init_tracing();
-    let snapshot = snapshot(yaml);
-    let proxy = Proxy::start(snapshot)
+    let builder = filters
+        .into_iter()
+        .fold(Proxy::builder(snapshot(yaml)), |builder, filter| {
+            builder.filter(filter)
+        });
+    let proxy = builder
+        .start()
         .await
         .unwrap_or_else(|e| panic!("proxy did not start: {e}"));
     TestProxy { proxy: Some(proxy) }

@@ -8,6 +8,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwapOption;
+use http::HeaderMap;
+
 use super::peak_ewma::{DEFAULT_DECAY, DEFAULT_RTT, PeakEwma};
 
 /// Below this the latency estimate stops mattering: a cost of zero would make
@@ -19,6 +22,19 @@ const MIN_RTT_US: f64 = 1.0;
 pub struct Load {
     in_flight: AtomicU64,
     latency: PeakEwma,
+    /// The latest load report the endpoint sent about itself.
+    report: ArcSwapOption<LoadReport>,
+}
+
+/// The header (or trailer) in which endpoints report their own load, in
+/// ORCA form (`TEXT named_metrics.queue=3, ...` or JSON).
+pub const LOAD_REPORT_HEADER: &str = "endpoint-load-metrics";
+
+/// A load report as received: what the endpoint said, and when.
+#[derive(Debug)]
+pub struct LoadReport {
+    pub text: Box<str>,
+    pub at: Instant,
 }
 
 impl Default for Load {
@@ -43,6 +59,7 @@ impl Load {
         Load {
             in_flight: AtomicU64::new(0),
             latency: PeakEwma::new(decay, default_rtt),
+            report: ArcSwapOption::empty(),
         }
     }
 
@@ -71,6 +88,24 @@ impl Load {
         Duration::try_from_secs_f64(secs).unwrap_or(Duration::MAX)
     }
 
+    /// Takes the endpoint's load report from a response's headers or
+    /// trailers, when they carry one. This is the one place responses reach
+    /// an endpoint's load state; the report is kept as received (and shown
+    /// in `/clusters`) until a balancer reads its signals.
+    pub fn observe_report(&self, headers: &HeaderMap) {
+        if let Some(value) = headers.get(LOAD_REPORT_HEADER) {
+            self.report.store(Some(Arc::new(LoadReport {
+                text: String::from_utf8_lossy(value.as_bytes()).into(),
+                at: Instant::now(),
+            })));
+        }
+    }
+
+    /// The latest load report, if the endpoint sent one.
+    pub fn report(&self) -> Option<Arc<LoadReport>> {
+        self.report.load_full()
+    }
+
     /// Peak-EWMA cost: expected latency times the queue a new request joins.
     pub(super) fn peak_ewma_cost(&self, now: Instant) -> f64 {
         let rtt = self.latency.estimate_us(now).max(MIN_RTT_US);
@@ -94,6 +129,11 @@ impl InFlight {
     /// Records the time since the request started as a latency sample.
     pub fn record_latency(&self) {
         self.load.record_rtt(self.started.elapsed());
+    }
+
+    /// See [`Load::observe_report`].
+    pub fn observe_report(&self, headers: &HeaderMap) {
+        self.load.observe_report(headers);
     }
 }
 

@@ -44,6 +44,9 @@ pub enum StreamEnd {
 /// Told once how the stream ended. Implementors record "cancelled" in their
 /// own `Drop` when dropped without being told (the client went away).
 pub trait Completion: Send + 'static {
+    /// The upstream's trailers, as they pass (before [`Completion::finish`]).
+    fn trailers(&mut self, _trailers: &HeaderMap) {}
+
     fn finish(self, end: StreamEnd);
 }
 
@@ -103,7 +106,8 @@ impl<C: Completion> HttpBody for ResponseBody<C> {
                 if let Some(trailers) = frame.trailers_ref() {
                     let grpc_status = grpc::status(trailers);
                     *this.finished = true;
-                    if let Some(c) = this.completion.take() {
+                    if let Some(mut c) = this.completion.take() {
+                        c.trailers(trailers);
                         c.finish(StreamEnd::Complete { grpc_status });
                     }
                 }

@@ -360,6 +360,10 @@ impl Cluster {
                     weight: e.weight,
                     requests_in_flight: e.load.in_flight(),
                     latency_estimate_ms: e.load.rtt_estimate().as_secs_f64() * 1e3,
+                    load_report: e.load.report().map(|report| LoadReportStatus {
+                        text: report.text.to_string(),
+                        age_ms: report.at.elapsed().as_millis() as u64,
+                    }),
                     requests: e.state.requests.load(Ordering::Relaxed),
                     failures: e.state.failures.load(Ordering::Relaxed),
                     idle_http1_connections: e.state.pool.idle_http1_connections(),
@@ -409,9 +413,19 @@ struct EndpointStatus {
     weight: u32,
     requests_in_flight: u64,
     latency_estimate_ms: f64,
+    /// The latest load report the endpoint sent (`endpoint-load-metrics`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    load_report: Option<LoadReportStatus>,
     requests: u64,
     failures: u64,
     idle_http1_connections: usize,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct LoadReportStatus {
+    text: String,
+    age_ms: u64,
 }
 
 impl Drop for Cluster {

@@ -18,6 +18,7 @@ use tokio::time::Instant;
 use super::limits::{ConnectionSlot, Limits};
 use crate::body::Body;
 use crate::metrics::ClusterMetrics;
+use crate::transport::{ConnectError, Connector};
 
 /// Why a request could not be sent. Everything here happened before any
 /// response byte, so it is safe to retry when the policy allows.
@@ -45,7 +46,7 @@ enum Capacity<T> {
 
 pub struct Pool {
     addr: SocketAddr,
-    connect_timeout: Duration,
+    connector: Connector,
     idle_timeout: Duration,
     limits: Arc<Limits>,
     http1_idle: Mutex<Vec<(http1::SendRequest<Body>, Instant)>>,
@@ -64,7 +65,7 @@ impl Pool {
     ) -> Self {
         Pool {
             addr,
-            connect_timeout,
+            connector: Connector::new(connect_timeout),
             idle_timeout,
             limits,
             http1_idle: Mutex::new(Vec::new()),
@@ -248,7 +249,7 @@ impl Pool {
         metrics: &ClusterMetrics,
         reuse: impl Fn() -> Option<T>,
     ) -> Result<Capacity<T>, SendError> {
-        let deadline = Instant::now() + self.connect_timeout;
+        let deadline = Instant::now() + self.connector.timeout();
         loop {
             if let Some(slot) = self.limits.open_connection(metrics) {
                 return Ok(Capacity::Slot(slot));
@@ -276,23 +277,21 @@ impl Pool {
     }
 
     async fn connect(&self, metrics: &ClusterMetrics) -> Result<TokioIo<TcpStream>, SendError> {
-        let stream =
-            match tokio::time::timeout(self.connect_timeout, TcpStream::connect(self.addr)).await {
-                Ok(Ok(stream)) => stream,
-                Ok(Err(e)) => {
-                    metrics.connect_errors.inc();
-                    tracing::debug!(addr = %self.addr, error = %e, "upstream connect failed");
-                    return Err(SendError::ConnectFailure);
-                }
-                Err(_) => {
-                    metrics.connect_errors.inc();
-                    return Err(SendError::ConnectTimeout);
-                }
-            };
-        // Small request/response exchanges must not wait for Nagle.
-        let _ = stream.set_nodelay(true);
-        metrics.connects.inc();
-        Ok(TokioIo::new(stream))
+        match self.connector.connect(self.addr).await {
+            Ok(stream) => {
+                metrics.connects.inc();
+                Ok(TokioIo::new(stream))
+            }
+            Err(ConnectError::Failed(error)) => {
+                metrics.connect_errors.inc();
+                tracing::debug!(addr = %self.addr, %error, "upstream connect failed");
+                Err(SendError::ConnectFailure)
+            }
+            Err(ConnectError::TimedOut) => {
+                metrics.connect_errors.inc();
+                Err(SendError::ConnectTimeout)
+            }
+        }
     }
 
     async fn connect_http1(

@@ -1,0 +1,213 @@
+//! One request's life, as named phases, so anyone can see where each
+//! decision is made:
+//!
+//! 1. **filter**  — the listener's filters see the request head first
+//!    ([`crate::filter`]): they may change it (and so its routing), answer
+//!    locally, or pause.
+//! 2. **route**   — the runtime the request is served with from start to
+//!    end; the listener's route table picks a route and its cluster.
+//! 3. **prepare** — the deadline (route max duration, client `grpc-timeout`),
+//!    the route's request-header mutations, hop-by-hop headers dropped.
+//! 4. **call**    — the cluster call ([`crate::call`]): admission, pick,
+//!    connect, timeouts, retries.
+//! 5. **respond** — hop-by-hop headers dropped, the route's response-header
+//!    mutations, response filters in reverse order, and the body wrapped to
+//!    enforce the stream's limits and account for it when it ends.
+//!
+//! Never fails: every error becomes a reply in the caller's protocol.
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use http::request::Parts;
+use http::{HeaderValue, Request, Response, StatusCode, Version};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use tokio::time::Instant;
+
+use crate::balance::InFlight;
+use crate::body::{Body, Completion, ResponseBody, StreamEnd, StreamLimits};
+use crate::call::{self, Answer, CallPolicy};
+use crate::cluster::{Cluster, Permit};
+use crate::downstream::{ListenerContext, RequestGuard};
+use crate::error::ProxyError;
+use crate::filter::{Direction, FilterStack};
+use crate::grpc;
+use crate::headers;
+use crate::runtime::Runtime;
+use crate::transport::ConnectionContext;
+use gridmesh_config::route::Route;
+
+/// Serves one downstream request. `connection` keeps the downstream
+/// connection counted as busy until the response stream ends.
+pub async fn serve(
+    runtime: &ArcSwap<Runtime>,
+    listener: &ListenerContext,
+    context: Arc<ConnectionContext>,
+    mut req: Request<Incoming>,
+    connection: RequestGuard,
+) -> Response<Body> {
+    listener.metrics.requests.inc();
+    let grpc = grpc::is_grpc(req.headers());
+    let http1 = req.version() < Version::HTTP_2;
+    let filters = listener.filters.for_request(&context);
+    req.extensions_mut().insert(context);
+    let mut rsp = match forward(runtime, listener, req, grpc, filters, connection).await {
+        Ok(rsp) => rsp,
+        Err(e) => {
+            listener.metrics.local_reply(e.reason());
+            e.into_response(grpc)
+        }
+    };
+    if http1 && listener.closing() {
+        // The listener is draining: this response is the connection's last.
+        rsp.headers_mut()
+            .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    rsp
+}
+
+async fn forward(
+    runtime: &ArcSwap<Runtime>,
+    listener: &ListenerContext,
+    req: Request<Incoming>,
+    grpc: bool,
+    filters: Option<FilterStack>,
+    connection: RequestGuard,
+) -> Result<Response<Body>, ProxyError> {
+    let start = Instant::now();
+    let (mut parts, body) = req.into_parts();
+    let mut body: Body = body.map_err(Into::into).boxed_unsync();
+
+    // 1. filter
+    if let Some(filters) = &filters {
+        if let Some(reply) = filters.on_request_headers(&mut parts).await {
+            return Ok(reply);
+        }
+        body = filters.watch(body, Direction::Request);
+    }
+
+    // 2. route — this snapshot serves the request to the end, whatever
+    // config arrives meanwhile.
+    let runtime = runtime.load_full();
+    let table = runtime
+        .route_table(&listener.name)
+        .ok_or(ProxyError::ListenerRemoved)?;
+    let route = table.route(&parts).ok_or(ProxyError::RouteNotFound)?;
+    let cluster = runtime.clusters[route.action.target.pick()].clone();
+
+    // 3. prepare
+    let policy = CallPolicy {
+        deadline: deadline(&parts, grpc, route, start)?,
+        response_headers_timeout: route.action.timeouts.response_headers,
+        retry: route.action.retry.as_ref(),
+    };
+    route.request_headers.apply(&mut parts.headers);
+    headers::strip_hop_by_hop(&mut parts.headers);
+
+    // 4. call
+    let Answer {
+        response,
+        in_flight,
+        admission,
+    } = call::call(&cluster, parts, body, &policy).await?;
+    cluster
+        .metrics
+        .response_headers
+        .observe(start.elapsed().as_secs_f64());
+
+    // 5. respond
+    let (mut rparts, rbody) = response.into_parts();
+    headers::strip_hop_by_hop(&mut rparts.headers);
+    route.response_headers.apply(&mut rparts.headers);
+    rparts.version = Version::default();
+    let exchange = Exchange {
+        header_grpc_status: grpc::status(&rparts.headers),
+        status: rparts.status,
+        cluster,
+        start,
+        _admission: admission,
+        in_flight,
+        _connection: connection,
+        recorded: false,
+    };
+    let limits = StreamLimits {
+        deadline: policy.deadline,
+        idle: route.action.timeouts.idle,
+        drain_expired: grpc.then(|| listener.drain.expiry_token()),
+    };
+    let mut body = ResponseBody::new(rbody, grpc, limits, exchange).boxed_unsync();
+    if let Some(filters) = &filters {
+        if let Some(reply) = filters.on_response_headers(&mut rparts).await {
+            return Ok(reply);
+        }
+        body = filters.watch(body, Direction::Response);
+    }
+    Ok(Response::from_parts(rparts, body))
+}
+
+/// The request's deadline: the route's max duration and the client's
+/// `grpc-timeout`, whichever ends first.
+fn deadline(
+    parts: &Parts,
+    grpc: bool,
+    route: &Route,
+    start: Instant,
+) -> Result<Option<Instant>, ProxyError> {
+    let route_deadline = route.action.timeouts.max_duration.map(|d| start + d);
+    let client_deadline = match parts.headers.get(grpc::GRPC_TIMEOUT) {
+        Some(v) if grpc => Some(start + grpc::parse_timeout(v).ok_or(ProxyError::BadGrpcTimeout)?),
+        _ => None,
+    };
+    Ok(match (route_deadline, client_deadline) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    })
+}
+
+/// Accounts for one exchange until its response stream ends: the cluster's
+/// in-flight permit, the endpoint's load (and its load reports in
+/// trailers), the downstream connection's busy count, response and duration
+/// metrics.
+struct Exchange {
+    cluster: Arc<Cluster>,
+    start: Instant,
+    status: StatusCode,
+    header_grpc_status: Option<u32>,
+    _admission: Permit,
+    in_flight: InFlight,
+    _connection: RequestGuard,
+    recorded: bool,
+}
+
+impl Exchange {
+    fn record(&mut self, trailer_grpc_status: Option<u32>) {
+        self.recorded = true;
+        let metrics = &self.cluster.metrics;
+        metrics.duration.observe(self.start.elapsed().as_secs_f64());
+        metrics.response(self.status, trailer_grpc_status.or(self.header_grpc_status));
+    }
+}
+
+impl Completion for Exchange {
+    fn trailers(&mut self, trailers: &http::HeaderMap) {
+        self.in_flight.observe_report(trailers);
+    }
+
+    fn finish(mut self, end: StreamEnd) {
+        let grpc_status = match end {
+            StreamEnd::Complete { grpc_status } => grpc_status,
+            StreamEnd::Local(e) => Some(e.grpc_code() as u32),
+            StreamEnd::UpstreamError => Some(grpc::Code::Unavailable as u32),
+        };
+        self.record(grpc_status);
+    }
+}
+
+impl Drop for Exchange {
+    fn drop(&mut self) {
+        if !self.recorded {
+            self.record(None);
+        }
+    }
+}
