@@ -280,25 +280,28 @@ fn endpoints() -> impl Strategy<Value = pb::Endpoints> {
 
 fn listener() -> impl Strategy<Value = pb::Listener> {
     (
-        name(),
-        address(),
-        enum_number(3),
-        name(),
-        enum_number(3),
-        prop_oneof![Just(0u32), 0u32..2_000_000],
-        duration(),
+        (name(), address(), enum_number(3), name(), enum_number(4)),
+        (
+            prop_oneof![Just(0u32), 0u32..2_000_000],
+            duration(),
+            prop_oneof![3 => Just(String::new()), 1 => name()],
+            duration(),
+        ),
     )
         .prop_map(
-            |(name, address, direction, route_table, protocol, max_headers, idle_timeout)| {
-                pb::Listener {
-                    name,
-                    address,
-                    direction,
-                    route_table,
-                    protocol,
-                    max_request_headers_bytes: max_headers,
-                    idle_timeout,
-                }
+            |(
+                (name, address, direction, route_table, protocol),
+                (max_headers, idle_timeout, tcp_cluster, protocol_detection_timeout),
+            )| pb::Listener {
+                name,
+                address,
+                direction,
+                route_table,
+                protocol,
+                max_request_headers_bytes: max_headers,
+                idle_timeout,
+                tcp_cluster,
+                protocol_detection_timeout,
             },
         )
 }
@@ -695,4 +698,41 @@ proptest! {
             }
         }
     }
+}
+
+#[test]
+fn tcp_listeners_name_a_cluster_and_no_route_table() {
+    use pb::listener::DownstreamProtocol;
+    let tcp = |b: &mut Bootstrap| {
+        let l = &mut b.listeners[0];
+        l.protocol = DownstreamProtocol::Tcp as i32;
+        l.route_table.clear();
+        l.tcp_cluster = "c".into();
+    };
+    let mut b = good();
+    tcp(&mut b);
+    let snapshot = build_snapshot(b, "x").unwrap_or_else(|e| panic!("{e}"));
+    let listener = &snapshot.listeners[0];
+    assert_eq!(
+        (listener.route_table, listener.tcp_cluster),
+        (None, Some(0))
+    );
+
+    let mut b = good();
+    tcp(&mut b);
+    b.listeners[0].tcp_cluster.clear();
+    expect_problem(b, "listener \"in\"", "tcpCluster");
+    let mut b = good();
+    tcp(&mut b);
+    b.listeners[0].route_table = "t".into();
+    expect_problem(b, "listener \"in\"", "routeTable");
+    let mut b = good();
+    b.listeners[0].tcp_cluster = "nope".into();
+    expect_problem(b, "listener \"in\"", "tcpCluster");
+    let mut b = good();
+    b.listeners[0].protocol_detection_timeout = Some(PbDuration {
+        seconds: 6,
+        nanos: 0,
+    });
+    expect_problem(b, "listener \"in\"", "protocolDetectionTimeout");
 }

@@ -30,6 +30,10 @@ const DEFAULT_ADMIN: &str = "127.0.0.1:15000";
 const DEFAULT_DRAIN: Duration = Duration::from_secs(30);
 const DEFAULT_MAX_HEADERS: u32 = 64 * 1024;
 const DEFAULT_LISTENER_IDLE: Duration = Duration::from_secs(60);
+/// Long enough for a client's first write on a loaded machine, short
+/// enough that a server-speaks-first protocol is not kept waiting long.
+const DEFAULT_PROTOCOL_DETECTION: Duration = Duration::from_millis(500);
+const MAX_PROTOCOL_DETECTION: Duration = Duration::from_secs(5);
 /// hyper's HTTP/1 parser needs at least 8 KiB of buffer.
 const MIN_MAX_HEADERS: u32 = 8 * 1024;
 const MAX_MAX_HEADERS: u32 = 1024 * 1024;
@@ -74,10 +78,14 @@ pub struct ListenerSpec {
     pub name: String,
     pub addr: SocketAddr,
     pub direction: Direction,
-    pub route_table: usize,
+    /// The route table of its HTTP requests; `None` for a TCP listener.
+    pub route_table: Option<usize>,
     pub protocol: Protocol,
     pub max_request_headers_bytes: usize,
     pub idle_timeout: Duration,
+    /// Where its connections that are not HTTP go (a cluster index).
+    pub tcp_cluster: Option<usize>,
+    pub protocol_detection_timeout: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -315,7 +323,13 @@ fn build(bootstrap: Bootstrap, source: &str, scope: Scope) -> Result<Snapshot, C
         Scope::Sidecar => Some(admin_addr.into_iter().collect()),
         Scope::ControlPlane => None,
     };
-    let listeners = listeners(&mut c, &bootstrap.listeners, &table_index, exclusive_addrs);
+    let listeners = listeners(
+        &mut c,
+        &bootstrap.listeners,
+        &table_index,
+        &cluster_index,
+        exclusive_addrs,
+    );
 
     if !c.problems.is_empty() {
         return Err(ConfigError {
@@ -381,6 +395,7 @@ fn listeners(
     c: &mut Checker,
     listeners: &[pb::Listener],
     tables: &HashMap<&str, usize>,
+    clusters: &HashMap<&str, usize>,
     // Addresses taken so far (admin's), when listeners must not share one.
     mut exclusive_addrs: Option<HashSet<SocketAddr>>,
 ) -> Vec<ListenerSpec> {
@@ -399,13 +414,6 @@ fn listeners(
                 format!("{a} is already used by another listener or admin"),
             );
         }
-        let table = tables.get(l.route_table.as_str()).copied();
-        if table.is_none() {
-            c.problem(
-                "routeTable",
-                format!("no route table named {:?}", l.route_table),
-            );
-        }
         let direction = Direction::try_from(l.direction).unwrap_or_else(|_| {
             c.problem("direction", format!("unknown value {}", l.direction));
             Direction::Unspecified
@@ -414,6 +422,48 @@ fn listeners(
             c.problem("protocol", format!("unknown value {}", l.protocol));
             Protocol::Auto
         });
+        // A TCP listener routes no HTTP: a route table is neither needed
+        // nor allowed (it would never be used).
+        let table = match (protocol, l.route_table.as_str()) {
+            (Protocol::Tcp, "") => Some(None),
+            (Protocol::Tcp, _) => {
+                c.problem("routeTable", "a TCP listener routes no HTTP requests");
+                None
+            }
+            (_, name) => match tables.get(name) {
+                Some(index) => Some(Some(*index)),
+                None => {
+                    c.problem("routeTable", format!("no route table named {name:?}"));
+                    None
+                }
+            },
+        };
+        let tcp_cluster = match l.tcp_cluster.as_str() {
+            "" if protocol == Protocol::Tcp => {
+                c.problem("tcpCluster", "required for a TCP listener");
+                None
+            }
+            "" => None,
+            name => {
+                let index = clusters.get(name).copied();
+                if index.is_none() {
+                    c.problem("tcpCluster", format!("no cluster named {name:?}"));
+                }
+                index
+            }
+        };
+        let protocol_detection_timeout = c
+            .positive(
+                "protocolDetectionTimeout",
+                l.protocol_detection_timeout.as_ref(),
+            )
+            .unwrap_or(DEFAULT_PROTOCOL_DETECTION);
+        if protocol_detection_timeout > MAX_PROTOCOL_DETECTION {
+            c.problem(
+                "protocolDetectionTimeout",
+                format!("at most {MAX_PROTOCOL_DETECTION:?}: HTTP clients would wait that long"),
+            );
+        }
         let max_headers = match l.max_request_headers_bytes {
             0 => DEFAULT_MAX_HEADERS,
             n if !(MIN_MAX_HEADERS..=MAX_MAX_HEADERS).contains(&n) => {
@@ -437,6 +487,8 @@ fn listeners(
                 protocol,
                 max_request_headers_bytes: max_headers as usize,
                 idle_timeout,
+                tcp_cluster,
+                protocol_detection_timeout,
             });
         }
     }

@@ -22,7 +22,7 @@ use tokio::time::Instant;
 
 use crate::balance::InFlight;
 use crate::body::{Body, Replay};
-use crate::cluster::{Cluster, Endpoint, Permit, SendError};
+use crate::cluster::{Cluster, Endpoint, Permit};
 use crate::error::ProxyError;
 use crate::grpc;
 use gridmesh_config::route::RetryPolicy;
@@ -166,12 +166,7 @@ async fn send(
         }
         // A failed attempt records no latency sample: an endpoint that fails
         // fast must not look fast.
-        Err(e) => Err(match e {
-            SendError::ConnectFailure => ProxyError::ConnectFailure,
-            SendError::ConnectTimeout => ProxyError::ConnectTimeout,
-            SendError::PendingOverflow => ProxyError::PendingOverflow,
-            SendError::Reset => ProxyError::UpstreamReset,
-        }),
+        Err(e) => Err(e.into()),
     }
 }
 

@@ -3,9 +3,15 @@
 //! drain need to know about one connection ([`Activity`]). The accept loop
 //! (`server`) creates them; the request pipeline reads them.
 
+use std::io;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
+
+use pin_project_lite::pin_project;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::drain::Drain;
 use crate::filter::Filters;
@@ -36,7 +42,8 @@ impl ListenerContext {
 /// What a connection's watchdog needs to tell idle from busy.
 #[derive(Default)]
 pub struct Activity {
-    pub reads: AtomicU64,
+    /// Bytes read from the connection so far.
+    pub bytes_read: AtomicU64,
     requests: AtomicUsize,
     /// The connection speaks HTTP/2 (it can be told to go away).
     pub http2: AtomicBool,
@@ -56,17 +63,35 @@ impl Activity {
     /// connection per period, instead of hyper's per-request header timer,
     /// which cost an extra runtime wake-up on every request.
     pub async fn idle(&self, period: Duration) {
-        let mut ticks = tokio::time::interval(period);
+        idle_together(&[self], period).await
+    }
+}
+
+/// Resolves once a whole `period` passed in which none of `activities` had
+/// a request in flight or read anything: for a forwarded TCP connection,
+/// both of its sides.
+pub async fn idle_together(activities: &[&Activity], period: Duration) {
+    let read = || -> u64 {
+        activities
+            .iter()
+            .map(|a| a.bytes_read.load(Ordering::Relaxed))
+            .sum()
+    };
+    let busy = || {
+        activities
+            .iter()
+            .any(|a| a.requests.load(Ordering::Relaxed) > 0)
+    };
+    let mut ticks = tokio::time::interval(period);
+    ticks.tick().await;
+    let mut before = read();
+    loop {
         ticks.tick().await;
-        let mut reads = self.reads.load(Ordering::Relaxed);
-        loop {
-            ticks.tick().await;
-            let now = self.reads.load(Ordering::Relaxed);
-            if now == reads && self.requests.load(Ordering::Relaxed) == 0 {
-                return;
-            }
-            reads = now;
+        let now = read();
+        if now == before && !busy() {
+            return;
         }
+        before = now;
     }
 }
 
@@ -76,5 +101,70 @@ pub struct RequestGuard(Arc<Activity>);
 impl Drop for RequestGuard {
     fn drop(&mut self) {
         self.0.requests.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+pin_project! {
+    /// A socket that counts the bytes read from it, for the idle watchdog
+    /// (and, for TCP forwarding, the byte counts).
+    pub struct Watched<T> {
+        #[pin]
+        io: T,
+        activity: Arc<Activity>,
+    }
+}
+
+impl<T> Watched<T> {
+    pub fn new(io: T, activity: Arc<Activity>) -> Self {
+        Watched { io, activity }
+    }
+}
+
+impl<T: AsyncRead> AsyncRead for Watched<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.project();
+        let before = buf.filled().len();
+        let result = this.io.poll_read(cx, buf);
+        let read = buf.filled().len() - before;
+        if read > 0 {
+            this.activity
+                .bytes_read
+                .fetch_add(read as u64, Ordering::Relaxed);
+        }
+        result
+    }
+}
+
+impl<T: AsyncWrite> AsyncWrite for Watched<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.project().io.poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        self.project().io.poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.project().io.poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.project().io.poll_shutdown(cx)
     }
 }

@@ -40,6 +40,18 @@ pub enum ProxyError {
     ListenerRemoved,
 }
 
+impl From<crate::cluster::SendError> for ProxyError {
+    fn from(error: crate::cluster::SendError) -> Self {
+        use crate::cluster::SendError;
+        match error {
+            SendError::ConnectFailure => ProxyError::ConnectFailure,
+            SendError::ConnectTimeout => ProxyError::ConnectTimeout,
+            SendError::PendingOverflow => ProxyError::PendingOverflow,
+            SendError::Reset => ProxyError::UpstreamReset,
+        }
+    }
+}
+
 impl ProxyError {
     /// Stable machine-readable reason, sent as `x-gridmesh-error` and used as
     /// a metric label (bounded: one value per variant).

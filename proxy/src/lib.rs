@@ -16,6 +16,7 @@ mod body;
 mod call;
 mod cluster;
 mod control;
+mod detect;
 mod discovery;
 mod downstream;
 mod drain;
@@ -29,6 +30,7 @@ mod pipeline;
 mod runtime;
 mod server;
 mod shared;
+mod tcp;
 mod transport;
 mod xds;
 

@@ -32,6 +32,9 @@ pub struct Metrics {
     downstream_connections_active: IntGaugeVec,
     downstream_connections: IntCounterVec,
     downstream_requests: IntCounterVec,
+    downstream_tcp_connections: IntCounterVec,
+    downstream_tcp_bytes: IntCounterVec,
+    protocol_detection_timeouts: IntCounterVec,
     local_replies: IntCounterVec,
     pub xds: XdsMetrics,
 }
@@ -70,6 +73,13 @@ pub struct ListenerMetrics {
     pub connections_active: IntGauge,
     pub connections: IntCounter,
     pub requests: IntCounter,
+    /// Connections forwarded as bytes (opaque TCP).
+    pub tcp_connections: IntCounter,
+    pub tcp_bytes_received: IntCounter,
+    pub tcp_bytes_sent: IntCounter,
+    /// AUTO connections that sent too little to tell HTTP within the
+    /// detection timeout.
+    pub detection_timeouts: IntCounter,
     local_replies: IntCounterVec,
     listener: String,
 }
@@ -173,6 +183,24 @@ impl Default for Metrics {
                 "Requests received.",
                 &["listener"],
             ),
+            downstream_tcp_connections: counter(
+                &r,
+                "downstream_tcp_connections_total",
+                "Connections forwarded as bytes (opaque TCP).",
+                &["listener"],
+            ),
+            downstream_tcp_bytes: counter(
+                &r,
+                "downstream_tcp_bytes_total",
+                "Bytes of forwarded TCP connections: received from clients, sent to them.",
+                &["listener", "direction"],
+            ),
+            protocol_detection_timeouts: counter(
+                &r,
+                "protocol_detection_timeouts_total",
+                "Connections on AUTO listeners that sent too little to tell HTTP in time.",
+                &["listener"],
+            ),
             local_replies: counter(
                 &r,
                 "local_replies_total",
@@ -237,6 +265,14 @@ impl Metrics {
             connections_active: self.downstream_connections_active.with_label_values(l),
             connections: self.downstream_connections.with_label_values(l),
             requests: self.downstream_requests.with_label_values(l),
+            tcp_connections: self.downstream_tcp_connections.with_label_values(l),
+            tcp_bytes_received: self
+                .downstream_tcp_bytes
+                .with_label_values(&[listener, "received"]),
+            tcp_bytes_sent: self
+                .downstream_tcp_bytes
+                .with_label_values(&[listener, "sent"]),
+            detection_timeouts: self.protocol_detection_timeouts.with_label_values(l),
             local_replies: self.local_replies.clone(),
             listener: listener.to_string(),
         }
@@ -264,6 +300,9 @@ impl Metrics {
         remove_series(&self.downstream_connections_active, label);
         remove_series(&self.downstream_connections, label);
         remove_series(&self.downstream_requests, label);
+        remove_series(&self.downstream_tcp_connections, label);
+        remove_series(&self.downstream_tcp_bytes, label);
+        remove_series(&self.protocol_detection_timeouts, label);
         remove_series(&self.local_replies, label);
     }
 

@@ -21,6 +21,8 @@ pub struct Runtime {
     pub clusters: Vec<Arc<Cluster>>,
     /// Listener name -> index of its route table in the snapshot.
     tables_by_listener: HashMap<String, usize>,
+    /// Listener name -> index of the cluster its opaque TCP goes to.
+    tcp_clusters_by_listener: HashMap<String, usize>,
 }
 
 impl Runtime {
@@ -55,16 +57,28 @@ impl Runtime {
         let tables_by_listener = snapshot
             .listeners
             .iter()
-            .map(|l| (l.name.clone(), l.route_table))
+            .filter_map(|l| Some((l.name.clone(), l.route_table?)))
+            .collect();
+        let tcp_clusters_by_listener = snapshot
+            .listeners
+            .iter()
+            .filter_map(|l| Some((l.name.clone(), l.tcp_cluster?)))
             .collect();
         Ok(StagedRuntime {
             runtime: Runtime {
                 snapshot: Arc::new(snapshot),
                 clusters,
                 tables_by_listener,
+                tcp_clusters_by_listener,
             },
             updates,
         })
+    }
+
+    /// Where a listener's connections that are not HTTP go, if anywhere.
+    pub fn tcp_cluster(&self, listener: &str) -> Option<&Arc<Cluster>> {
+        let index = *self.tcp_clusters_by_listener.get(listener)?;
+        self.clusters.get(index)
     }
 
     /// The route table of a listener; `None` once the listener was removed

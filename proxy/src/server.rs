@@ -1,12 +1,11 @@
-//! Downstream side: accepting connections on a listener, detecting HTTP/1.1
-//! or HTTP/2 (prior knowledge), and serving requests until drained.
+//! Downstream side: accepting connections on a listener, telling HTTP from
+//! anything else (AUTO listeners, `detect`), then serving HTTP/1.1 or
+//! HTTP/2 (prior knowledge) requests until drained, or forwarding the
+//! connection as bytes (`tcp`).
 
 use std::convert::Infallible;
-use std::io;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -14,15 +13,15 @@ use gridmesh_net::AcceptBackoff;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use pin_project_lite::pin_project;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio_util::task::TaskTracker;
 
-use crate::downstream::{Activity, ListenerContext};
+use crate::detect::{self, Detected};
+use crate::downstream::{Activity, ListenerContext, Watched};
 use crate::pipeline;
 use crate::runtime::Runtime;
-use crate::transport::{self, Accepted};
+use crate::tcp;
+use crate::transport::{self, Accepted, ConnectionContext};
 use gridmesh_config::{ListenerSpec, Protocol};
 
 /// How long an idle connection gets to close gracefully (HTTP/2 GOAWAY). It
@@ -56,10 +55,23 @@ fn connection_builder(spec: &ListenerSpec) -> auto::Builder<TokioExecutor> {
         .initial_stream_window_size(1 << 20)
         .initial_connection_window_size(4 << 20);
     match spec.protocol {
-        Protocol::Auto => builder,
+        // A TCP listener's connections never reach the HTTP server.
+        Protocol::Auto | Protocol::Tcp => builder,
         Protocol::Http1 => builder.http1_only(),
         Protocol::Http2 => builder.http2_only(),
     }
+}
+
+/// What serving one connection needs to know about its listener.
+#[derive(Clone, Copy)]
+struct ConnectionSettings {
+    protocol: Protocol,
+    /// Whether the listener forwards what is not HTTP (it has a
+    /// `tcpCluster`); an AUTO listener without one serves everything as
+    /// HTTP, answering garbage with 400.
+    forwards_tcp: bool,
+    idle: Duration,
+    detection: Duration,
 }
 
 /// Accepts connections until the listener drains, then stops accepting (the
@@ -74,7 +86,12 @@ pub async fn accept_loop(
     connections: TaskTracker,
 ) {
     let builder = Arc::new(connection_builder(&spec));
-    let spec_idle = spec.idle_timeout;
+    let settings = ConnectionSettings {
+        protocol: spec.protocol,
+        forwards_tcp: spec.tcp_cluster.is_some(),
+        idle: spec.idle_timeout,
+        detection: spec.protocol_detection_timeout,
+    };
     let mut backoff = AcceptBackoff::default();
     loop {
         let Accepted {
@@ -85,128 +102,118 @@ pub async fn accept_loop(
             () = context.drain.started() => return,
             accepted = transport::accept(&listener, &mut backoff, &context.name) => accepted,
         };
-        let peer = connection.peer;
         context.metrics.connections.inc();
         context.metrics.connections_active.inc();
-        let activity = Arc::new(Activity::default());
-        let service = {
-            let runtime = runtime.clone();
-            let context = context.clone();
-            let activity = activity.clone();
-            service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                let runtime = runtime.clone();
-                let context = context.clone();
-                let connection = connection.clone();
-                if req.version() == http::Version::HTTP_2 {
-                    activity.http2.store(true, Ordering::Relaxed);
-                }
-                let request = activity.request();
-                async move {
-                    let response =
-                        pipeline::serve(&runtime, &context, connection, req, request).await;
-                    Ok::<_, Infallible>(response)
-                }
-            })
-        };
-        let io = Watched {
-            io: stream,
-            activity: activity.clone(),
-        };
-        let conn = builder
-            .serve_connection(TokioIo::new(io), service)
-            .into_owned();
-        let context = context.clone();
+        let (builder, context, runtime) = (builder.clone(), context.clone(), runtime.clone());
         connections.spawn(async move {
-            tokio::pin!(conn);
-            let result = tokio::select! {
-                result = conn.as_mut() => result,
-                () = activity.idle(spec_idle) => {
-                    conn.as_mut().graceful_shutdown();
-                    tokio::time::timeout(IDLE_CLOSE_GRACE.min(spec_idle), conn.as_mut())
-                        .await
-                        .unwrap_or(Ok(()))
-                }
-                () = context.drain.started() => 'drained: {
-                    if context.replaced.load(Ordering::Relaxed) && !activity.http2.load(Ordering::Relaxed) {
-                        let handoff = tokio::time::sleep(HANDOFF_GRACE);
-                        tokio::select! {
-                            result = conn.as_mut() => break 'drained result,
-                            () = handoff => {}
-                            () = context.drain.expired() => {}
-                        }
-                    }
-                    conn.as_mut().graceful_shutdown();
-                    // What is still open after the deadline (and the grace
-                    // gRPC streams get for their closing trailers) is closed
-                    // with the connection: a stopped proxy serves nothing.
-                    tokio::select! {
-                        result = conn.as_mut() => result,
-                        () = async {
-                            context.drain.expired().await;
-                            tokio::time::sleep(crate::DRAIN_GRACE).await;
-                        } => Ok(()),
-                    }
-                }
-            };
-            if let Err(e) = result {
-                tracing::debug!(listener = %context.name, %peer, error = %e, "connection ended with an error");
-            }
+            serve_connection(stream, connection, settings, &builder, &context, &runtime).await;
             context.metrics.connections_active.dec();
         });
     }
 }
 
-pin_project! {
-    /// A downstream socket that counts reads for the idle watchdog.
-    struct Watched<T> {
-        #[pin]
-        io: T,
-        activity: Arc<Activity>,
+/// Serves one connection as HTTP, or forwards it as bytes: by the
+/// listener's protocol, or, for AUTO, by what its first bytes say.
+async fn serve_connection(
+    stream: TcpStream,
+    connection: Arc<ConnectionContext>,
+    settings: ConnectionSettings,
+    builder: &auto::Builder<TokioExecutor>,
+    context: &Arc<ListenerContext>,
+    runtime: &Arc<ArcSwap<Runtime>>,
+) {
+    let http = match settings.protocol {
+        Protocol::Http1 | Protocol::Http2 => true,
+        Protocol::Tcp => false,
+        Protocol::Auto if !settings.forwards_tcp => true,
+        Protocol::Auto => match detect::detect(&stream, settings.detection).await {
+            Detected::Http => true,
+            Detected::Other => false,
+            Detected::TimedOut => {
+                context.metrics.detection_timeouts.inc();
+                false
+            }
+            Detected::Closed => return,
+        },
+    };
+    if http {
+        return serve_http(stream, connection, settings.idle, builder, context, runtime).await;
+    }
+    let cluster = runtime.load().tcp_cluster(&context.name).cloned();
+    match cluster {
+        Some(cluster) => tcp::forward(stream, &cluster, context, settings.idle).await,
+        // The listener changed under a connection that was being detected.
+        None => tracing::debug!(
+            listener = %context.name,
+            peer = %connection.peer,
+            "not HTTP, and the listener has no tcpCluster now: closed"
+        ),
     }
 }
 
-impl<T: AsyncRead> AsyncRead for Watched<T> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = self.project();
-        let before = buf.filled().len();
-        let result = this.io.poll_read(cx, buf);
-        if buf.filled().len() > before {
-            this.activity.reads.fetch_add(1, Ordering::Relaxed);
+/// Serves HTTP on one connection until it closes, idles out or drains.
+async fn serve_http(
+    stream: TcpStream,
+    connection: Arc<ConnectionContext>,
+    idle: Duration,
+    builder: &auto::Builder<TokioExecutor>,
+    context: &Arc<ListenerContext>,
+    runtime: &Arc<ArcSwap<Runtime>>,
+) {
+    let peer = connection.peer;
+    let activity = Arc::new(Activity::default());
+    let service = {
+        let runtime = runtime.clone();
+        let context = context.clone();
+        let activity = activity.clone();
+        service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+            let runtime = runtime.clone();
+            let context = context.clone();
+            let connection = connection.clone();
+            if req.version() == http::Version::HTTP_2 {
+                activity.http2.store(true, Ordering::Relaxed);
+            }
+            let request = activity.request();
+            async move {
+                let response = pipeline::serve(&runtime, &context, connection, req, request).await;
+                Ok::<_, Infallible>(response)
+            }
+        })
+    };
+    let io = Watched::new(stream, activity.clone());
+    let conn = builder.serve_connection(TokioIo::new(io), service);
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        result = conn.as_mut() => result,
+        () = activity.idle(idle) => {
+            conn.as_mut().graceful_shutdown();
+            tokio::time::timeout(IDLE_CLOSE_GRACE.min(idle), conn.as_mut())
+                .await
+                .unwrap_or(Ok(()))
         }
-        result
-    }
-}
-
-impl<T: AsyncWrite> AsyncWrite for Watched<T> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        self.project().io.poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        self.project().io.poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.project().io.poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.project().io.poll_shutdown(cx)
+        () = context.drain.started() => 'drained: {
+            if context.replaced.load(Ordering::Relaxed) && !activity.http2.load(Ordering::Relaxed) {
+                let handoff = tokio::time::sleep(HANDOFF_GRACE);
+                tokio::select! {
+                    result = conn.as_mut() => break 'drained result,
+                    () = handoff => {}
+                    () = context.drain.expired() => {}
+                }
+            }
+            conn.as_mut().graceful_shutdown();
+            // What is still open after the deadline (and the grace gRPC
+            // streams get for their closing trailers) is closed with the
+            // connection: a stopped proxy serves nothing.
+            tokio::select! {
+                result = conn.as_mut() => result,
+                () = async {
+                    context.drain.expired().await;
+                    tokio::time::sleep(crate::DRAIN_GRACE).await;
+                } => Ok(()),
+            }
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(listener = %context.name, %peer, error = %e, "connection ended with an error");
     }
 }

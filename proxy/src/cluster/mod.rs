@@ -19,9 +19,10 @@ use hickory_resolver::TokioResolver;
 use http::{HeaderMap, Request, Response, Version};
 use hyper::body::Incoming;
 use serde::Serialize;
+use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 
-use crate::balance::{self, Balance, Candidate, Load, PickContext, Policy};
+use crate::balance::{self, Balance, Candidate, InFlight, Load, PickContext, Policy};
 use crate::body::Body;
 use crate::discovery::dns::{self, Addresses, DnsRefresh};
 use crate::error::ProxyError;
@@ -369,6 +370,36 @@ impl Cluster {
                     idle_http1_connections: e.state.pool.idle_http1_connections(),
                 })
                 .collect(),
+        }
+    }
+}
+
+/// A connection to an endpoint for opaque TCP: it holds a slot under the
+/// cluster's connection cap and counts as a request in flight on the
+/// endpoint (for least-request balancing) for its whole life.
+pub struct TcpConnection {
+    pub stream: TcpStream,
+    _slot: limits::ConnectionSlot,
+    _in_flight: InFlight,
+}
+
+impl Cluster {
+    /// Opens a connection to one of the cluster's endpoints, as its
+    /// balancer picks it, for forwarding bytes.
+    pub async fn connect_tcp(&self) -> Result<TcpConnection, ProxyError> {
+        let endpoint = self.pick(&HeaderMap::new())?;
+        let in_flight = endpoint.load.start();
+        endpoint.state.requests.fetch_add(1, Ordering::Relaxed);
+        match endpoint.state.pool.connect_tcp(&self.metrics).await {
+            Ok((stream, slot)) => Ok(TcpConnection {
+                stream,
+                _slot: slot,
+                _in_flight: in_flight,
+            }),
+            Err(error) => {
+                endpoint.state.failures.fetch_add(1, Ordering::Relaxed);
+                Err(ProxyError::from(error))
+            }
         }
     }
 }

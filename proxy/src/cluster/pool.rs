@@ -269,6 +269,21 @@ impl Pool {
         }
     }
 
+    /// A plain connection for opaque TCP forwarding, under the cluster's
+    /// connection cap (a forwarded connection is never shared, so there is
+    /// nothing to wait for: at the cap it is refused).
+    pub async fn connect_tcp(
+        &self,
+        metrics: &ClusterMetrics,
+    ) -> Result<(TcpStream, ConnectionSlot), SendError> {
+        let slot = self.limits.open_connection(metrics).ok_or_else(|| {
+            metrics.overflow_pending.inc();
+            SendError::PendingOverflow
+        })?;
+        let stream = self.connect(metrics).await?.into_inner();
+        Ok((stream, slot))
+    }
+
     fn enter_pending(&self, metrics: &ClusterMetrics) -> Result<super::limits::Permit, SendError> {
         self.limits.enter_pending().ok_or_else(|| {
             metrics.overflow_pending.inc();

@@ -338,6 +338,7 @@ impl Held {
 
     /// Static plus dynamic resources, less `unbound` listeners and those
     /// whose route table is missing (returned by name: they are warming).
+    /// A listener that names no route table (a TCP listener) needs none.
     fn candidate(&self, dynamic: &Bootstrap, unbound: &HashSet<&str>) -> (Bootstrap, Vec<String>) {
         let mut candidate = self.static_config.clone();
         merge(&mut candidate, dynamic);
@@ -351,7 +352,7 @@ impl Held {
             .listeners
             .retain(|l| !unbound.contains(l.name.as_str()));
         candidate.listeners.retain(|l| {
-            let ready = tables.contains(&l.route_table);
+            let ready = l.route_table.is_empty() || tables.contains(&l.route_table);
             if !ready {
                 warming.push(l.name.clone());
             }
