@@ -5,6 +5,8 @@
 //! Applying config is two-phase (as in ztunnel): everything is validated and
 //! converted here, off the data path and without side effects, and only a
 //! complete [`Snapshot`] is ever swapped in. A rejected file changes nothing.
+//! A change to a snapshot ([`rebuild_snapshot`]) converts only the resources
+//! it carries and takes the rest over from the snapshot it changes.
 //!
 //! Its own crate, with no runtime and no network: the sidecar serves what it
 //! builds, and the control plane validates a directory with exactly the same
@@ -25,8 +27,8 @@ use gridmesh_proto::config::Bootstrap;
 use gridmesh_proto::resource::Kind;
 
 pub use validate::{
-    ClusterSpec, EndpointAddress, EndpointSpec, ListenerSpec, Protocol, Snapshot, build_snapshot,
-    validate_served,
+    Carryover, ClusterSpec, EndpointAddress, EndpointSpec, ListenerSpec, Protocol, Snapshot,
+    build_snapshot, rebuild_snapshot, validate_served,
 };
 
 /// Exit status for invalid configuration (EX_USAGE / EX_DATAERR family).

@@ -18,7 +18,7 @@ pub fn is_grpc(headers: &HeaderMap) -> bool {
         .is_some_and(|ct| ct.as_bytes().starts_with(b"application/grpc"))
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct RouteTable {
     pub name: String,
     pub virtual_hosts: Vec<VirtualHost>,
@@ -30,13 +30,13 @@ pub struct RouteTable {
     pub(crate) any: Option<usize>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct VirtualHost {
     pub name: String,
     pub routes: Vec<Route>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Route {
     pub name: String,
     pub matcher: RouteMatcher,
@@ -45,14 +45,14 @@ pub struct Route {
     pub response_headers: HeaderMutation,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct RouteMatcher {
     pub path: PathMatch,
     pub grpc: Option<GrpcMatch>,
     pub headers: Vec<HeaderMatcher>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum PathMatch {
     Any,
     Prefix(String),
@@ -61,20 +61,20 @@ pub enum PathMatch {
     Regex(Regex),
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct GrpcMatch {
     pub service: String,
     pub method: Option<String>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct HeaderMatcher {
     pub name: HeaderName,
     pub kind: HeaderMatchKind,
     pub invert: bool,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum HeaderMatchKind {
     Exact(String),
     Prefix(String),
@@ -82,7 +82,7 @@ pub enum HeaderMatchKind {
     Present(bool),
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct RouteAction {
     pub target: Target,
     pub timeouts: Timeouts,
@@ -91,7 +91,7 @@ pub struct RouteAction {
 
 /// Clusters are referred to by index into the snapshot's cluster list, so a
 /// request resolves its cluster without a name lookup.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum Target {
     Cluster(usize),
     Weighted {
@@ -118,13 +118,40 @@ pub struct RetryPolicy {
     pub backoff: Duration,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct HeaderMutation {
     pub set: Vec<(HeaderName, HeaderValue, bool)>,
     pub remove: Vec<HeaderName>,
 }
 
 impl RouteTable {
+    /// The indices of the clusters its routes send to.
+    pub fn cluster_indices(&self) -> impl Iterator<Item = usize> + '_ {
+        self.virtual_hosts
+            .iter()
+            .flat_map(|h| &h.routes)
+            .flat_map(|r| r.action.target.cluster_indices())
+    }
+
+    /// The same table with every cluster index `i` replaced by `map(i)`:
+    /// how a table survives clusters being added or removed around the ones
+    /// it uses without being compiled again. `None` when `map` has no
+    /// replacement for one of them (a cluster it uses is gone).
+    pub(crate) fn relinked(&self, map: impl Fn(usize) -> Option<usize>) -> Option<RouteTable> {
+        let mut table = self.clone();
+        for route in table.virtual_hosts.iter_mut().flat_map(|h| &mut h.routes) {
+            match &mut route.action.target {
+                Target::Cluster(index) => *index = map(*index)?,
+                Target::Weighted { clusters, .. } => {
+                    for (index, _) in clusters {
+                        *index = map(*index)?;
+                    }
+                }
+            }
+        }
+        Some(table)
+    }
+
     /// The route for a request, or `None` when no virtual host or route matches.
     pub fn route(&self, parts: &Parts) -> Option<&Route> {
         let host = self.virtual_host(authority(parts)?)?;
@@ -241,6 +268,16 @@ impl HeaderMatcher {
 }
 
 impl Target {
+    fn cluster_indices(&self) -> impl Iterator<Item = usize> + '_ {
+        let (single, weighted) = match self {
+            Target::Cluster(index) => (Some(*index), &[][..]),
+            Target::Weighted { clusters, .. } => (None, &clusters[..]),
+        };
+        single
+            .into_iter()
+            .chain(weighted.iter().map(|(index, _)| *index))
+    }
+
     /// The cluster index for one request; weighted targets draw at random.
     pub fn pick(&self) -> usize {
         match self {

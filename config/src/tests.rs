@@ -736,3 +736,94 @@ fn tcp_listeners_name_a_cluster_and_no_route_table() {
     });
     expect_problem(b, "listener \"in\"", "protocolDetectionTimeout");
 }
+
+/// A rebuild converts only what the change carries: untouched clusters and
+/// route tables are the very ones of the previous snapshot, a table whose
+/// clusters moved is pointed at their new positions, and one whose cluster
+/// is gone is converted again so the problem is reported as in a full build.
+#[test]
+fn a_rebuild_takes_over_what_the_change_does_not_carry() {
+    use std::collections::HashSet;
+    use std::sync::Arc;
+
+    use super::{Carryover, rebuild_snapshot};
+    use crate::route::Target;
+
+    const YAML: &str = r#"
+clusters: [{ name: first }, { name: second }, { name: third }]
+endpoints:
+  - { cluster: first, endpoints: [{ address: "127.0.0.1:9001" }] }
+  - { cluster: second, endpoints: [{ address: "127.0.0.1:9002" }] }
+routeTables:
+  - name: uses-third
+    virtualHosts: [{ name: all, domains: ["*"], routes: [{ name: r, route: { cluster: third } }] }]
+  - name: uses-second
+    virtualHosts: [{ name: all, domains: ["*"], routes: [{ name: r, route: { cluster: second } }] }]
+"#;
+    let parsed = || parse_bootstrap(YAML, "x").unwrap_or_else(|e| panic!("{e}"));
+    let previous = build_snapshot(parsed(), "x").unwrap_or_else(|e| panic!("{e}"));
+    let target = |s: &super::Snapshot, table: usize| match s.route_tables[table].virtual_hosts[0]
+        .routes[0]
+        .action
+        .target
+    {
+        Target::Cluster(index) => s.clusters[index].name.clone(),
+        Target::Weighted { .. } => unreachable!("single-cluster routes"),
+    };
+
+    // New endpoints for `second`: only that cluster is converted.
+    let mut b = parsed();
+    b.endpoints[1].endpoints[0].address = "127.0.0.1:9003".into();
+    let changed = HashSet::from(["second"]);
+    let carryover = Carryover {
+        previous: &previous,
+        kind: Kind::Endpoints,
+        changed: &changed,
+    };
+    let next = rebuild_snapshot(b, "x", &carryover).unwrap_or_else(|e| panic!("{e}"));
+    assert!(Arc::ptr_eq(&next.clusters[0], &previous.clusters[0]));
+    assert!(Arc::ptr_eq(&next.clusters[2], &previous.clusters[2]));
+    assert!(!Arc::ptr_eq(&next.clusters[1], &previous.clusters[1]));
+    let moved = super::EndpointAddress::Socket("127.0.0.1:9003".parse().unwrap());
+    assert_eq!(next.clusters[1].endpoints[0].address, moved);
+    for (a, b) in next.route_tables.iter().zip(&previous.route_tables) {
+        assert!(Arc::ptr_eq(a, b), "route table {} was converted", a.name);
+    }
+
+    // `first` removed: the tables' clusters moved up one place; both are
+    // relinked (not the same Arc) and still reach the same clusters.
+    let mut b = parsed();
+    b.clusters.remove(0);
+    b.endpoints.remove(0);
+    let changed = HashSet::from(["first"]);
+    let carryover = Carryover {
+        previous: &previous,
+        kind: Kind::Cluster,
+        changed: &changed,
+    };
+    let next = rebuild_snapshot(b, "x", &carryover).unwrap_or_else(|e| panic!("{e}"));
+    assert!(Arc::ptr_eq(&next.clusters[0], &previous.clusters[1]));
+    assert_eq!(
+        (target(&next, 0), target(&next, 1)),
+        ("third".into(), "second".into())
+    );
+    assert!(!Arc::ptr_eq(
+        &next.route_tables[0],
+        &previous.route_tables[0]
+    ));
+
+    // `third` removed while a table it does not carry uses it: the table is
+    // converted again and the problem named as a full build names it.
+    let mut b = parsed();
+    b.clusters.remove(2);
+    let changed = HashSet::from(["third"]);
+    let carryover = Carryover {
+        previous: &previous,
+        kind: Kind::Cluster,
+        changed: &changed,
+    };
+    let error = rebuild_snapshot(b.clone(), "x", &carryover).unwrap_err();
+    let full = build_snapshot(b, "x").unwrap_err();
+    assert_eq!(error.problems, full.problems);
+    assert_eq!(error.problems[0].resource, "routeTable \"uses-third\"");
+}

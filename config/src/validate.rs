@@ -106,6 +106,43 @@ pub struct ClusterSpec {
     pub endpoints: Vec<EndpointSpec>,
 }
 
+impl ClusterSpec {
+    /// Whether `other` differs from this spec in nothing but its endpoints
+    /// (a cluster can then take it and keep its pools and load).
+    pub fn same_settings(&self, other: &ClusterSpec) -> bool {
+        // Destructured, so that a new field cannot be left out.
+        let ClusterSpec {
+            name,
+            protocol,
+            lb_policy,
+            ring_hash_header,
+            ring_replicas_per_weight,
+            connect_timeout,
+            idle_connection_timeout,
+            dns_min_refresh,
+            max_connections,
+            max_pending_requests,
+            max_requests,
+            retry_percent,
+            min_retries_per_second,
+            endpoints: _,
+        } = self;
+        *name == other.name
+            && *protocol == other.protocol
+            && *lb_policy == other.lb_policy
+            && *ring_hash_header == other.ring_hash_header
+            && *ring_replicas_per_weight == other.ring_replicas_per_weight
+            && *connect_timeout == other.connect_timeout
+            && *idle_connection_timeout == other.idle_connection_timeout
+            && *dns_min_refresh == other.dns_min_refresh
+            && *max_connections == other.max_connections
+            && *max_pending_requests == other.max_pending_requests
+            && *max_requests == other.max_requests
+            && *retry_percent == other.retry_percent
+            && *min_retries_per_second == other.min_retries_per_second
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EndpointSpec {
     pub address: EndpointAddress,
@@ -236,7 +273,68 @@ impl Checker {
 /// Validates a whole bootstrap and converts it. Either every resource is good
 /// and a snapshot comes back, or nothing is built.
 pub fn build_snapshot(bootstrap: Bootstrap, source: &str) -> Result<Snapshot, ConfigError> {
-    build(bootstrap, source, Scope::Sidecar)
+    build(bootstrap, source, Scope::Sidecar, None)
+}
+
+/// What a rebuild may take over from the snapshot being served: the
+/// converted form of every resource a change does not carry. One xDS
+/// response carries one kind of resource, so the change is named by kind.
+pub struct Carryover<'a> {
+    /// The snapshot built from the same resources, less this change.
+    pub previous: &'a Snapshot,
+    pub kind: Kind,
+    /// The resources of `kind` the change upserts or removes.
+    pub changed: &'a HashSet<&'a str>,
+}
+
+impl Carryover<'_> {
+    fn touches(&self, kind: Kind, name: &str) -> bool {
+        self.kind == kind && self.changed.contains(name)
+    }
+
+    /// The previous snapshot's clusters that the change touches neither
+    /// through their Cluster nor their Endpoints resource.
+    fn clusters(&self) -> HashMap<&str, &Arc<ClusterSpec>> {
+        self.previous
+            .clusters
+            .iter()
+            .filter(|c| !self.touches(Kind::Cluster, &c.name))
+            .filter(|c| !self.touches(Kind::Endpoints, &c.name))
+            .map(|c| (c.name.as_str(), c))
+            .collect()
+    }
+
+    /// The previous snapshot's route table `name` if the change does not
+    /// touch it, pointed at the clusters' new positions; `None` when it must
+    /// be converted (new, changed, or a cluster it uses is gone, which the
+    /// conversion then reports precisely).
+    fn route_table(&self, name: &str, clusters: &HashMap<&str, usize>) -> Option<Arc<RouteTable>> {
+        if self.touches(Kind::RouteTable, name) {
+            return None;
+        }
+        let table = self.previous.route_tables.iter().find(|t| t.name == name)?;
+        let moved_to = |old: usize| {
+            let cluster = self.previous.clusters.get(old)?;
+            clusters.get(cluster.name.as_str()).copied()
+        };
+        if table.cluster_indices().all(|i| moved_to(i) == Some(i)) {
+            return Some(Arc::clone(table));
+        }
+        table.relinked(moved_to).map(Arc::new)
+    }
+}
+
+/// [`build_snapshot`] for a bootstrap that differs from the one `carryover`
+/// was built from only in the resources it names: those are validated and
+/// converted, every other cluster and route table is taken over as it is
+/// (the cross-references between resources are still checked). Applying an
+/// update costs what it carries, not what the sidecar holds.
+pub fn rebuild_snapshot(
+    bootstrap: Bootstrap,
+    source: &str,
+    carryover: &Carryover,
+) -> Result<Snapshot, ConfigError> {
+    build(bootstrap, source, Scope::Sidecar, Some(carryover))
 }
 
 /// Validates a set of resources a control plane serves to many sidecars:
@@ -245,7 +343,7 @@ pub fn build_snapshot(bootstrap: Bootstrap, source: &str) -> Result<Snapshot, Co
 /// `0.0.0.0:15006`), and settings that belong to one sidecar (admin, drain
 /// timeout, xds) are refused.
 pub fn validate_served(resources: Bootstrap, source: &str) -> Result<Snapshot, ConfigError> {
-    build(resources, source, Scope::ControlPlane)
+    build(resources, source, Scope::ControlPlane, None)
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -254,7 +352,12 @@ enum Scope {
     ControlPlane,
 }
 
-fn build(bootstrap: Bootstrap, source: &str, scope: Scope) -> Result<Snapshot, ConfigError> {
+fn build(
+    bootstrap: Bootstrap,
+    source: &str,
+    scope: Scope,
+    carryover: Option<&Carryover>,
+) -> Result<Snapshot, ConfigError> {
     let mut c = Checker {
         problems: Vec::new(),
         resource: "bootstrap".into(),
@@ -299,15 +402,20 @@ fn build(bootstrap: Bootstrap, source: &str, scope: Scope) -> Result<Snapshot, C
         bootstrap.route_tables.iter().map(|x| &x.name),
     );
 
-    let endpoints = endpoints_by_cluster(&mut c, &bootstrap.endpoints, &cluster_index);
+    let carried = carryover.map(Carryover::clusters).unwrap_or_default();
+    let mut endpoints =
+        endpoints_by_cluster(&mut c, &bootstrap.endpoints, &cluster_index, &carried);
     let clusters = bootstrap
         .clusters
         .iter()
         .enumerate()
-        .map(|(i, cl)| {
-            let eps = endpoints.get(cl.name.as_str()).cloned().unwrap_or_default();
-            c.enter(Kind::Cluster, i, &cl.name);
-            Arc::new(cluster(&mut c, cl, eps))
+        .map(|(i, cl)| match carried.get(cl.name.as_str()) {
+            Some(spec) => Arc::clone(spec),
+            None => {
+                let eps = endpoints.remove(cl.name.as_str()).unwrap_or_default();
+                c.enter(Kind::Cluster, i, &cl.name);
+                Arc::new(cluster(&mut c, cl, eps))
+            }
         })
         .collect();
     let route_tables = bootstrap
@@ -315,8 +423,11 @@ fn build(bootstrap: Bootstrap, source: &str, scope: Scope) -> Result<Snapshot, C
         .iter()
         .enumerate()
         .map(|(i, t)| {
-            c.enter(Kind::RouteTable, i, &t.name);
-            Arc::new(route_table(&mut c, t, &cluster_index))
+            let carried = carryover.and_then(|co| co.route_table(&t.name, &cluster_index));
+            carried.unwrap_or_else(|| {
+                c.enter(Kind::RouteTable, i, &t.name);
+                Arc::new(route_table(&mut c, t, &cluster_index))
+            })
         })
         .collect();
     let exclusive_addrs = match scope {
@@ -495,16 +606,26 @@ fn listeners(
     specs
 }
 
+/// The endpoints of each cluster, converted, except those of `carried`
+/// clusters (only checked to belong to a cluster and to be given once).
 fn endpoints_by_cluster<'a>(
     c: &mut Checker,
     resources: &'a [pb::Endpoints],
     clusters: &HashMap<&str, usize>,
+    carried: &HashMap<&str, &Arc<ClusterSpec>>,
 ) -> HashMap<&'a str, Vec<EndpointSpec>> {
     let mut by_cluster = HashMap::new();
+    let mut given = HashSet::new();
     for (i, res) in resources.iter().enumerate() {
         c.enter(Kind::Endpoints, i, &res.cluster);
         if !clusters.contains_key(res.cluster.as_str()) {
             c.problem("cluster", format!("no cluster named {:?}", res.cluster));
+        }
+        if !given.insert(res.cluster.as_str()) {
+            c.problem("cluster", "endpoints for this cluster are given twice");
+        }
+        if carried.contains_key(res.cluster.as_str()) {
+            continue;
         }
         let mut seen = HashSet::new();
         let specs: Vec<EndpointSpec> = res
@@ -534,9 +655,7 @@ fn endpoints_by_cluster<'a>(
                 Some(EndpointSpec { address, weight })
             })
             .collect();
-        if by_cluster.insert(res.cluster.as_str(), specs).is_some() {
-            c.problem("cluster", "endpoints for this cluster are given twice");
-        }
+        by_cluster.insert(res.cluster.as_str(), specs);
     }
     by_cluster
 }

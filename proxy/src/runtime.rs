@@ -45,6 +45,7 @@ impl Runtime {
             .clusters
             .iter()
             .map(|spec| match reusable.get(&spec.name) {
+                Some(cluster) if cluster.serves(spec) => Ok(Arc::clone(cluster)),
                 Some(cluster) if cluster.can_update_to(spec) => {
                     if cluster.differs_from(spec) {
                         updates.push((Arc::clone(cluster), spec.clone()));

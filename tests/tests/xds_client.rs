@@ -13,6 +13,7 @@ use gridmesh_tests::ports::ReservedPort;
 use gridmesh_tests::upstream::UpstreamHandle;
 use gridmesh_tests::xds_script::{ScriptServer, ScriptStream, parse, resources, resources_yaml};
 use http::StatusCode;
+use http_body_util::BodyExt;
 use tokio::net::TcpStream;
 
 /// Listener `in` -> route table `rt` -> cluster `up` (plus an unused
@@ -392,6 +393,95 @@ async fn an_endpoint_update_takes_effect_for_new_requests() {
     for _ in 0..3 {
         assert_eq!(answered_by(&proxy, "in").await, "b");
     }
+}
+
+/// What `/clusters` shows of one cluster.
+async fn cluster_status(proxy: &TestProxy, name: &str) -> serde_json::Value {
+    let (status, body) = proxy.admin_get("/clusters").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let clusters: serde_json::Value = serde_json::from_str(&body).expect("/clusters is JSON");
+    clusters
+        .as_array()
+        .and_then(|all| all.iter().find(|c| c["name"] == name))
+        .cloned()
+        .unwrap_or_else(|| panic!("no cluster {name} in {clusters}"))
+}
+
+/// Updates of every kind that do not carry cluster `up` — another
+/// cluster's settings and endpoints, a cluster added and one removed ahead
+/// of it, a route table — leave `up` as it was: its pooled connection, the
+/// request its breaker counts in flight, its endpoint's counters.
+#[tokio::test]
+async fn updates_leave_the_clusters_they_do_not_carry_as_they_are() {
+    let Setup {
+        proxy,
+        mut stream,
+        a,
+        cp: _cp,
+        b: _b,
+    } = setup().await;
+    // A streaming response held open across the updates, and a pooled
+    // connection beside it.
+    let mut open = http1_client().connect(proxy.addr("in")).await;
+    let mut events = open
+        .send(get("svc", "/sse?count=100&interval_ms=50"))
+        .await
+        .expect("the stream starts")
+        .into_body();
+    let first = events.frame().await.expect("a first event");
+    assert!(first.is_ok(), "{first:?}");
+    for _ in 0..3 {
+        assert_eq!(answered_by(&proxy, "in").await, "a");
+    }
+    let before = cluster_status(&proxy, "up").await;
+    assert_eq!(before["requestsInFlight"], 1, "{before}");
+    assert_eq!(before["connectionsOpen"], 2, "{before}");
+    assert_eq!(before["endpoints"][0]["requests"], 4, "{before}");
+    assert_eq!(a.stats().connections(), 2);
+
+    let updates = [
+        (
+            Kind::Cluster,
+            "clusters: [{ name: b, connectTimeout: 2s }, { name: c }]",
+            &[][..],
+        ),
+        (
+            Kind::Endpoints,
+            "endpoints: [{ cluster: c, endpoints: [] }]",
+            &[],
+        ),
+        (Kind::RouteTable, &route_to("other", "c"), &[]),
+        (Kind::Endpoints, "endpoints: []", &["b"]),
+        (Kind::Cluster, "clusters: []", &["b"]),
+    ];
+    for (kind, yaml, removed) in updates {
+        let nonce = stream.push(kind, resources_yaml(kind, yaml, "2"), removed);
+        stream.ack(&nonce).await;
+    }
+    let names: Vec<String> = {
+        let (_, body) = proxy.admin_get("/clusters").await;
+        let clusters: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let all = clusters.as_array().cloned().unwrap_or_default();
+        all.iter()
+            .map(|c| c["name"].as_str().unwrap_or_default().to_string())
+            .collect()
+    };
+    assert_eq!(names, ["up", "c"], "the updates applied");
+
+    let after = cluster_status(&proxy, "up").await;
+    assert_eq!(after["requestsInFlight"], 1, "{after}");
+    assert_eq!(after["connectionsOpen"], 2, "{after}");
+    assert_eq!(after["endpoints"][0]["requests"], 4, "{after}");
+    drop(events);
+    drop(open);
+    for _ in 0..3 {
+        assert_eq!(answered_by(&proxy, "in").await, "a");
+    }
+    assert_eq!(
+        a.stats().connections(),
+        2,
+        "the pooled connection served on"
+    );
 }
 
 #[tokio::test]

@@ -145,12 +145,13 @@ impl Cluster {
         if needs_dns && self.resolver.is_none() {
             return false;
         }
-        let current = self.spec.load();
-        let endpoints_aside = ClusterSpec {
-            endpoints: current.endpoints.clone(),
-            ..spec.clone()
-        };
-        **current == endpoints_aside
+        self.spec.load().same_settings(spec)
+    }
+
+    /// Whether `spec` is the very spec this cluster serves (carried over
+    /// from the snapshot it was built for, so nothing about it changed).
+    pub fn serves(&self, spec: &Arc<ClusterSpec>) -> bool {
+        Arc::ptr_eq(&self.spec.load(), spec)
     }
 
     /// Whether taking `spec` would change this cluster's endpoints.

@@ -238,7 +238,8 @@ impl Client {
         // table arrived) but cannot bind: reported with this response.
         let mut unbound = Vec::new();
         let outcome = loop {
-            let mut outcome = self.held.evaluate(&update);
+            let served = shared.runtime.load_full();
+            let mut outcome = self.held.evaluate(&update, Some(&served.snapshot));
             let Some(snapshot) = outcome.snapshot.take() else {
                 break outcome;
             };

@@ -181,9 +181,11 @@ impl Held {
         self.versions.get(&kind).cloned().unwrap_or_default()
     }
 
-    /// Works out what `update` changes. Nothing is held until
-    /// [`Held::commit`] (after the snapshot applied).
-    pub fn evaluate(&self, update: &Update) -> Outcome {
+    /// Works out what `update` changes. `served`: the snapshot built from
+    /// what is held now; its clusters and route tables that the update does
+    /// not carry are taken over instead of being converted again. Nothing is
+    /// held until [`Held::commit`] (after the snapshot applied).
+    pub fn evaluate(&self, update: &Update, served: Option<&Snapshot>) -> Outcome {
         let kind = update.kind;
         let mut rejected = update.rejected.clone();
         let mut upserts = update.upserts.clone();
@@ -221,14 +223,28 @@ impl Held {
             // their route table), so a bad one is refused now instead of
             // being held and then blocking its route table.
             let checked = self.checked(&dynamic);
-            let built = match config::build_snapshot(checked.clone(), "xds") {
+            let changed: HashSet<&str> = upserts
+                .iter()
+                .map(|u| u.name.as_str())
+                .chain(removals.iter().map(String::as_str))
+                .collect();
+            let build = |set: Bootstrap| match served {
+                Some(previous) => {
+                    let carryover = config::Carryover {
+                        previous,
+                        kind,
+                        changed: &changed,
+                    };
+                    config::rebuild_snapshot(set, "xds", &carryover)
+                }
+                None => config::build_snapshot(set, "xds"),
+            };
+            let built = match build(checked.clone()) {
                 // Nothing left out (warming or unbound): serve what was checked.
                 Ok(snapshot) if candidate.listeners.len() == checked.listeners.len() => {
                     Ok(snapshot)
                 }
-                Ok(_) => {
-                    config::build_snapshot(candidate.clone(), "xds").map_err(|e| (e, candidate))
-                }
+                Ok(_) => build(candidate.clone()).map_err(|e| (e, candidate)),
                 Err(e) => Err((e, checked)),
             };
             match built {
@@ -308,14 +324,12 @@ impl Held {
     /// The dynamic resources with `upserts` and `removals` applied to `kind`.
     fn with_changes(&self, kind: Kind, upserts: &[Upsert], removals: &[String]) -> Bootstrap {
         let mut dynamic = self.dynamic.clone();
-        let gone: HashSet<&str> = removals
-            .iter()
-            .map(String::as_str)
-            .chain(upserts.iter().map(|u| u.name.as_str()))
-            .collect();
+        let gone: HashSet<&str> = removals.iter().map(String::as_str).collect();
         retain(&mut dynamic, kind, |name| !gone.contains(name));
+        // In place: a changed resource keeps its position, so the clusters
+        // around an updated one keep theirs (routes refer to them by index).
         for u in upserts {
-            merge(&mut dynamic, &u.resource);
+            upsert(&mut dynamic, kind, &u.name, &u.resource);
         }
         dynamic
     }
@@ -453,6 +467,26 @@ fn retain(set: &mut Bootstrap, kind: Kind, keep: impl Fn(&str) -> bool) {
     }
 }
 
+/// Puts the resource of `kind` that `from` holds in place of the one named
+/// `name` in `set`, or after the others when `set` has none.
+fn upsert(set: &mut Bootstrap, kind: Kind, name: &str, from: &Bootstrap) {
+    fn put<T: Clone>(list: &mut Vec<T>, new: &[T], is_it: impl Fn(&T) -> bool) {
+        let Some(new) = new.first() else { return };
+        match list.iter_mut().find(|r| is_it(r)) {
+            Some(old) => *old = new.clone(),
+            None => list.push(new.clone()),
+        }
+    }
+    match kind {
+        Kind::Cluster => put(&mut set.clusters, &from.clusters, |r| r.name == name),
+        Kind::Endpoints => put(&mut set.endpoints, &from.endpoints, |r| r.cluster == name),
+        Kind::Listener => put(&mut set.listeners, &from.listeners, |r| r.name == name),
+        Kind::RouteTable => put(&mut set.route_tables, &from.route_tables, |r| {
+            r.name == name
+        }),
+    }
+}
+
 /// Appends every resource of `from` to `into`.
 fn merge(into: &mut Bootstrap, from: &Bootstrap) {
     let pb::Bootstrap {
@@ -534,7 +568,7 @@ listeners: [{ name: l, address: "127.0.0.1:0", routeTable: rt }]
     /// after a successful apply.
     fn step(held: &mut Held, kind: Kind, response: &DeltaDiscoveryResponse) -> Stepped {
         let update = Update::decode(kind, response);
-        let mut outcome = held.evaluate(&update);
+        let mut outcome = held.evaluate(&update, None);
         let stepped = Stepped {
             snapshot: outcome.snapshot.take(),
             rejected: outcome.rejected.clone(),
@@ -871,7 +905,7 @@ listeners:
         assert!(update.reject("a", "port taken".into()));
         assert!(!update.reject("a", "again".into()), "already rejected");
         assert!(!update.reject("zz", "not in this update".into()));
-        let mut outcome = held.evaluate(&update);
+        let mut outcome = held.evaluate(&update, None);
         let snapshot = outcome.snapshot.take().expect("b applies");
         let served: Vec<&str> = snapshot.listeners.iter().map(|l| l.name.as_str()).collect();
         assert_eq!(served, ["b"]);
@@ -898,7 +932,7 @@ listeners:
         );
         let mut update = Update::decode(kind, &response(kind, sent, &["b"]));
         update.reject_all("draining".into());
-        let outcome = held.evaluate(&update);
+        let outcome = held.evaluate(&update, None);
         assert!(outcome.snapshot.is_none());
         let mut names: Vec<&str> = outcome.rejected.iter().map(|r| r.name.as_str()).collect();
         names.sort();
@@ -975,6 +1009,7 @@ endpoints:
 routeTables:
   - { name: rt, virtualHosts: [{ name: all, domains: ["*"], routes: [{ name: r, route: { cluster: up } }] }] }
   - { name: rt2, virtualHosts: [{ name: all, domains: ["*"], routes: [{ name: r, route: { cluster: spare } }] }] }
+  - { name: rt3, virtualHosts: [{ name: all, domains: ["*"], routes: [{ name: r, route: { weightedClusters: { clusters: [{ name: spare, weight: 1 }, { name: up, weight: 2 }] } } }] }] }
   - { name: broken, virtualHosts: [{ name: all, domains: ["*"], routes: [{ name: r, match: { regex: "(" }, route: { cluster: up } }] }] }
 listeners:
   - { name: l, address: "127.0.0.1:0", routeTable: rt }
@@ -1003,7 +1038,7 @@ listeners:
                 prop::collection::vec((any::<usize>(), damage()), 0..4),
                 prop::collection::vec(
                     prop::sample::select(vec![
-                        "up", "spare", "bad", "gone", "rt", "rt2", "l", "m", "x",
+                        "up", "spare", "bad", "gone", "rt", "rt2", "rt3", "l", "m", "x",
                     ])
                     .prop_map(str::to_string),
                     0..3,
@@ -1038,12 +1073,26 @@ listeners:
                 .collect()
         }
 
+        /// A snapshot's converted resources, comparable.
+        fn converted(snapshot: &Snapshot) -> String {
+            let tables: Vec<_> = snapshot
+                .route_tables
+                .iter()
+                .map(|t| (&t.name, &t.virtual_hosts))
+                .collect();
+            format!(
+                "{:?}\n{tables:?}\n{:?}",
+                snapshot.clusters, snapshot.listeners
+            )
+        }
+
         proptest! {
             #![proptest_config(crate::fuzz_config(256))]
 
             #[test]
             fn fuzz_responses_keep_the_held_state_consistent(steps in prop::collection::vec(step(), 1..12)) {
                 let mut held = held();
+                let mut served = None;
                 for (kind, picks, removed) in steps {
                     let removed: Vec<&str> = removed.iter().map(String::as_str).collect();
                     let response = response(kind, sent(kind, &picks), &removed);
@@ -1054,7 +1103,19 @@ listeners:
                         .chain(removed.iter().copied())
                         .collect();
                     let update = Update::decode(kind, &response);
-                    let outcome = held.evaluate(&update);
+                    let mut outcome = held.evaluate(&update, served.as_ref());
+                    // Taking over what the response does not carry builds
+                    // what converting everything again builds.
+                    let mut full = held.evaluate(&update, None);
+                    prop_assert_eq!(&outcome.rejected, &full.rejected);
+                    match (outcome.snapshot.take(), full.snapshot.take()) {
+                        (Some(carried), Some(full)) => {
+                            prop_assert_eq!(converted(&carried), converted(&full));
+                            served = Some(carried);
+                        }
+                        (None, None) => {}
+                        (carried, full) => prop_assert!(false, "{carried:?} but in full {full:?}"),
+                    }
                     for r in &outcome.rejected {
                         prop_assert!(carried.contains(r.name.as_str()), "{r:?} was not in the response");
                         prop_assert!(!r.reason.trim().is_empty(), "{r:?}");
