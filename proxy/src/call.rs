@@ -22,7 +22,7 @@ use tokio::time::Instant;
 
 use crate::balance::InFlight;
 use crate::body::{Body, Replay};
-use crate::cluster::{Cluster, Endpoint, Permit};
+use crate::cluster::{Cluster, Endpoint, Lease, Permit};
 use crate::error::ProxyError;
 use crate::grpc;
 use gridmesh_config::route::RetryPolicy;
@@ -45,6 +45,16 @@ pub struct Answer {
     pub in_flight: InFlight,
     /// The cluster's `maxRequests` breaker, likewise.
     pub admission: Permit,
+    /// The HTTP/1.1 connection, back to its pool when this is dropped after
+    /// the body was read to the end.
+    pub lease: Lease,
+}
+
+/// One attempt's response, and the guards that go with it into [`Answer`].
+struct Attempt {
+    response: Response<Incoming>,
+    in_flight: InFlight,
+    lease: Lease,
 }
 
 /// Sends `parts` and `body` to `cluster` under `policy`.
@@ -57,7 +67,11 @@ pub async fn call(
     let admission = cluster.admit()?;
     cluster.deposit_request();
     let upstream = Upstream::new(&parts, cluster.upstream_version(parts.version));
-    let (response, in_flight) = match policy.retry {
+    let Attempt {
+        response,
+        in_flight,
+        lease,
+    } = match policy.retry {
         Some(retry) => send_with_retries(cluster, &upstream, parts, body, retry, policy).await?,
         None => {
             let endpoint = cluster.pick(&parts.headers)?;
@@ -69,6 +83,7 @@ pub async fn call(
         response,
         in_flight,
         admission,
+        lease,
     })
 }
 
@@ -140,7 +155,7 @@ async fn send(
     endpoint: &Endpoint,
     req: Request<Body>,
     policy: &CallPolicy<'_>,
-) -> Result<(Response<Incoming>, InFlight), ProxyError> {
+) -> Result<Attempt, ProxyError> {
     let in_flight = endpoint.load.start();
     let headers_deadline = policy.response_headers_timeout.map(|t| Instant::now() + t);
     let (limit, on_expiry) = match (headers_deadline, policy.deadline) {
@@ -157,12 +172,16 @@ async fn send(
         None => attempt.await,
     };
     match result {
-        Ok(rsp) => {
+        Ok((response, lease)) => {
             // Time to response headers is the latency the balancer learns
             // from: a long stream is load, not slowness.
             in_flight.record_latency();
-            in_flight.observe_report(rsp.headers());
-            Ok((rsp, in_flight))
+            in_flight.observe_report(response.headers());
+            Ok(Attempt {
+                response,
+                in_flight,
+                lease,
+            })
         }
         // A failed attempt records no latency sample: an endpoint that fails
         // fast must not look fast.
@@ -177,7 +196,7 @@ async fn send_with_retries(
     body: Body,
     retry: &RetryPolicy,
     policy: &CallPolicy<'_>,
-) -> Result<(Response<Incoming>, InFlight), ProxyError> {
+) -> Result<Attempt, ProxyError> {
     let replay = Replay::new(body, retry.max_replay_body_bytes);
     let mut attempt = 0;
     loop {
@@ -196,7 +215,7 @@ async fn send_with_retries(
         let req = upstream.request(head, body, policy.deadline);
         let result = send(cluster, &endpoint, req, policy).await;
         let retryable = match &result {
-            Ok((rsp, _)) => retryable_response(retry, rsp),
+            Ok(attempt) => retryable_response(retry, &attempt.response),
             Err(e) => retryable_error(retry, *e),
         };
         let can_retry =

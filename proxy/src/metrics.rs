@@ -5,6 +5,8 @@
 
 use std::collections::HashMap;
 
+use arc_swap::ArcSwap;
+
 use prometheus::core::{Collector, MetricVec, MetricVecBuilder};
 use prometheus::{
     Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
@@ -65,9 +67,21 @@ pub struct ClusterMetrics {
     pub connects: IntCounter,
     pub connect_errors: IntCounter,
     pub connections_active: IntGauge,
-    responses: IntCounterVec,
-    cluster: String,
+    responses: ResponseCounters,
 }
+
+/// A cluster's response counters, by status and gRPC status. Each
+/// combination's series is resolved once; a response then finds its counter
+/// by scanning the few combinations the cluster has seen, without hashing
+/// labels or taking a lock.
+struct ResponseCounters {
+    family: IntCounterVec,
+    cluster: String,
+    seen: ArcSwap<Vec<(ResponseKey, IntCounter)>>,
+}
+
+/// The HTTP status, and the gRPC status's index in [`GRPC_LABELS`].
+type ResponseKey = (u16, u8);
 
 pub struct ListenerMetrics {
     pub connections_active: IntGauge,
@@ -254,8 +268,11 @@ impl Metrics {
             connects: self.upstream_connects.with_label_values(l),
             connect_errors: self.upstream_connect_errors.with_label_values(l),
             connections_active: self.upstream_connections_active.with_label_values(l),
-            responses: self.upstream_responses.clone(),
-            cluster: cluster.to_string(),
+            responses: ResponseCounters {
+                family: self.upstream_responses.clone(),
+                cluster: cluster.to_string(),
+                seen: ArcSwap::default(),
+            },
         }
     }
 
@@ -316,13 +333,34 @@ impl Metrics {
 impl ClusterMetrics {
     pub fn response(&self, status: http::StatusCode, grpc_status: Option<u32>) {
         let grpc = match grpc_status {
-            Some(s) if s <= 16 => GRPC_CODES[s as usize],
-            Some(_) => "other",
-            None => "",
+            Some(code) if code <= 16 => code as u8,
+            Some(_) => OTHER_GRPC,
+            None => NO_GRPC,
         };
-        self.responses
-            .with_label_values(&[self.cluster.as_str(), status.as_str(), grpc])
-            .inc();
+        self.responses.inc((status.as_u16(), grpc));
+    }
+}
+
+impl ResponseCounters {
+    fn inc(&self, key: ResponseKey) {
+        if let Some((_, counter)) = self.seen.load().iter().find(|(k, _)| *k == key) {
+            counter.inc();
+            return;
+        }
+        let (status, grpc) = key;
+        let status = status.to_string();
+        let grpc = GRPC_LABELS[usize::from(grpc)];
+        let counter =
+            self.family
+                .with_label_values(&[self.cluster.as_str(), status.as_str(), grpc]);
+        self.seen.rcu(|seen| {
+            let mut seen = Vec::clone(seen);
+            if !seen.iter().any(|(k, _)| *k == key) {
+                seen.push((key, counter.clone()));
+            }
+            seen
+        });
+        counter.inc();
     }
 }
 
@@ -353,6 +391,10 @@ fn remove_series<T: MetricVecBuilder>(family: &MetricVec<T>, (name, value): (&st
     }
 }
 
-const GRPC_CODES: [&str; 17] = [
+/// The `grpc_status` label: the code 0-16, `other`, or empty (not gRPC).
+const GRPC_LABELS: [&str; 19] = [
     "0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12", "13", "14", "15", "16",
+    "other", "",
 ];
+const OTHER_GRPC: u8 = 17;
+const NO_GRPC: u8 = 18;

@@ -28,7 +28,7 @@ use tokio::time::Instant;
 use crate::balance::InFlight;
 use crate::body::{Body, Completion, ResponseBody, StreamEnd, StreamLimits};
 use crate::call::{self, Answer, CallPolicy};
-use crate::cluster::{Cluster, Permit};
+use crate::cluster::{Cluster, Lease, Permit};
 use crate::downstream::{ListenerContext, RequestGuard};
 use crate::error::ProxyError;
 use crate::filter::{Direction, FilterStack};
@@ -110,6 +110,7 @@ async fn forward(
         response,
         in_flight,
         admission,
+        lease,
     } = call::call(&cluster, parts, body, &policy).await?;
     cluster
         .metrics
@@ -128,6 +129,7 @@ async fn forward(
         start,
         _admission: admission,
         in_flight,
+        _lease: lease,
         _connection: connection,
         recorded: false,
     };
@@ -176,6 +178,8 @@ struct Exchange {
     header_grpc_status: Option<u32>,
     _admission: Permit,
     in_flight: InFlight,
+    /// Gives the upstream connection back when the exchange is over.
+    _lease: Lease,
     _connection: RequestGuard,
     recorded: bool,
 }

@@ -6,6 +6,7 @@ use futures_util::future::join_all;
 use gridmesh_tests::harness::{
     forward_all, get, h2c_client, http1_client, proxy, upstream, within,
 };
+use http_body_util::BodyExt;
 
 #[tokio::test]
 async fn http1_connections_are_kept_alive_and_reused() {
@@ -21,6 +22,42 @@ async fn http1_connections_are_kept_alive_and_reused() {
         block.stats().connections(),
         1,
         "sequential requests share one pooled upstream connection"
+    );
+}
+
+/// A response abandoned mid-body leaves the rest of it on the connection:
+/// that connection is closed, never handed to the next request, which gets
+/// a fresh one; a response read to the end gives its connection back.
+#[tokio::test]
+async fn a_connection_whose_response_was_abandoned_is_not_reused() {
+    let block = upstream("block").await;
+    let proxy = proxy(&forward_all(&[block.local_addr()])).await;
+    let client = http1_client();
+    let reply = client.get(proxy.addr("in"), "block", "/echo").await;
+    assert_eq!(reply.status, 200);
+    let mut conn = client.connect(proxy.addr("in")).await;
+    let mut events = conn
+        .send(get("block", "/sse?count=100&interval_ms=20"))
+        .await
+        .expect("the stream starts")
+        .into_body();
+    let first = events.frame().await.expect("a first event");
+    assert!(first.is_ok(), "{first:?}");
+    assert_eq!(
+        block.stats().connections(),
+        1,
+        "the stream took the pooled one"
+    );
+    drop(events);
+    drop(conn);
+    for _ in 0..3 {
+        let reply = client.get(proxy.addr("in"), "block", "/echo").await;
+        assert_eq!(reply.status, 200, "{reply:?}");
+    }
+    assert_eq!(
+        block.stats().connections(),
+        2,
+        "one fresh connection, then reused"
     );
 }
 

@@ -31,7 +31,7 @@ use gridmesh_config::{ClusterSpec, EndpointAddress};
 
 pub use limits::Permit;
 use pool::Pool;
-pub use pool::SendError;
+pub use pool::{Lease, SendError};
 use retry_budget::RetryBudget;
 
 pub struct Cluster {
@@ -410,11 +410,11 @@ impl Endpoint {
         &self,
         req: Request<Body>,
         metrics: &ClusterMetrics,
-    ) -> Result<Response<Incoming>, SendError> {
+    ) -> Result<(Response<Incoming>, Lease), SendError> {
         let state = &self.state;
         state.requests.fetch_add(1, Ordering::Relaxed);
         let result = if req.version() == Version::HTTP_2 {
-            state.pool.send_http2(req, metrics).await
+            (state.pool.send_http2(req, metrics).await).map(|rsp| (rsp, Lease::shared()))
         } else {
             state.pool.send_http1(req, metrics).await
         };

@@ -3,7 +3,7 @@
 //! connection and pending-request caps.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use parking_lot::Mutex;
@@ -78,17 +78,16 @@ impl Pool {
         self.http1_idle.lock().len()
     }
 
+    /// Sends on a pooled or new connection; the connection is lent to the
+    /// exchange with the returned [`Lease`].
     pub async fn send_http1(
         self: &Arc<Self>,
         req: Request<Body>,
         metrics: &ClusterMetrics,
-    ) -> Result<Response<Incoming>, SendError> {
+    ) -> Result<(Response<Incoming>, Lease), SendError> {
         let (mut sender, reused) = self.acquire_http1(metrics).await?;
         match sender.try_send_request(req).await {
-            Ok(rsp) => {
-                self.release_http1(sender);
-                Ok(rsp)
-            }
+            Ok(rsp) => Ok((rsp, self.lease(sender))),
             Err(mut e) => match e.take_message() {
                 // A pooled connection the server had already closed: the
                 // request never left, so it goes out again on a fresh one.
@@ -100,12 +99,15 @@ impl Pool {
                         .send_request(req)
                         .await
                         .map_err(|_| SendError::Reset)?;
-                    self.release_http1(sender);
-                    Ok(rsp)
+                    Ok((rsp, self.lease(sender)))
                 }
                 _ => Err(SendError::Reset),
             },
         }
+    }
+
+    fn lease(self: &Arc<Self>, sender: http1::SendRequest<Body>) -> Lease {
+        Lease(Some((sender, Arc::downgrade(self))))
     }
 
     pub async fn send_http2(
@@ -152,23 +154,15 @@ impl Pool {
         None
     }
 
-    /// Puts an HTTP/1.1 connection back once its response has been read to
-    /// the end (hyper marks it ready again then).
-    fn release_http1(self: &Arc<Self>, mut sender: http1::SendRequest<Body>) {
-        let pool = Arc::downgrade(self);
-        tokio::spawn(async move {
-            if sender.ready().await.is_err() {
-                return;
-            }
-            let Some(pool) = pool.upgrade() else { return };
-            let now = Instant::now();
-            let mut idle = pool.http1_idle.lock();
-            // Connections idle past the timeout sit at the bottom: drop them.
-            idle.retain(|(_, since)| now.duration_since(*since) < pool.idle_timeout);
-            idle.push((sender, now));
-            drop(idle);
-            pool.limits.connection_freed.notify_waiters();
-        });
+    /// Puts a connection whose exchange is over back on the idle stack.
+    fn put_idle(&self, sender: http1::SendRequest<Body>) {
+        let now = Instant::now();
+        let mut idle = self.http1_idle.lock();
+        // Connections idle past the timeout sit at the bottom: drop them.
+        idle.retain(|(_, since)| now.duration_since(*since) < self.idle_timeout);
+        idle.push((sender, now));
+        drop(idle);
+        self.limits.connection_freed.notify_waiters();
     }
 
     async fn acquire_http2(
@@ -340,6 +334,32 @@ impl Pool {
             .map_err(|_| SendError::ConnectFailure)?;
         drive(conn, slot, "HTTP/2");
         Ok(sender)
+    }
+}
+
+/// An HTTP/1.1 connection lent to one exchange, which holds it until its
+/// response stream is over. Dropped then, it goes back to the pool if the
+/// response was read to the end — hyper reports the connection ready again
+/// as soon as it has read the last byte, before the body hands it on — and
+/// is closed otherwise (a response left unread cannot be skipped). The
+/// exchange's end does this; no task waits on the connection.
+pub struct Lease(Option<(http1::SendRequest<Body>, Weak<Pool>)>);
+
+impl Lease {
+    /// An HTTP/2 stream's: the connection is shared, nothing to give back.
+    pub fn shared() -> Lease {
+        Lease(None)
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if let Some((sender, pool)) = self.0.take()
+            && sender.is_ready()
+            && let Some(pool) = pool.upgrade()
+        {
+            pool.put_idle(sender);
+        }
     }
 }
 
