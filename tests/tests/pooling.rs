@@ -1,12 +1,23 @@
 //! Upstream connection pools: HTTP/1.1 keep-alive connections are reused
 //! request after request, HTTP/2 multiplexes concurrent streams on one
-//! connection, and concurrency beyond one HTTP/1.1 connection opens more.
+//! connection up to the upstream's stream limit, and concurrency beyond one
+//! HTTP/1.1 connection (or that limit) opens more.
 
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
 use futures_util::future::join_all;
 use gridmesh_tests::harness::{
-    forward_all, get, h2c_client, http1_client, proxy, upstream, within,
+    self, forward_all, get, h2c_client, http1_client, proxy, upstream, within,
 };
-use http_body_util::BodyExt;
+use http::{Request, Response};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 
 #[tokio::test]
 async fn http1_connections_are_kept_alive_and_reused() {
@@ -83,6 +94,63 @@ async fn http2_streams_share_one_upstream_connection() {
         block.stats().connections(),
         1,
         "concurrent HTTP/2 requests are multiplexed on one upstream connection"
+    );
+}
+
+/// An HTTP/2 upstream (h2c) that lets a client open two streams at a time
+/// per connection and answers each request after 200 ms. Returns its
+/// address and its count of accepted connections.
+async fn upstream_allowing_two_streams() -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let connections = Arc::new(AtomicUsize::new(0));
+    let accepted = connections.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            accepted.fetch_add(1, Ordering::Relaxed);
+            tokio::spawn(async move {
+                let service = service_fn(|_: Request<Incoming>| async {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
+                });
+                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .max_concurrent_streams(2)
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    (addr, connections)
+}
+
+/// Streams beyond what the upstream's SETTINGS allow on one connection go
+/// out on another connection, instead of queueing inside the HTTP/2 client.
+#[tokio::test]
+async fn http2_streams_beyond_the_peers_limit_open_another_connection() {
+    let (block, connections) = upstream_allowing_two_streams().await;
+    let proxy = proxy(&forward_all(&[block])).await;
+    // One request first: the connection's SETTINGS (two streams) are known
+    // before the burst.
+    let conn = h2c_client().connect(proxy.addr("in")).await;
+    let first = conn.stream().send(get("block", "/")).await.unwrap();
+    let first = harness::collect(first).await.unwrap();
+    assert_eq!(first.status, 200);
+    let replies = within(
+        "6 concurrent h2c requests",
+        join_all((0..6).map(|_| {
+            let mut stream = conn.stream();
+            async move { stream.send(get("block", "/")).await.unwrap().status() }
+        })),
+    )
+    .await;
+    assert!(replies.iter().all(|s| *s == 200), "{replies:?}");
+    assert_eq!(
+        connections.load(Ordering::Relaxed),
+        3,
+        "six concurrent streams, two per connection"
     );
 }
 

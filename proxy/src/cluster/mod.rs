@@ -3,6 +3,7 @@
 //! an endpoint is chosen lives here; the router only names the cluster.
 
 mod limits;
+mod peer_settings;
 mod pool;
 mod retry_budget;
 
@@ -414,7 +415,7 @@ impl Endpoint {
         let state = &self.state;
         state.requests.fetch_add(1, Ordering::Relaxed);
         let result = if req.version() == Version::HTTP_2 {
-            (state.pool.send_http2(req, metrics).await).map(|rsp| (rsp, Lease::shared()))
+            state.pool.send_http2(req, metrics).await
         } else {
             state.pool.send_http1(req, metrics).await
         };

@@ -1,8 +1,10 @@
 //! Connections to one endpoint: a stack of idle HTTP/1.1 keep-alive
-//! connections and one multiplexed HTTP/2 connection, under the cluster's
+//! connections and multiplexed HTTP/2 connections — another one whenever
+//! those open are at the peer's stream limit — under the cluster's
 //! connection and pending-request caps.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -16,6 +18,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::limits::{ConnectionSlot, Limits};
+use super::peer_settings::{StreamLimit, WatchSettings};
 use crate::body::Body;
 use crate::metrics::ClusterMetrics;
 use crate::transport::{ConnectError, Connector};
@@ -50,8 +53,9 @@ pub struct Pool {
     idle_timeout: Duration,
     limits: Arc<Limits>,
     http1_idle: Mutex<Vec<(http1::SendRequest<Body>, Instant)>>,
-    http2: Mutex<Option<http2::SendRequest<Body>>>,
-    /// One HTTP/2 connect at a time: concurrent first requests share it.
+    http2: Mutex<Vec<Http2Connection>>,
+    /// One HTTP/2 connect at a time: concurrent requests that find no room
+    /// share it.
     /// Holds the last failed connect, which requests queued behind it share.
     http2_connect: tokio::sync::Mutex<Option<(Instant, SendError)>>,
 }
@@ -69,7 +73,7 @@ impl Pool {
             idle_timeout,
             limits,
             http1_idle: Mutex::new(Vec::new()),
-            http2: Mutex::new(None),
+            http2: Mutex::new(Vec::new()),
             http2_connect: tokio::sync::Mutex::new(None),
         }
     }
@@ -107,24 +111,34 @@ impl Pool {
     }
 
     fn lease(self: &Arc<Self>, sender: http1::SendRequest<Body>) -> Lease {
-        Lease(Some((sender, Arc::downgrade(self))))
+        Lease(Some(Leased::Http1 {
+            sender,
+            pool: Arc::downgrade(self),
+        }))
     }
 
+    /// Sends as a stream on a connection with room for it; the stream is
+    /// counted open until the returned [`Lease`] is dropped.
     pub async fn send_http2(
         self: &Arc<Self>,
         req: Request<Body>,
         metrics: &ClusterMetrics,
-    ) -> Result<Response<Incoming>, SendError> {
-        let mut sender = self.acquire_http2(metrics).await?;
+    ) -> Result<(Response<Incoming>, Lease), SendError> {
+        let (mut sender, stream) = self.acquire_http2(metrics).await?;
         match sender.try_send_request(req).await {
-            Ok(rsp) => Ok(rsp),
+            Ok(rsp) => Ok((rsp, Lease(Some(Leased::Http2 { _stream: stream })))),
             Err(mut e) => match e.take_message() {
                 // The connection went away (GOAWAY, close) before this stream
                 // was opened: retry once on a new connection.
                 Some(req) => {
-                    self.forget_http2(&sender);
-                    let mut sender = self.acquire_http2(metrics).await?;
-                    sender.send_request(req).await.map_err(|_| SendError::Reset)
+                    drop(stream);
+                    self.forget_closed_http2();
+                    let (mut sender, stream) = self.acquire_http2(metrics).await?;
+                    let rsp = sender
+                        .send_request(req)
+                        .await
+                        .map_err(|_| SendError::Reset)?;
+                    Ok((rsp, Lease(Some(Leased::Http2 { _stream: stream }))))
                 }
                 None => Err(SendError::Reset),
             },
@@ -168,14 +182,14 @@ impl Pool {
     async fn acquire_http2(
         self: &Arc<Self>,
         metrics: &ClusterMetrics,
-    ) -> Result<http2::SendRequest<Body>, SendError> {
-        if let Some(sender) = self.live_http2() {
-            return Ok(sender);
+    ) -> Result<(http2::SendRequest<Body>, OpenStream), SendError> {
+        if let Some(stream) = self.open_http2_stream(Room::Needed) {
+            return Ok(stream);
         }
         let queued_at = Instant::now();
         let mut last_failure = self.http2_connect.lock().await;
-        if let Some(sender) = self.live_http2() {
-            return Ok(sender);
+        if let Some(stream) = self.open_http2_stream(Room::Needed) {
+            return Ok(stream);
         }
         // The connect this request queued behind failed: share its outcome
         // instead of trying again, so that requests piled up behind an
@@ -185,15 +199,26 @@ impl Pool {
         {
             return Err(error);
         }
-        let connected = match self.slot(metrics).await {
+        // Every open connection is at the peer's limit: another one if the
+        // cluster's cap allows; at the cap, the least busy one, where the
+        // stream waits for another to end (as it would on any client).
+        let slot = match self.limits.open_connection(metrics) {
+            Some(slot) => Ok(slot),
+            None => match self.open_http2_stream(Room::Optional) {
+                Some(stream) => return Ok(stream),
+                None => self.slot(metrics).await,
+            },
+        };
+        let connected = match slot {
             Ok(slot) => self.connect_http2(slot, metrics).await,
             Err(e) => Err(e),
         };
         match connected {
-            Ok(sender) => {
+            Ok(connection) => {
                 *last_failure = None;
-                *self.http2.lock() = Some(sender.clone());
-                Ok(sender)
+                let stream = connection.open_stream();
+                self.http2.lock().push(connection);
+                Ok(stream)
             }
             Err(error) => {
                 *last_failure = Some((Instant::now(), error));
@@ -202,26 +227,22 @@ impl Pool {
         }
     }
 
-    fn live_http2(&self) -> Option<http2::SendRequest<Body>> {
-        let mut shared = self.http2.lock();
-        match shared.as_ref() {
-            Some(sender) if sender.is_ready() => Some(sender.clone()),
-            Some(_) => {
-                *shared = None;
-                None
-            }
-            None => None,
-        }
+    /// A stream on a live connection: the first with room for it, or with
+    /// [`Room::Optional`] the least busy.
+    fn open_http2_stream(&self, room: Room) -> Option<(http2::SendRequest<Body>, OpenStream)> {
+        let mut connections = self.http2.lock();
+        connections.retain(|c| c.sender.is_ready());
+        let connection = match room {
+            Room::Needed => connections.iter().find(|c| c.has_room()),
+            Room::Optional => connections.iter().min_by_key(|c| c.open_streams()),
+        };
+        connection.map(Http2Connection::open_stream)
     }
 
-    fn forget_http2(&self, dead: &http2::SendRequest<Body>) {
-        let mut shared = self.http2.lock();
-        if shared
-            .as_ref()
-            .is_some_and(|s| !s.is_ready() || dead.is_closed())
-        {
-            *shared = None;
-        }
+    fn forget_closed_http2(&self) {
+        self.http2
+            .lock()
+            .retain(|c| c.sender.is_ready() && !c.sender.is_closed());
     }
 
     /// A connection slot for a new connection.
@@ -274,7 +295,7 @@ impl Pool {
             metrics.overflow_pending.inc();
             SendError::PendingOverflow
         })?;
-        let stream = self.connect(metrics).await?.into_inner();
+        let stream = self.connect(metrics).await?;
         Ok((stream, slot))
     }
 
@@ -285,11 +306,11 @@ impl Pool {
         })
     }
 
-    async fn connect(&self, metrics: &ClusterMetrics) -> Result<TokioIo<TcpStream>, SendError> {
+    async fn connect(&self, metrics: &ClusterMetrics) -> Result<TcpStream, SendError> {
         match self.connector.connect(self.addr).await {
             Ok(stream) => {
                 metrics.connects.inc();
-                Ok(TokioIo::new(stream))
+                Ok(stream)
             }
             Err(ConnectError::Failed(error)) => {
                 metrics.connect_errors.inc();
@@ -308,7 +329,7 @@ impl Pool {
         slot: ConnectionSlot,
         metrics: &ClusterMetrics,
     ) -> Result<http1::SendRequest<Body>, SendError> {
-        let io = self.connect(metrics).await?;
+        let io = TokioIo::new(self.connect(metrics).await?);
         let (sender, conn) = http1::Builder::new()
             .handshake(io)
             .await
@@ -321,19 +342,71 @@ impl Pool {
         &self,
         slot: ConnectionSlot,
         metrics: &ClusterMetrics,
-    ) -> Result<http2::SendRequest<Body>, SendError> {
-        let io = self.connect(metrics).await?;
+    ) -> Result<Http2Connection, SendError> {
+        let (io, limit) = WatchSettings::new(self.connect(metrics).await?);
         let (sender, conn) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .initial_stream_window_size(H2_STREAM_WINDOW)
             .initial_connection_window_size(H2_CONNECTION_WINDOW)
             .keep_alive_interval(H2_KEEPALIVE_INTERVAL)
             .keep_alive_timeout(H2_KEEPALIVE_TIMEOUT)
-            .handshake(io)
+            .handshake(TokioIo::new(io))
             .await
             .map_err(|_| SendError::ConnectFailure)?;
         drive(conn, slot, "HTTP/2");
-        Ok(sender)
+        // Used once the peer has said how many streams it takes.
+        match tokio::time::timeout(self.connector.timeout(), limit.announced()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return Err(SendError::ConnectFailure),
+            Err(_) => return Err(SendError::ConnectTimeout),
+        }
+        Ok(Http2Connection {
+            sender,
+            streams: Arc::new(AtomicU32::new(0)),
+            limit,
+        })
+    }
+}
+
+/// Whether a stream may go on a connection at the peer's limit.
+#[derive(Clone, Copy)]
+enum Room {
+    Needed,
+    Optional,
+}
+
+/// One HTTP/2 connection and the streams open on it.
+struct Http2Connection {
+    sender: http2::SendRequest<Body>,
+    /// Counted by the exchanges' [`OpenStream`]s.
+    streams: Arc<AtomicU32>,
+    /// How many the peer allows at once.
+    limit: StreamLimit,
+}
+
+impl Http2Connection {
+    fn open_streams(&self) -> u32 {
+        self.streams.load(Ordering::Relaxed)
+    }
+
+    fn has_room(&self) -> bool {
+        self.open_streams() < self.limit.get()
+    }
+
+    /// Counts a stream open (under the pool's lock, so two requests cannot
+    /// both take the last room).
+    fn open_stream(&self) -> (http2::SendRequest<Body>, OpenStream) {
+        self.streams.fetch_add(1, Ordering::Relaxed);
+        (self.sender.clone(), OpenStream(Arc::clone(&self.streams)))
+    }
+}
+
+/// A stream counted open on its connection until dropped.
+struct OpenStream(Arc<AtomicU32>);
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -343,18 +416,22 @@ impl Pool {
 /// as soon as it has read the last byte, before the body hands it on — and
 /// is closed otherwise (a response left unread cannot be skipped). The
 /// exchange's end does this; no task waits on the connection.
-pub struct Lease(Option<(http1::SendRequest<Body>, Weak<Pool>)>);
+/// An HTTP/2 exchange's lease counts its stream open on the shared
+/// connection, which is how the pool knows when that connection is full.
+pub struct Lease(Option<Leased>);
 
-impl Lease {
-    /// An HTTP/2 stream's: the connection is shared, nothing to give back.
-    pub fn shared() -> Lease {
-        Lease(None)
-    }
+enum Leased {
+    Http1 {
+        sender: http1::SendRequest<Body>,
+        pool: Weak<Pool>,
+    },
+    /// Held for its drop, which counts the stream closed.
+    Http2 { _stream: OpenStream },
 }
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        if let Some((sender, pool)) = self.0.take()
+        if let Some(Leased::Http1 { sender, pool }) = self.0.take()
             && sender.is_ready()
             && let Some(pool) = pool.upgrade()
         {
