@@ -633,10 +633,12 @@ fn endpoints_by_cluster<'a>(
             .iter()
             .enumerate()
             .filter_map(|(i, ep)| {
-                let field = format!("endpoints[{i}]");
+                // Field names are spelled out only for a problem: a large
+                // endpoint list is converted on every update.
+                let address_field = || format!("endpoints[{i}].address");
                 if !seen.insert(ep.address.as_str()) {
                     c.problem(
-                        format!("{field}.address"),
+                        address_field(),
                         format!("duplicate endpoint {:?}", ep.address),
                     );
                 }
@@ -644,14 +646,14 @@ fn endpoints_by_cluster<'a>(
                     0 => 1,
                     w if w > MAX_ENDPOINT_WEIGHT => {
                         c.problem(
-                            format!("{field}.weight"),
+                            format!("endpoints[{i}].weight"),
                             format!("must be at most {MAX_ENDPOINT_WEIGHT}"),
                         );
                         1
                     }
                     w => w,
                 };
-                let address = endpoint_address(c, &format!("{field}.address"), &ep.address)?;
+                let address = endpoint_address(c, address_field, &ep.address)?;
                 Some(EndpointSpec { address, weight })
             })
             .collect();
@@ -660,22 +662,29 @@ fn endpoints_by_cluster<'a>(
     by_cluster
 }
 
-fn endpoint_address(c: &mut Checker, field: &str, value: &str) -> Option<EndpointAddress> {
+fn endpoint_address(
+    c: &mut Checker,
+    field: impl Fn() -> String,
+    value: &str,
+) -> Option<EndpointAddress> {
     if let Ok(addr) = value.parse::<SocketAddr>() {
         if addr.port() == 0 || addr.ip().is_unspecified() {
-            c.problem(field, format!("{value:?} is not a routable address"));
+            c.problem(field(), format!("{value:?} is not a routable address"));
             return None;
         }
         return Some(EndpointAddress::Socket(addr));
     }
     let Some((host, port)) = value.rsplit_once(':') else {
-        c.problem(field, format!("{value:?} has no port (expected host:port)"));
+        c.problem(
+            field(),
+            format!("{value:?} has no port (expected host:port)"),
+        );
         return None;
     };
     let port = match port.parse::<u16>() {
         Ok(p) if p != 0 => p,
         _ => {
-            c.problem(field, format!("{port:?} is not a port number"));
+            c.problem(field(), format!("{port:?} is not a port number"));
             return None;
         }
     };
@@ -692,7 +701,7 @@ fn endpoint_address(c: &mut Checker, field: &str, value: &str) -> Option<Endpoin
         });
     if !valid_host {
         c.problem(
-            field,
+            field(),
             format!("{host:?} is neither an IP address nor a DNS name"),
         );
         return None;

@@ -218,7 +218,7 @@ impl Held {
                 .map(String::as_str)
                 .filter(|name| kind != Kind::Listener || !upserts.iter().any(|u| u.name == *name))
                 .collect();
-            let (candidate, warming) = self.candidate(&dynamic, &unbound);
+            let (warming, any_left_out) = self.left_out(&dynamic, &unbound);
             // Warming listeners are checked too (against a stand-in for
             // their route table), so a bad one is refused now instead of
             // being held and then blocking its route table.
@@ -239,13 +239,14 @@ impl Held {
                 }
                 None => config::build_snapshot(set, "xds"),
             };
-            let built = match build(checked.clone()) {
+            // The sets are built again only on the error path (to name the
+            // culprits): a large update is not copied more than it must be.
+            let built = match build(checked) {
                 // Nothing left out (warming or unbound): serve what was checked.
-                Ok(snapshot) if candidate.listeners.len() == checked.listeners.len() => {
-                    Ok(snapshot)
-                }
-                Ok(_) => build(candidate.clone()).map_err(|e| (e, candidate)),
-                Err(e) => Err((e, checked)),
+                Ok(snapshot) if !any_left_out => Ok(snapshot),
+                Ok(_) => build(self.candidate(&dynamic, &unbound))
+                    .map_err(|e| (e, self.candidate(&dynamic, &unbound))),
+                Err(e) => Err((e, self.checked(&dynamic))),
             };
             match built {
                 Ok(mut snapshot) => {
@@ -350,10 +351,9 @@ impl Held {
         versions
     }
 
-    /// Static plus dynamic resources, less `unbound` listeners and those
-    /// whose route table is missing (returned by name: they are warming).
-    /// A listener that names no route table (a TCP listener) needs none.
-    fn candidate(&self, dynamic: &Bootstrap, unbound: &HashSet<&str>) -> (Bootstrap, Vec<String>) {
+    /// Static plus dynamic resources, less the listeners [`Held::left_out`]
+    /// leaves out.
+    fn candidate(&self, dynamic: &Bootstrap, unbound: &HashSet<&str>) -> Bootstrap {
         let mut candidate = self.static_config.clone();
         merge(&mut candidate, dynamic);
         let tables: HashSet<String> = candidate
@@ -361,18 +361,34 @@ impl Held {
             .iter()
             .map(|t| t.name.clone())
             .collect();
-        let mut warming = Vec::new();
         candidate
             .listeners
-            .retain(|l| !unbound.contains(l.name.as_str()));
-        candidate.listeners.retain(|l| {
-            let ready = l.route_table.is_empty() || tables.contains(&l.route_table);
-            if !ready {
-                warming.push(l.name.clone());
-            }
-            ready
-        });
-        (candidate, warming)
+            .retain(|l| !unbound.contains(l.name.as_str()) && has_table(l, &tables));
+        candidate
+    }
+
+    /// The listeners not served: `unbound` ones, and those whose route
+    /// table is missing (returned by name: they are warming). A listener
+    /// that names no route table (a TCP listener) needs none.
+    fn left_out(&self, dynamic: &Bootstrap, unbound: &HashSet<&str>) -> (Vec<String>, bool) {
+        let all = || {
+            self.static_config
+                .listeners
+                .iter()
+                .chain(&dynamic.listeners)
+        };
+        let tables: HashSet<String> = (self.static_config.route_tables.iter())
+            .chain(&dynamic.route_tables)
+            .map(|t| t.name.clone())
+            .collect();
+        let served = |l: &&pb::Listener| !unbound.contains(l.name.as_str());
+        let warming: Vec<String> = all()
+            .filter(served)
+            .filter(|l| !has_table(l, &tables))
+            .map(|l| l.name.clone())
+            .collect();
+        let any = !warming.is_empty() || all().any(|l| unbound.contains(l.name.as_str()));
+        (warming, any)
     }
 
     /// Static plus dynamic resources, with an empty stand-in for each route
@@ -455,6 +471,11 @@ impl Held {
             }
         }
     }
+}
+
+/// Whether a listener's route table (if it needs one) is among `tables`.
+fn has_table(listener: &pb::Listener, tables: &HashSet<String>) -> bool {
+    listener.route_table.is_empty() || tables.contains(&listener.route_table)
 }
 
 /// Keeps the resources of `kind` whose names pass `keep`.
