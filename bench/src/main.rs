@@ -3,10 +3,12 @@
 //! See docs/benchmark.md.
 #![deny(clippy::unwrap_used)]
 // The benchmark pins processes to CPUs and sets scheduling policies and
-// priorities through libc (machine.rs, block/cpus.rs, targets/process.rs).
+// priorities through libc (machine.rs, block/cpus.rs, targets/process.rs),
+// and enters proxies into their cgroup before exec (cgroup.rs).
 #![allow(unsafe_code)]
 
 mod block;
+mod cgroup;
 mod install;
 mod load;
 mod machine;
@@ -198,7 +200,7 @@ fn selected_scenarios(mut only: Vec<Scenario>) -> Vec<Scenario> {
             Scenario::Http1,
             Scenario::GrpcUnary,
             Scenario::GrpcStream,
-            Scenario::Rss,
+            Scenario::Memory,
         ];
     }
     only.sort();

@@ -3,14 +3,15 @@
 
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use bytes::Bytes;
 use futures_util::future::try_join_all;
 
+use crate::cgroup::TargetCgroup;
 use crate::load::clients::{Exchange, GrpcUnaryEcho, Http1Echo, grpc_channel};
 use crate::load::{closed_loop, fixed_rate, streams};
 use crate::machine::IdleSpinner;
-use crate::procfs::{BackgroundLoad, ProcessTree};
+use crate::procfs::BackgroundLoad;
 use crate::results::{Figure, Results, Scenario};
 use crate::settings::Settings;
 use crate::targets::{RunningTarget, Target};
@@ -33,18 +34,14 @@ impl Measurement<'_> {
     /// Runs `scenarios`; a failed scenario is recorded and the next one runs.
     pub async fn run_all(&mut self, scenarios: &[Scenario]) {
         let background = BackgroundLoad::start();
-        let processes = self.running.processes();
-        let memory = scenarios.contains(&Scenario::Rss);
-        if memory && let Some(processes) = &processes {
+        let processes = self.running.cgroup();
+        let memory = scenarios.contains(&Scenario::Memory);
+        if memory && let Some(processes) = processes {
             // Before any load: the target has served only its readiness probes.
-            self.record(
-                Scenario::Rss,
-                Figure::RssIdleMib,
-                processes.rss_bytes() as f64 / MIB,
-            );
+            self.record_memory(Figure::PssIdleMib, processes);
         }
         for &scenario in scenarios {
-            if let Err(error) = self.run(scenario, processes.as_ref()).await {
+            if let Err(error) = self.run(scenario, processes).await {
                 let failure = format!(
                     "round {}: {} {}: {error:#}",
                     self.round + 1,
@@ -55,18 +52,14 @@ impl Measurement<'_> {
                 self.results.failures.push(failure);
             }
         }
-        if memory && let Some(processes) = &processes {
-            self.record(
-                Scenario::Rss,
-                Figure::RssPeakMib,
-                processes.peak_rss_bytes() as f64 / MIB,
-            );
+        if memory && let Some(processes) = processes {
+            self.record_memory(Figure::PssAfterLoadMib, processes);
         }
         self.results
             .record_background(self.round, self.target, background.cores());
     }
 
-    async fn run(&mut self, scenario: Scenario, processes: Option<&ProcessTree>) -> Result<()> {
+    async fn run(&mut self, scenario: Scenario, processes: Option<&TargetCgroup>) -> Result<()> {
         match scenario {
             Scenario::Http1 => {
                 let payload = self.payload();
@@ -93,7 +86,7 @@ impl Measurement<'_> {
                 self.requests(scenario, calls, processes).await
             }
             Scenario::GrpcStream => self.stream(processes).await,
-            Scenario::Rss => self.memory_with_open_streams(processes).await,
+            Scenario::Memory => self.memory_with_open_streams(processes).await,
         }
     }
 
@@ -106,28 +99,44 @@ impl Measurement<'_> {
             .record(self.round, self.target, scenario, figure, value);
     }
 
+    /// Memory is read while no latency is measured: reading a process's
+    /// PSS walks its memory map under the map's lock.
+    fn record_memory(&mut self, figure: Figure, processes: &TargetCgroup) {
+        match processes.pss_bytes() {
+            Ok(bytes) => self.record(Scenario::Memory, figure, bytes as f64 / MIB),
+            Err(error) => self.results.failures.push(format!(
+                "round {}: {} {}: {error:#}",
+                self.round + 1,
+                self.target,
+                figure.label()
+            )),
+        }
+    }
+
     /// Fixed-rate latency and CPU on the first connections, then maximum
     /// throughput on all of them.
     async fn requests<E: Exchange>(
         &mut self,
         scenario: Scenario,
         mut exchanges: Vec<E>,
-        processes: Option<&ProcessTree>,
+        processes: Option<&TargetCgroup>,
     ) -> Result<()> {
         let settings = self.settings;
         let spare = exchanges.split_off(settings.fixed_rate_concurrency.min(exchanges.len()));
         let (_, exchanges) = fixed_rate::run(exchanges, settings.rate, settings.warmup).await;
 
         let spinner = IdleSpinner::start(self.proxy_core)?;
-        let cpu_before = processes.map(ProcessTree::cpu_time);
+        let cpu_before = cpu_time(processes)?;
         let (outcome, mut exchanges) =
             fixed_rate::run(exchanges, settings.rate, settings.fixed_rate_duration).await;
-        let cpu = cpu_used_since(processes, cpu_before);
+        let cpu = cpu_used_since(processes, cpu_before)?;
         drop(spinner);
 
         let latency = &outcome.latency_ns;
-        let completed = latency.len();
-        if completed > 0 {
+        // Failed requests included: they are in the histogram, and they
+        // cost the proxy CPU too.
+        let requests = latency.len();
+        if requests > 0 {
             for (figure, quantile) in [
                 (Figure::P50Us, 0.50),
                 (Figure::P99Us, 0.99),
@@ -143,7 +152,7 @@ impl Measurement<'_> {
                 self.record(
                     scenario,
                     Figure::CpuUsPerRequest,
-                    cpu.as_secs_f64() * 1e6 / completed as f64,
+                    cpu.as_secs_f64() * 1e6 / requests as f64,
                 );
             }
             let lateness = outcome.send_lateness_ns.value_at_quantile(0.99);
@@ -153,9 +162,9 @@ impl Measurement<'_> {
             .record_errors(self.target, scenario, outcome.errors);
 
         exchanges.extend(spare);
-        let cpu_before = processes.map(ProcessTree::cpu_time);
+        let cpu_before = cpu_time(processes)?;
         let (outcome, _) = closed_loop::run(exchanges, settings.max_throughput_duration).await;
-        let cpu = cpu_used_since(processes, cpu_before);
+        let cpu = cpu_used_since(processes, cpu_before)?;
         let elapsed = outcome.elapsed.as_secs_f64();
         self.record(
             scenario,
@@ -180,7 +189,7 @@ impl Measurement<'_> {
     }
 
     /// Whole streams of many small messages, one after another.
-    async fn stream(&mut self, processes: Option<&ProcessTree>) -> Result<()> {
+    async fn stream(&mut self, processes: Option<&TargetCgroup>) -> Result<()> {
         let settings = self.settings;
         let channel = grpc_channel(self.running.entry.grpc).await?;
         streams::time_server_stream(
@@ -189,7 +198,7 @@ impl Measurement<'_> {
             settings.stream_message_bytes,
         )
         .await?;
-        let cpu_before = processes.map(ProcessTree::cpu_time);
+        let cpu_before = cpu_time(processes)?;
         let mut times = Vec::new();
         for _ in 0..settings.streams_per_round {
             times.push(
@@ -201,7 +210,7 @@ impl Measurement<'_> {
                 .await?,
             );
         }
-        let cpu = cpu_used_since(processes, cpu_before);
+        let cpu = cpu_used_since(processes, cpu_before)?;
         times.sort();
         let median = times[times.len() / 2];
         self.record(
@@ -227,7 +236,7 @@ impl Measurement<'_> {
 
     /// Memory while many gRPC streams are open through every hop. The
     /// direct path has no proxy to measure.
-    async fn memory_with_open_streams(&mut self, processes: Option<&ProcessTree>) -> Result<()> {
+    async fn memory_with_open_streams(&mut self, processes: Option<&TargetCgroup>) -> Result<()> {
         let Some(processes) = processes else {
             return Ok(());
         };
@@ -237,16 +246,24 @@ impl Measurement<'_> {
             self.settings.open_stream_connections,
         )
         .await?;
-        self.record(
-            Scenario::Rss,
-            Figure::RssOpenStreamsMib,
-            processes.rss_bytes() as f64 / MIB,
-        );
+        self.record_memory(Figure::PssOpenStreamsMib, processes);
         drop(open);
         Ok(())
     }
 }
 
-fn cpu_used_since(processes: Option<&ProcessTree>, before: Option<Duration>) -> Option<Duration> {
-    Some(processes?.cpu_time().saturating_sub(before?))
+fn cpu_time(processes: Option<&TargetCgroup>) -> Result<Option<Duration>> {
+    processes
+        .map(|p| p.cpu_time().context("reading the target's CPU time"))
+        .transpose()
+}
+
+fn cpu_used_since(
+    processes: Option<&TargetCgroup>,
+    before: Option<Duration>,
+) -> Result<Option<Duration>> {
+    let now = cpu_time(processes)?;
+    Ok(now
+        .zip(before)
+        .map(|(now, before)| now.saturating_sub(before)))
 }

@@ -282,7 +282,7 @@ impl RatioFigure {
                 figures.push(RatioFigure::Absolute(Figure::MaxRequestsPerS))
             }
             Scenario::GrpcStream => figures.push(RatioFigure::Absolute(Figure::MessagesPerS)),
-            Scenario::Rss => {}
+            Scenario::Memory => {}
         }
         figures
     }

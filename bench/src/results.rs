@@ -19,8 +19,10 @@ pub enum Scenario {
     GrpcUnary,
     /// gRPC server streaming: one stream of many small messages.
     GrpcStream,
-    /// Proxy memory idle, with 1,000 open gRPC streams, and at peak.
-    Rss,
+    /// Proxy memory (PSS) idle, with 1,000 open gRPC streams, and after
+    /// the load runs.
+    #[value(alias = "rss")]
+    Memory,
 }
 
 impl Scenario {
@@ -29,7 +31,7 @@ impl Scenario {
             Scenario::Http1 => "HTTP/1.1 1 KiB POST",
             Scenario::GrpcUnary => "gRPC unary 1 KiB",
             Scenario::GrpcStream => "gRPC server stream",
-            Scenario::Rss => "proxy memory (RSS)",
+            Scenario::Memory => "proxy memory (PSS)",
         }
     }
 }
@@ -57,9 +59,9 @@ pub enum Figure {
     StreamMs,
     MessagesPerS,
     CpuNsPerMessage,
-    RssIdleMib,
-    RssOpenStreamsMib,
-    RssPeakMib,
+    PssIdleMib,
+    PssOpenStreamsMib,
+    PssAfterLoadMib,
 }
 
 impl Figure {
@@ -76,9 +78,9 @@ impl Figure {
             Figure::StreamMs => "stream ms",
             Figure::MessagesPerS => "msg/s",
             Figure::CpuNsPerMessage => "CPU ns/msg",
-            Figure::RssIdleMib => "idle MiB",
-            Figure::RssOpenStreamsMib => "open-streams MiB",
-            Figure::RssPeakMib => "peak MiB",
+            Figure::PssIdleMib => "idle MiB",
+            Figure::PssOpenStreamsMib => "open-streams MiB",
+            Figure::PssAfterLoadMib => "after-load MiB",
         }
     }
 
@@ -91,7 +93,7 @@ impl Figure {
             Figure::StreamMs => "ms",
             Figure::MessagesPerS => "msg/s",
             Figure::CpuNsPerMessage => "ns",
-            Figure::RssIdleMib | Figure::RssOpenStreamsMib | Figure::RssPeakMib => "MiB",
+            Figure::PssIdleMib | Figure::PssOpenStreamsMib | Figure::PssAfterLoadMib => "MiB",
         }
     }
 }

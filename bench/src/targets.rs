@@ -20,8 +20,8 @@ use anyhow::{Context, Result, bail};
 use bytes::Bytes;
 use serde::Serialize;
 
+use crate::cgroup::TargetCgroup;
 use crate::load::clients::{Exchange, GrpcUnaryEcho, Http1Echo, grpc_channel};
-use crate::procfs::ProcessTree;
 use process::PinnedProcess;
 
 /// Envoy needs a second or two to start; a proxy not serving after this is broken.
@@ -126,6 +126,8 @@ pub struct HopPlan {
 pub struct RunningTarget {
     pub entry: Entry,
     hops: Vec<PinnedProcess>,
+    /// Every hop's processes; `None` for the direct path.
+    cgroup: Option<TargetCgroup>,
 }
 
 impl RunningTarget {
@@ -143,7 +145,13 @@ impl RunningTarget {
             grpc: upstream,
         };
         let mut hops = Vec::new();
+        let mut cgroup = None;
         if let Some(proxy) = target.proxy {
+            let group = cgroup.insert(TargetCgroup::create(&format!(
+                "{}-x{}",
+                proxy.name(),
+                target.hops
+            ))?);
             let binary = binary.with_context(|| format!("no {} binary", proxy.name()))?;
             for index in (1..=target.hops).rev() {
                 let plan = HopPlan {
@@ -156,25 +164,31 @@ impl RunningTarget {
                 };
                 let log = dir.join(format!("{}.log", plan.name));
                 let command = proxy.command(binary, &plan)?;
-                let mut process = PinnedProcess::spawn(&plan.name, command, proxy_core, &log)?;
+                let mut process =
+                    PinnedProcess::spawn(&plan.name, command, proxy_core, group, &log)?;
                 wait_until_serving(plan.listen, &mut process).await?;
                 next = plan.listen;
                 hops.push(process);
             }
         }
-        Ok(Self { entry: next, hops })
+        Ok(Self {
+            entry: next,
+            hops,
+            cgroup,
+        })
     }
 
-    /// Every process of every hop; `None` for the direct path.
-    pub fn processes(&self) -> Option<ProcessTree> {
-        let roots: Vec<u32> = self.hops.iter().map(PinnedProcess::pid).collect();
-        (!roots.is_empty()).then(|| ProcessTree::of(&roots))
+    /// The cgroup of every hop's processes; `None` for the direct path.
+    pub fn cgroup(&self) -> Option<&TargetCgroup> {
+        self.cgroup.as_ref()
     }
 
     pub async fn stop(self) {
         for hop in self.hops {
             hop.stop().await;
         }
+        // The cgroup goes (with anything left in it) after the hops.
+        drop(self.cgroup);
     }
 }
 

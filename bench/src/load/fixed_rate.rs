@@ -93,12 +93,14 @@ async fn worker<E: Exchange>(mut exchange: E, schedule: Schedule) -> (E, FixedRa
         wait_until(due).await;
         let lateness = due.elapsed().as_nanos() as u64;
         outcome.send_lateness_ns.saturating_record(lateness.max(1));
-        match exchange_in_time(&mut exchange).await {
-            Ok(()) => {
-                let latency = due.elapsed().as_nanos() as u64;
-                outcome.latency_ns.saturating_record(latency.max(1));
-            }
-            Err(error) => outcome.errors.record(&error),
+        let result = exchange_in_time(&mut exchange).await;
+        // A failed request stays in the latency histogram, at the time it
+        // took to fail: leaving it out would flatter the tail of a target
+        // that fails under load. (The errors are reported beside it.)
+        let latency = due.elapsed().as_nanos() as u64;
+        outcome.latency_ns.saturating_record(latency.max(1));
+        if let Err(error) = result {
+            outcome.errors.record(&error);
         }
     }
     (exchange, outcome)

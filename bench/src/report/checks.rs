@@ -1,11 +1,14 @@
-//! The product owner's targets for gridmesh, checked against this run's
-//! medians. A target that needs a peer the run did not measure is reported
-//! as unknown, never as passed.
+//! The product owner's targets for gridmesh, checked against the range of
+//! this run's rounds: met only when every round of gridmesh is within the
+//! limit drawn from every round of the peer, missed only when none is, and
+//! inconclusive when the ranges overlap (or a single round cannot show a
+//! spread). A target that needs a peer the run did not measure is unknown,
+//! never met.
 
 use serde::Serialize;
 
 use super::{PerHopRow, find_per_hop};
-use crate::results::Scenario;
+use crate::results::{Scenario, Summary};
 use crate::targets::{ProxyKind, Target};
 
 use super::per_hop::PerHop;
@@ -13,10 +16,69 @@ use super::per_hop::PerHop;
 #[derive(Debug, Serialize)]
 pub struct Check {
     pub requirement: String,
-    pub gridmesh: Option<f64>,
-    pub limit: Option<f64>,
-    /// `None`: a figure it needs was not measured.
-    pub pass: Option<bool>,
+    /// gridmesh's figure over the rounds.
+    pub gridmesh: Option<Range>,
+    /// The limit over the rounds (the peer's rounds times the factor).
+    pub limit: Option<Range>,
+    pub verdict: Verdict,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    Met,
+    Missed,
+    Inconclusive,
+    /// A figure it needs was not measured.
+    Unknown,
+}
+
+impl Verdict {
+    pub fn label(self) -> &'static str {
+        match self {
+            Verdict::Met => "MET",
+            Verdict::Missed => "MISSED",
+            Verdict::Inconclusive => "INCONCLUSIVE",
+            Verdict::Unknown => "UNKNOWN",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Range {
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
+    pub rounds: usize,
+}
+
+impl Range {
+    fn of(summary: &Summary) -> Range {
+        Range {
+            median: summary.median,
+            min: summary.min,
+            max: summary.max,
+            rounds: summary.rounds.len(),
+        }
+    }
+
+    fn times(self, factor: f64) -> Range {
+        Range {
+            median: self.median * factor,
+            min: self.min * factor,
+            max: self.max * factor,
+            rounds: self.rounds,
+        }
+    }
+
+    fn point(value: f64) -> Range {
+        Range {
+            median: value,
+            min: value,
+            max: value,
+            rounds: usize::MAX,
+        }
+    }
 }
 
 /// One requirement: gridmesh's figure must not exceed `bound`.
@@ -84,15 +146,15 @@ fn requirements() -> Vec<Requirement> {
         });
     }
     requirements.push(Requirement::at_most(
-        Scenario::Rss,
+        Scenario::Memory,
         1,
-        PerHop::RssIdleMib,
+        PerHop::PssIdleMib,
         Bound::Absolute(20.0),
     ));
     requirements.push(Requirement::at_most(
-        Scenario::Rss,
+        Scenario::Memory,
         1,
-        PerHop::RssOpenStreamsMib,
+        PerHop::PssOpenStreamsMib,
         Bound::Absolute(50.0),
     ));
     requirements
@@ -110,24 +172,23 @@ impl Requirement {
     }
 
     fn check(&self, per_hop: &[PerHopRow]) -> Check {
-        let median = |target: Target| {
-            find_per_hop(per_hop, &target.to_string(), self.scenario, self.figure).map(|s| s.median)
+        let range = |target: Target| {
+            find_per_hop(per_hop, &target.to_string(), self.scenario, self.figure).map(Range::of)
         };
-        let gridmesh = median(Target::through(ProxyKind::Gridmesh, self.hops));
+        let gridmesh = range(Target::through(ProxyKind::Gridmesh, self.hops));
         let (limit, bound_text) = match self.bound {
-            Bound::Absolute(limit) => (Some(limit), format!("{limit}")),
+            Bound::Absolute(limit) => (Some(Range::point(limit)), format!("{limit}")),
             Bound::TimesPeer(factor, peer) => (
-                median(Target::through(peer, self.hops))
+                range(Target::through(peer, self.hops))
                     // A peer that measured as adding nothing (noise) is no yardstick.
-                    .filter(|&value| value > 0.0)
-                    .map(|value| factor * value),
+                    .filter(|peer| peer.min > 0.0)
+                    .map(|peer| peer.times(factor)),
                 format!("{factor}x {}", peer.name()),
             ),
         };
-        let pass = match (gridmesh, limit) {
-            (Some(value), Some(limit)) if self.strict => Some(value < limit),
-            (Some(value), Some(limit)) => Some(value <= limit),
-            _ => None,
+        let verdict = match (gridmesh, limit) {
+            (Some(g), Some(l)) => self.verdict(g, l),
+            _ => Verdict::Unknown,
         };
         let comparison = if self.strict { "<" } else { "<=" };
         Check {
@@ -139,7 +200,27 @@ impl Requirement {
             ),
             gridmesh,
             limit,
-            pass,
+            verdict,
+        }
+    }
+
+    fn verdict(&self, gridmesh: Range, limit: Range) -> Verdict {
+        let within = |value: f64, limit: f64| {
+            if self.strict {
+                value < limit
+            } else {
+                value <= limit
+            }
+        };
+        if gridmesh.rounds.min(limit.rounds) < 2 {
+            // One round shows no spread: nothing to tell a result from noise.
+            Verdict::Inconclusive
+        } else if within(gridmesh.max, limit.min) {
+            Verdict::Met
+        } else if !within(gridmesh.min, limit.max) {
+            Verdict::Missed
+        } else {
+            Verdict::Inconclusive
         }
     }
 }

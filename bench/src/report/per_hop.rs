@@ -9,7 +9,9 @@ use crate::targets::Target;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum PerHop {
-    /// (target percentile - direct percentile) / hops.
+    /// (target percentile - direct percentile) / hops: a difference of
+    /// percentiles spread over the hops, not a percentile of one hop
+    /// (tails do not add up).
     AddedP50Us,
     AddedP99Us,
     AddedP999Us,
@@ -19,24 +21,24 @@ pub enum PerHop {
     /// (stream time - direct stream time) / messages / hops.
     AddedUsPerStreamMessage,
     CpuNsPerStreamMessage,
-    RssIdleMib,
-    RssOpenStreamsMib,
-    RssPeakMib,
+    PssIdleMib,
+    PssOpenStreamsMib,
+    PssAfterLoadMib,
 }
 
 impl PerHop {
     pub fn label(self) -> &'static str {
         match self {
-            PerHop::AddedP50Us => "+p50 us/hop",
-            PerHop::AddedP99Us => "+p99 us/hop",
-            PerHop::AddedP999Us => "+p99.9 us/hop",
+            PerHop::AddedP50Us => "dp50/hop us",
+            PerHop::AddedP99Us => "dp99/hop us",
+            PerHop::AddedP999Us => "dp99.9/hop us",
             PerHop::CpuUsPerRequest => "CPU us/req/hop",
             PerHop::CpuUsPerRequestAtMax => "CPU us/req/hop @max",
-            PerHop::AddedUsPerStreamMessage => "+us/msg/hop",
+            PerHop::AddedUsPerStreamMessage => "d us/msg/hop",
             PerHop::CpuNsPerStreamMessage => "CPU ns/msg/hop",
-            PerHop::RssIdleMib => "idle MiB/hop",
-            PerHop::RssOpenStreamsMib => "open-streams MiB/hop",
-            PerHop::RssPeakMib => "peak MiB/hop",
+            PerHop::PssIdleMib => "idle MiB/hop",
+            PerHop::PssOpenStreamsMib => "open-streams MiB/hop",
+            PerHop::PssAfterLoadMib => "after-load MiB/hop",
         }
     }
 
@@ -54,10 +56,10 @@ impl PerHop {
                 PerHop::AddedUsPerStreamMessage,
                 PerHop::CpuNsPerStreamMessage,
             ],
-            Scenario::Rss => &[
-                PerHop::RssIdleMib,
-                PerHop::RssOpenStreamsMib,
-                PerHop::RssPeakMib,
+            Scenario::Memory => &[
+                PerHop::PssIdleMib,
+                PerHop::PssOpenStreamsMib,
+                PerHop::PssAfterLoadMib,
             ],
         }
     }
@@ -73,9 +75,9 @@ impl PerHop {
             PerHop::CpuUsPerRequestAtMax => (Figure::CpuUsPerRequestAtMax, false),
             PerHop::AddedUsPerStreamMessage => (Figure::StreamMs, true),
             PerHop::CpuNsPerStreamMessage => (Figure::CpuNsPerMessage, false),
-            PerHop::RssIdleMib => (Figure::RssIdleMib, false),
-            PerHop::RssOpenStreamsMib => (Figure::RssOpenStreamsMib, false),
-            PerHop::RssPeakMib => (Figure::RssPeakMib, false),
+            PerHop::PssIdleMib => (Figure::PssIdleMib, false),
+            PerHop::PssOpenStreamsMib => (Figure::PssOpenStreamsMib, false),
+            PerHop::PssAfterLoadMib => (Figure::PssAfterLoadMib, false),
         }
     }
 

@@ -1,6 +1,7 @@
 //! The report as text tables on stdout.
 
 use super::Report;
+use super::checks::Range;
 use super::per_hop::PerHop;
 use crate::results::{Figure, Scenario, Summary};
 use crate::targets::ProxyKind;
@@ -41,10 +42,10 @@ impl Column {
                 Hop(PerHop::AddedUsPerStreamMessage),
                 Hop(PerHop::CpuNsPerStreamMessage),
             ],
-            Scenario::Rss => &[
-                Measured(Figure::RssIdleMib),
-                Measured(Figure::RssOpenStreamsMib),
-                Measured(Figure::RssPeakMib),
+            Scenario::Memory => &[
+                Measured(Figure::PssIdleMib),
+                Measured(Figure::PssOpenStreamsMib),
+                Measured(Figure::PssAfterLoadMib),
             ],
         }
     }
@@ -209,18 +210,28 @@ fn print_checks(report: &Report) {
     if report.checks.is_empty() {
         return;
     }
-    println!("\n== Targets (gridmesh medians)");
+    println!("\n== Targets (rounds' ranges: met or missed only when they do not overlap)");
+    let range = |r: Option<Range>| {
+        r.map_or_else(
+            || "-".to_owned(),
+            |r| match r.min == r.max {
+                true => number(r.median),
+                false => format!(
+                    "{} [{}..{}]",
+                    number(r.median),
+                    number(r.min),
+                    number(r.max)
+                ),
+            },
+        )
+    };
     for check in &report.checks {
-        let verdict = match check.pass {
-            Some(true) => "PASS",
-            Some(false) => "FAIL",
-            None => "n/a ",
-        };
-        let value = check.gridmesh.map_or_else(|| "-".to_owned(), number);
-        let limit = check.limit.map_or_else(|| "-".to_owned(), number);
         println!(
-            "  {verdict}  {}  (gridmesh {value}, limit {limit})",
-            check.requirement
+            "  {:<12}  {}  (gridmesh {}, limit {})",
+            check.verdict.label(),
+            check.requirement,
+            range(check.gridmesh),
+            range(check.limit)
         );
     }
 }

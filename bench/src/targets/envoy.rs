@@ -1,7 +1,10 @@
 //! Envoy as a hop: one worker (`--concurrency 1`), an HTTP connection manager
 //! with codec AUTO (HTTP/1.1 and h2c on one port), no access log, one route
 //! without timeout to a cluster that speaks the downstream's protocol
-//! upstream (HTTP/2 for gRPC).
+//! upstream (HTTP/2 for gRPC). Configured as minimally as the other proxies:
+//! no request-id generation, no x-envoy-* response headers, the server
+//! header passed through. It still sets x-forwarded-proto (no switch for
+//! that); its stats stay on, as gridmesh's metrics do.
 
 use std::path::Path;
 use std::process::Command;
@@ -42,6 +45,10 @@ static_resources:
           "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
           stat_prefix: bench
           codec_type: AUTO
+          # Nothing the other proxies do not do: no x-request-id per request,
+          # the upstream's server header passed through.
+          generate_request_id: false
+          server_header_transformation: PASS_THROUGH
           route_config:
             virtual_hosts:
             - name: any
@@ -53,6 +60,8 @@ static_resources:
           - name: envoy.filters.http.router
             typed_config:
               "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+              # No x-envoy-upstream-service-time and other x-envoy-* headers.
+              suppress_envoy_headers: true
   clusters:
   - name: next_hop
     type: STATIC

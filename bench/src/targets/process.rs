@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
+use crate::cgroup::TargetCgroup;
 use crate::machine::pin_command;
 
 const STOP_GRACE: Duration = Duration::from_secs(5);
@@ -25,7 +26,14 @@ pub struct PinnedProcess {
 }
 
 impl PinnedProcess {
-    pub fn spawn(name: &str, mut command: Command, core: usize, log: &Path) -> Result<Self> {
+    /// Starts `command` on `core`, born in `cgroup` (what it forks too).
+    pub fn spawn(
+        name: &str,
+        mut command: Command,
+        core: usize,
+        cgroup: &TargetCgroup,
+        log: &Path,
+    ) -> Result<Self> {
         let log_file = File::create(log).with_context(|| format!("creating {}", log.display()))?;
         command
             .stdin(Stdio::null())
@@ -33,6 +41,7 @@ impl PinnedProcess {
             .stderr(log_file);
         command.process_group(0);
         pin_command(&mut command, core);
+        cgroup.enter_at_exec(&mut command);
         let child = command
             .spawn()
             .with_context(|| format!("starting {name}: {command:?}"))?;
@@ -41,10 +50,6 @@ impl PinnedProcess {
             child,
             log: log.to_owned(),
         })
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.child.id()
     }
 
     pub fn name(&self) -> &str {
