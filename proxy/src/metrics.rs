@@ -67,21 +67,20 @@ pub struct ClusterMetrics {
     pub connects: IntCounter,
     pub connect_errors: IntCounter,
     pub connections_active: IntGauge,
-    responses: ResponseCounters,
+    /// By HTTP status and the gRPC status's index in [`GRPC_LABELS`].
+    responses: ResolvedCounters<(u16, u8)>,
 }
 
-/// A cluster's response counters, by status and gRPC status. Each
-/// combination's series is resolved once; a response then finds its counter
-/// by scanning the few combinations the cluster has seen, without hashing
-/// labels or taking a lock.
-struct ResponseCounters {
+/// The counters of one cluster or listener by further labels. Each key's
+/// series is resolved once; the request path then finds its counter by
+/// scanning the few keys seen so far, without hashing labels or taking a
+/// lock.
+struct ResolvedCounters<K> {
     family: IntCounterVec,
-    cluster: String,
-    seen: ArcSwap<Vec<(ResponseKey, IntCounter)>>,
+    /// The first label's value: the cluster or listener name.
+    owner: String,
+    seen: ArcSwap<Vec<(K, IntCounter)>>,
 }
-
-/// The HTTP status, and the gRPC status's index in [`GRPC_LABELS`].
-type ResponseKey = (u16, u8);
 
 pub struct ListenerMetrics {
     pub connections_active: IntGauge,
@@ -94,8 +93,8 @@ pub struct ListenerMetrics {
     /// AUTO connections that sent too little to tell HTTP within the
     /// detection timeout.
     pub detection_timeouts: IntCounter,
-    local_replies: IntCounterVec,
-    listener: String,
+    /// By `x-gridmesh-error` reason.
+    local_replies: ResolvedCounters<&'static str>,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -268,11 +267,7 @@ impl Metrics {
             connects: self.upstream_connects.with_label_values(l),
             connect_errors: self.upstream_connect_errors.with_label_values(l),
             connections_active: self.upstream_connections_active.with_label_values(l),
-            responses: ResponseCounters {
-                family: self.upstream_responses.clone(),
-                cluster: cluster.to_string(),
-                seen: ArcSwap::default(),
-            },
+            responses: ResolvedCounters::new(&self.upstream_responses, cluster),
         }
     }
 
@@ -290,8 +285,7 @@ impl Metrics {
                 .downstream_tcp_bytes
                 .with_label_values(&[listener, "sent"]),
             detection_timeouts: self.protocol_detection_timeouts.with_label_values(l),
-            local_replies: self.local_replies.clone(),
-            listener: listener.to_string(),
+            local_replies: ResolvedCounters::new(&self.local_replies, listener),
         }
     }
 
@@ -337,22 +331,35 @@ impl ClusterMetrics {
             Some(_) => OTHER_GRPC,
             None => NO_GRPC,
         };
-        self.responses.inc((status.as_u16(), grpc));
+        self.responses
+            .inc((status.as_u16(), grpc), |(status, grpc)| {
+                vec![
+                    status.to_string(),
+                    GRPC_LABELS[usize::from(grpc)].to_string(),
+                ]
+            });
     }
 }
 
-impl ResponseCounters {
-    fn inc(&self, key: ResponseKey) {
+impl<K: Copy + PartialEq> ResolvedCounters<K> {
+    fn new(family: &IntCounterVec, owner: &str) -> Self {
+        ResolvedCounters {
+            family: family.clone(),
+            owner: owner.to_string(),
+            seen: ArcSwap::default(),
+        }
+    }
+
+    /// Counts one for `key`; `labels` gives its other label values the
+    /// first time it is seen.
+    fn inc(&self, key: K, labels: impl FnOnce(K) -> Vec<String>) {
         if let Some((_, counter)) = self.seen.load().iter().find(|(k, _)| *k == key) {
             counter.inc();
             return;
         }
-        let (status, grpc) = key;
-        let status = status.to_string();
-        let grpc = GRPC_LABELS[usize::from(grpc)];
-        let counter =
-            self.family
-                .with_label_values(&[self.cluster.as_str(), status.as_str(), grpc]);
+        let mut values = vec![self.owner.clone()];
+        values.extend(labels(key));
+        let counter = self.family.with_label_values(&values);
         self.seen.rcu(|seen| {
             let mut seen = Vec::clone(seen);
             if !seen.iter().any(|(k, _)| *k == key) {
@@ -367,8 +374,7 @@ impl ResponseCounters {
 impl ListenerMetrics {
     pub fn local_reply(&self, reason: &'static str) {
         self.local_replies
-            .with_label_values(&[self.listener.as_str(), reason])
-            .inc();
+            .inc(reason, |reason| vec![reason.to_string()]);
     }
 }
 
