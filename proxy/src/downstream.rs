@@ -3,19 +3,14 @@
 //! drain need to know about one connection ([`Activity`]). The accept loop
 //! (`server`) creates them; the request pipeline reads them.
 
-use std::io;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::task::{Context, Poll};
 use std::time::Duration;
-
-use pin_project_lite::pin_project;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::drain::Drain;
 use crate::filter::Filters;
 use crate::metrics::ListenerMetrics;
+use crate::transport::{Observed, ReadObserver};
 
 /// What every connection and request of one listener shares.
 pub struct ListenerContext {
@@ -104,67 +99,22 @@ impl Drop for RequestGuard {
     }
 }
 
-pin_project! {
-    /// A socket that counts the bytes read from it, for the idle watchdog
-    /// (and, for TCP forwarding, the byte counts).
-    pub struct Watched<T> {
-        #[pin]
-        io: T,
-        activity: Arc<Activity>,
+/// A socket that counts the bytes read from it, for the idle watchdog
+/// (and, for TCP forwarding, the byte counts).
+pub type Watched<T> = Observed<T, CountReads>;
+
+/// Counts a connection's bytes read into its [`Activity`].
+pub struct CountReads(Arc<Activity>);
+
+impl ReadObserver for CountReads {
+    fn read(&mut self, bytes: &[u8]) {
+        self.0
+            .bytes_read
+            .fetch_add(bytes.len() as u64, Ordering::Relaxed);
     }
 }
 
-impl<T> Watched<T> {
-    pub fn new(io: T, activity: Arc<Activity>) -> Self {
-        Watched { io, activity }
-    }
-}
-
-impl<T: AsyncRead> AsyncRead for Watched<T> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = self.project();
-        let before = buf.filled().len();
-        let result = this.io.poll_read(cx, buf);
-        let read = buf.filled().len() - before;
-        if read > 0 {
-            this.activity
-                .bytes_read
-                .fetch_add(read as u64, Ordering::Relaxed);
-        }
-        result
-    }
-}
-
-impl<T: AsyncWrite> AsyncWrite for Watched<T> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        self.project().io.poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        self.project().io.poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.project().io.poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.project().io.poll_shutdown(cx)
-    }
+/// `io`, counting what it reads into `activity`.
+pub fn watched<T>(io: T, activity: Arc<Activity>) -> Watched<T> {
+    Observed::new(io, CountReads(activity))
 }

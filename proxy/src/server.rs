@@ -17,7 +17,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::task::TaskTracker;
 
 use crate::detect::{self, Detected};
-use crate::downstream::{Activity, ListenerContext, Watched};
+use crate::downstream::{Activity, ListenerContext, watched};
 use crate::pipeline;
 use crate::runtime::Runtime;
 use crate::tcp;
@@ -203,7 +203,7 @@ async fn serve_http(
             }
         })
     };
-    let io = Watched::new(stream, activity.clone());
+    let io = watched(stream, activity.clone());
     let conn = builder.serve_connection(TokioIo::new(io), service);
     tokio::pin!(conn);
     let result = tokio::select! {

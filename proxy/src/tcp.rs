@@ -13,7 +13,7 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 
 use crate::cluster::Cluster;
-use crate::downstream::{Activity, ListenerContext, Watched, idle_together};
+use crate::downstream::{Activity, ListenerContext, idle_together, watched};
 
 /// Forwards `downstream` to `cluster` until either side is done.
 pub async fn forward(
@@ -32,8 +32,8 @@ pub async fn forward(
         }
     };
     let (received, sent) = (Arc::new(Activity::default()), Arc::new(Activity::default()));
-    let mut client = Watched::new(downstream, received.clone());
-    let mut server = Watched::new(upstream.stream, sent.clone());
+    let mut client = watched(downstream, received.clone());
+    let mut server = watched(upstream.stream, sent.clone());
     let both: [&Activity; 2] = [&received, &sent];
     tokio::select! {
         done = tokio::io::copy_bidirectional(&mut client, &mut server) => {

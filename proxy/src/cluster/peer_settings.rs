@@ -13,15 +13,12 @@
 //! other payload is skipped over. Frames may be split across reads at any
 //! byte.
 
-use std::io;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::task::{Context, Poll, ready};
 
-use pin_project_lite::pin_project;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::Notify;
+
+use crate::transport::{Observed, ReadObserver};
 
 const FRAME_HEADER_LEN: usize = 9;
 const SETTINGS_FRAME: u8 = 0x4;
@@ -77,88 +74,44 @@ impl StreamLimit {
     }
 }
 
-pin_project! {
-    /// An upstream connection whose incoming bytes are scanned for the
-    /// peer's SETTINGS.
-    pub struct WatchSettings<T> {
-        #[pin]
-        inner: T,
-        scanner: Scanner,
-        limit: StreamLimit,
-    }
+/// An upstream connection whose incoming bytes are scanned for the peer's
+/// SETTINGS.
+pub type WatchSettings<T> = Observed<T, SettingsWatch>;
+
+/// `io`, and the stream limit its peer announces.
+pub fn watch_settings<T>(io: T) -> (WatchSettings<T>, StreamLimit) {
+    let limit = StreamLimit(Arc::new(Announced {
+        limit: AtomicU32::new(u32::MAX),
+        settled: AtomicBool::new(false),
+        ended_first: AtomicBool::new(false),
+        settle: Notify::new(),
+    }));
+    let watch = SettingsWatch {
+        scanner: Scanner::default(),
+        limit: limit.clone(),
+    };
+    (Observed::new(io, watch), limit)
 }
 
-impl<T> WatchSettings<T> {
-    pub fn new(inner: T) -> (Self, StreamLimit) {
-        let limit = StreamLimit(Arc::new(Announced {
-            limit: AtomicU32::new(u32::MAX),
-            settled: AtomicBool::new(false),
-            ended_first: AtomicBool::new(false),
-            settle: Notify::new(),
-        }));
-        let io = WatchSettings {
-            inner,
-            scanner: Scanner::default(),
-            limit: limit.clone(),
-        };
-        (io, limit)
-    }
+pub struct SettingsWatch {
+    scanner: Scanner,
+    limit: StreamLimit,
 }
 
-impl<T: AsyncRead> AsyncRead for WatchSettings<T> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = self.project();
-        let before = buf.filled().len();
-        let had_room = buf.remaining() > 0;
-        let read = ready!(this.inner.poll_read(cx, buf));
-        let new = &buf.filled()[before..];
-        // An error, or nothing read into room for something: the end.
-        if read.is_err() || (new.is_empty() && had_room) {
-            this.limit.settle(true);
-        }
-        let limit = &*this.limit;
-        this.scanner.scan(new, |seen| match seen {
+impl ReadObserver for SettingsWatch {
+    fn read(&mut self, bytes: &[u8]) {
+        let limit = &self.limit;
+        self.scanner.scan(bytes, |seen| match seen {
             Seen::Setting(MAX_CONCURRENT_STREAMS, value) => {
                 limit.0.limit.store(value, Ordering::Relaxed);
             }
             Seen::Setting(..) => {}
             Seen::SettingsEnd => limit.settle(false),
         });
-        Poll::Ready(read)
-    }
-}
-
-impl<T: AsyncWrite> AsyncWrite for WatchSettings<T> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        self.project().inner.poll_write(cx, buf)
     }
 
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        self.project().inner.poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.project().inner.poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.project().inner.poll_shutdown(cx)
+    fn ended(&mut self) {
+        self.limit.settle(true);
     }
 }
 

@@ -18,7 +18,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::limits::{ConnectionSlot, Limits};
-use super::peer_settings::{StreamLimit, WatchSettings};
+use super::peer_settings::{StreamLimit, watch_settings};
 use crate::body::Body;
 use crate::metrics::ClusterMetrics;
 use crate::transport::{ConnectError, Connector};
@@ -343,7 +343,7 @@ impl Pool {
         slot: ConnectionSlot,
         metrics: &ClusterMetrics,
     ) -> Result<Http2Connection, SendError> {
-        let (io, limit) = WatchSettings::new(self.connect(metrics).await?);
+        let (io, limit) = watch_settings(self.connect(metrics).await?);
         let (sender, conn) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .initial_stream_window_size(H2_STREAM_WINDOW)

@@ -7,6 +7,8 @@
 
 mod accept;
 mod connect;
+mod observed;
 
 pub use accept::{Accepted, ConnectionContext, accept};
 pub use connect::{ConnectError, Connector};
+pub use observed::{Observed, ReadObserver};
