@@ -6,18 +6,18 @@
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::future::join_all;
 use gridmesh_tests::harness::{
-    self, forward_all, get, h2c_client, http1_client, proxy, upstream, within,
+    forward_all, get, h2c_client, http1_client, proxy, upstream, within,
 };
 use http::{Request, Response};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::sync::watch;
 
 #[tokio::test]
 async fn http1_connections_are_kept_alive_and_reused() {
@@ -98,12 +98,22 @@ async fn http2_streams_share_one_upstream_connection() {
 }
 
 /// An HTTP/2 upstream (h2c) that lets a client open two streams at a time
-/// per connection and answers each request after 200 ms. Returns its
-/// address and its count of accepted connections.
-async fn upstream_allowing_two_streams() -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+/// per connection and holds every answer until released.
+struct TwoStreamUpstream {
+    addr: std::net::SocketAddr,
+    /// Accepted connections.
+    connections: Arc<AtomicUsize>,
+    /// Requests that have arrived.
+    arrived: watch::Receiver<usize>,
+    release: watch::Sender<bool>,
+}
+
+async fn upstream_allowing_two_streams() -> TwoStreamUpstream {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let connections = Arc::new(AtomicUsize::new(0));
+    let (arrive, arrived) = watch::channel(0);
+    let (release, released) = watch::channel(false);
     let accepted = connections.clone();
     tokio::spawn(async move {
         loop {
@@ -111,10 +121,15 @@ async fn upstream_allowing_two_streams() -> (std::net::SocketAddr, Arc<AtomicUsi
                 return;
             };
             accepted.fetch_add(1, Ordering::Relaxed);
+            let (arrive, released) = (arrive.clone(), released.clone());
             tokio::spawn(async move {
-                let service = service_fn(|_: Request<Incoming>| async {
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                    Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
+                let service = service_fn(move |_: Request<Incoming>| {
+                    arrive.send_modify(|n| *n += 1);
+                    let mut released = released.clone();
+                    async move {
+                        let _ = released.wait_for(|go| *go).await;
+                        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
+                    }
                 });
                 let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
                     .max_concurrent_streams(2)
@@ -123,29 +138,39 @@ async fn upstream_allowing_two_streams() -> (std::net::SocketAddr, Arc<AtomicUsi
             });
         }
     });
-    (addr, connections)
+    TwoStreamUpstream {
+        addr,
+        connections,
+        arrived,
+        release,
+    }
 }
 
 /// Streams beyond what the upstream's SETTINGS allow on one connection go
-/// out on another connection, instead of queueing inside the HTTP/2 client.
+/// out on another connection, instead of queueing inside the HTTP/2 client:
+/// all six are at the upstream at once (before, two were, the rest queued).
 #[tokio::test]
 async fn http2_streams_beyond_the_peers_limit_open_another_connection() {
-    let (block, connections) = upstream_allowing_two_streams().await;
-    let proxy = proxy(&forward_all(&[block])).await;
-    // One request first: the connection's SETTINGS (two streams) are known
-    // before the burst.
+    let TwoStreamUpstream {
+        addr,
+        connections,
+        mut arrived,
+        release,
+    } = upstream_allowing_two_streams().await;
+    let proxy = proxy(&forward_all(&[addr])).await;
     let conn = h2c_client().connect(proxy.addr("in")).await;
-    let first = conn.stream().send(get("block", "/")).await.unwrap();
-    let first = harness::collect(first).await.unwrap();
-    assert_eq!(first.status, 200);
-    let replies = within(
-        "6 concurrent h2c requests",
-        join_all((0..6).map(|_| {
-            let mut stream = conn.stream();
-            async move { stream.send(get("block", "/")).await.unwrap().status() }
-        })),
+    let calls = tokio::spawn(join_all((0..6).map(|_| {
+        let mut stream = conn.stream();
+        async move { stream.send(get("block", "/")).await.unwrap().status() }
+    })));
+    within(
+        "six streams in at the upstream at once",
+        arrived.wait_for(|n| *n == 6),
     )
-    .await;
+    .await
+    .unwrap();
+    release.send(true).unwrap();
+    let replies = within("the six replies", calls).await.unwrap();
     assert!(replies.iter().all(|s| *s == 200), "{replies:?}");
     assert_eq!(
         connections.load(Ordering::Relaxed),
