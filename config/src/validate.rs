@@ -304,15 +304,24 @@ impl Carryover<'_> {
             .collect()
     }
 
-    /// The previous snapshot's route table `name` if the change does not
-    /// touch it, pointed at the clusters' new positions; `None` when it must
-    /// be converted (new, changed, or a cluster it uses is gone, which the
-    /// conversion then reports precisely).
-    fn route_table(&self, name: &str, clusters: &HashMap<&str, usize>) -> Option<Arc<RouteTable>> {
-        if self.touches(Kind::RouteTable, name) {
-            return None;
-        }
-        let table = self.previous.route_tables.iter().find(|t| t.name == name)?;
+    /// The previous snapshot's route tables that the change does not touch.
+    fn route_tables(&self) -> HashMap<&str, &Arc<RouteTable>> {
+        self.previous
+            .route_tables
+            .iter()
+            .filter(|t| !self.touches(Kind::RouteTable, &t.name))
+            .map(|t| (t.name.as_str(), t))
+            .collect()
+    }
+
+    /// A carried route table pointed at the clusters' new positions; `None`
+    /// when a cluster it uses is gone (it is then converted again, and the
+    /// conversion reports that precisely).
+    fn relink(
+        &self,
+        table: &Arc<RouteTable>,
+        clusters: &HashMap<&str, usize>,
+    ) -> Option<Arc<RouteTable>> {
         let moved_to = |old: usize| {
             let cluster = self.previous.clusters.get(old)?;
             clusters.get(cluster.name.as_str()).copied()
@@ -418,12 +427,15 @@ fn build(
             }
         })
         .collect();
+    let carried_tables = carryover.map(Carryover::route_tables).unwrap_or_default();
     let route_tables = bootstrap
         .route_tables
         .iter()
         .enumerate()
         .map(|(i, t)| {
-            let carried = carryover.and_then(|co| co.route_table(&t.name, &cluster_index));
+            let carried = carryover
+                .zip(carried_tables.get(t.name.as_str()))
+                .and_then(|(co, table)| co.relink(table, &cluster_index));
             carried.unwrap_or_else(|| {
                 c.enter(Kind::RouteTable, i, &t.name);
                 Arc::new(route_table(&mut c, t, &cluster_index))
