@@ -252,11 +252,13 @@ fn cluster() -> impl Strategy<Value = pb::Cluster> {
     (
         (name(), enum_number(3), enum_number(5), ring_hash),
         (duration(), breakers, budget, duration(), duration()),
+        spiffe_id(),
     )
         .prop_map(
             |(
                 (name, protocol, lb_policy, ring_hash),
                 (connect_timeout, circuit_breakers, retry_budget, idle, dns),
+                identity,
             )| pb::Cluster {
                 name,
                 protocol,
@@ -267,13 +269,28 @@ fn cluster() -> impl Strategy<Value = pb::Cluster> {
                 retry_budget,
                 idle_connection_timeout: idle,
                 dns_min_refresh: dns,
+                identity,
             },
         )
 }
 
+/// Mostly unset; otherwise a valid SPIFFE ID or something that is not one.
+fn spiffe_id() -> impl Strategy<Value = String> {
+    prop_oneof![
+        4 => Just(String::new()),
+        1 => Just("spiffe://gridmesh.test/ns/blocks/sa/a".to_string()),
+        1 => "[a-z:/]{0,12}",
+    ]
+}
+
 fn endpoints() -> impl Strategy<Value = pb::Endpoints> {
-    let endpoint =
-        (address(), small_u32()).prop_map(|(address, weight)| pb::Endpoint { address, weight });
+    let endpoint = (address(), small_u32(), spiffe_id()).prop_map(|(address, weight, identity)| {
+        pb::Endpoint {
+            address,
+            weight,
+            identity,
+        }
+    });
     (name(), prop::collection::vec(endpoint, 0..4))
         .prop_map(|(cluster, endpoints)| pb::Endpoints { cluster, endpoints })
 }
@@ -286,12 +303,13 @@ fn listener() -> impl Strategy<Value = pb::Listener> {
             duration(),
             prop_oneof![3 => Just(String::new()), 1 => name()],
             duration(),
+            enum_number(3),
         ),
     )
         .prop_map(
             |(
                 (name, address, direction, route_table, protocol),
-                (max_headers, idle_timeout, tcp_cluster, protocol_detection_timeout),
+                (max_headers, idle_timeout, tcp_cluster, protocol_detection_timeout, tls_mode),
             )| pb::Listener {
                 name,
                 address,
@@ -302,6 +320,7 @@ fn listener() -> impl Strategy<Value = pb::Listener> {
                 idle_timeout,
                 tcp_cluster,
                 protocol_detection_timeout,
+                tls_mode,
             },
         )
 }
@@ -314,16 +333,26 @@ fn bootstrap() -> impl Strategy<Value = Bootstrap> {
         prop::collection::vec(cluster(), 0..3),
         prop::collection::vec(endpoints(), 0..3),
         duration(),
+        proptest::option::of(Just(pb::Identity {
+            source: Some(pb::identity::Source::Files(pb::IdentityFiles {
+                certificate: "cert.pem".into(),
+                private_key: "key.pem".into(),
+                trust_bundle: "bundle.pem".into(),
+            })),
+        })),
     )
         .prop_map(
-            |(admin, listeners, route_tables, clusters, endpoints, drain_timeout)| Bootstrap {
-                admin,
-                listeners,
-                route_tables,
-                clusters,
-                endpoints,
-                drain_timeout,
-                xds: None,
+            |(admin, listeners, route_tables, clusters, endpoints, drain_timeout, identity)| {
+                Bootstrap {
+                    admin,
+                    listeners,
+                    route_tables,
+                    clusters,
+                    endpoints,
+                    drain_timeout,
+                    xds: None,
+                    identity,
+                }
             },
         )
 }

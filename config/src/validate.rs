@@ -24,7 +24,9 @@ use crate::route::{
     RouteAction, RouteMatcher, RouteTable, Target, Timeouts, VirtualHost,
 };
 
+use gridmesh_identity::{IdentityFiles, SpiffeId};
 pub use gridmesh_proto::config::listener::DownstreamProtocol as Protocol;
+pub use gridmesh_proto::config::listener::TlsMode;
 
 const DEFAULT_ADMIN: &str = "127.0.0.1:15000";
 const DEFAULT_DRAIN: Duration = Duration::from_secs(30);
@@ -71,6 +73,13 @@ pub struct Snapshot {
     pub listeners: Vec<ListenerSpec>,
     pub route_tables: Vec<Arc<RouteTable>>,
     pub clusters: Vec<Arc<ClusterSpec>>,
+    /// Where this workload's certificate comes from; `None`: plaintext only.
+    pub identity: Option<IdentitySource>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IdentitySource {
+    Files(IdentityFiles),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -86,6 +95,7 @@ pub struct ListenerSpec {
     /// Where its connections that are not HTTP go (a cluster index).
     pub tcp_cluster: Option<usize>,
     pub protocol_detection_timeout: Duration,
+    pub tls_mode: TlsMode,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -103,6 +113,9 @@ pub struct ClusterSpec {
     pub max_requests: u32,
     pub retry_percent: u32,
     pub min_retries_per_second: u32,
+    /// The SPIFFE ID its endpoints present (mTLS to them), unless an
+    /// endpoint names its own.
+    pub identity: Option<SpiffeId>,
     pub endpoints: Vec<EndpointSpec>,
 }
 
@@ -125,6 +138,7 @@ impl ClusterSpec {
             max_requests,
             retry_percent,
             min_retries_per_second,
+            identity,
             endpoints: _,
         } = self;
         *name == other.name
@@ -140,6 +154,7 @@ impl ClusterSpec {
             && *max_requests == other.max_requests
             && *retry_percent == other.retry_percent
             && *min_retries_per_second == other.min_retries_per_second
+            && *identity == other.identity
     }
 }
 
@@ -147,6 +162,15 @@ impl ClusterSpec {
 pub struct EndpointSpec {
     pub address: EndpointAddress,
     pub weight: u32,
+    /// Its own expected SPIFFE ID, overriding the cluster's.
+    pub identity: Option<SpiffeId>,
+}
+
+impl ClusterSpec {
+    /// The identity `endpoint` must present; `None`: plaintext.
+    pub fn identity_of<'a>(&'a self, endpoint: &'a EndpointSpec) -> Option<&'a SpiffeId> {
+        endpoint.identity.as_ref().or(self.identity.as_ref())
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -377,6 +401,7 @@ fn build(
             ("admin", bootstrap.admin.is_some()),
             ("drainTimeout", bootstrap.drain_timeout.is_some()),
             ("xds", bootstrap.xds.is_some()),
+            ("identity", bootstrap.identity.is_some()),
         ];
         for (field, _) in local.iter().filter(|(_, set)| *set) {
             c.problem(
@@ -399,6 +424,13 @@ fn build(
     if let Some(xds) = &bootstrap.xds {
         xds_address(&mut c, &xds.address);
     }
+    let identity = bootstrap
+        .identity
+        .as_ref()
+        .and_then(|i| identity(&mut c, i));
+    // What the control plane serves is checked without a sidecar's
+    // bootstrap: whether that sidecar has an identity is its own check.
+    let has_identity = scope == Scope::ControlPlane || identity.is_some();
 
     let cluster_index = index_names(
         &mut c,
@@ -412,8 +444,13 @@ fn build(
     );
 
     let carried = carryover.map(Carryover::clusters).unwrap_or_default();
-    let mut endpoints =
-        endpoints_by_cluster(&mut c, &bootstrap.endpoints, &cluster_index, &carried);
+    let mut endpoints = endpoints_by_cluster(
+        &mut c,
+        &bootstrap.endpoints,
+        &cluster_index,
+        &carried,
+        has_identity,
+    );
     let clusters = bootstrap
         .clusters
         .iter()
@@ -423,7 +460,7 @@ fn build(
             None => {
                 let eps = endpoints.remove(cl.name.as_str()).unwrap_or_default();
                 c.enter(Kind::Cluster, i, &cl.name);
-                Arc::new(cluster(&mut c, cl, eps))
+                Arc::new(cluster(&mut c, cl, eps, has_identity))
             }
         })
         .collect();
@@ -452,6 +489,7 @@ fn build(
         &table_index,
         &cluster_index,
         exclusive_addrs,
+        has_identity,
     );
 
     if !c.problems.is_empty() {
@@ -469,7 +507,57 @@ fn build(
         listeners,
         route_tables,
         clusters,
+        identity,
     })
+}
+
+/// Why a TLS setting cannot be honoured without an identity.
+const NEEDS_IDENTITY: &str =
+    "needs the sidecar's own identity (bootstrap `identity`), which is not configured";
+
+fn identity(c: &mut Checker, identity: &pb::Identity) -> Option<IdentitySource> {
+    use pb::identity::Source;
+    match &identity.source {
+        None => {
+            c.problem("identity", "names no source (e.g. `files`)");
+            None
+        }
+        Some(Source::Files(files)) => {
+            let mut path = |field: &str, value: &str| {
+                if value.is_empty() {
+                    c.problem(format!("identity.files.{field}"), "must name a file");
+                }
+                std::path::PathBuf::from(value)
+            };
+            Some(IdentitySource::Files(IdentityFiles {
+                certificate: path("certificate", &files.certificate),
+                private_key: path("privateKey", &files.private_key),
+                trust_bundle: path("trustBundle", &files.trust_bundle),
+            }))
+        }
+    }
+}
+
+/// An optional SPIFFE ID field.
+fn spiffe_id(
+    c: &mut Checker,
+    field: impl Fn() -> String,
+    value: &str,
+    has_identity: bool,
+) -> Option<SpiffeId> {
+    if value.is_empty() {
+        return None;
+    }
+    if !has_identity {
+        c.problem(field(), NEEDS_IDENTITY);
+    }
+    match SpiffeId::parse(value) {
+        Ok(id) => Some(id),
+        Err(e) => {
+            c.problem(field(), e.to_string());
+            None
+        }
+    }
 }
 
 /// The control plane's address: `host:port`, optionally with `http://`.
@@ -521,6 +609,7 @@ fn listeners(
     clusters: &HashMap<&str, usize>,
     // Addresses taken so far (admin's), when listeners must not share one.
     mut exclusive_addrs: Option<HashSet<SocketAddr>>,
+    has_identity: bool,
 ) -> Vec<ListenerSpec> {
     let mut names = HashSet::new();
     let mut specs = Vec::new();
@@ -601,6 +690,13 @@ fn listeners(
         let idle_timeout = c
             .positive("idleTimeout", l.idle_timeout.as_ref())
             .unwrap_or(DEFAULT_LISTENER_IDLE);
+        let tls_mode = TlsMode::try_from(l.tls_mode).unwrap_or_else(|_| {
+            c.problem("tlsMode", format!("unknown value {}", l.tls_mode));
+            TlsMode::Disable
+        });
+        if tls_mode != TlsMode::Disable && !has_identity {
+            c.problem("tlsMode", NEEDS_IDENTITY);
+        }
         if let (Some(addr), Some(route_table)) = (addr, table) {
             specs.push(ListenerSpec {
                 name: l.name.clone(),
@@ -612,6 +708,7 @@ fn listeners(
                 idle_timeout,
                 tcp_cluster,
                 protocol_detection_timeout,
+                tls_mode,
             });
         }
     }
@@ -625,6 +722,7 @@ fn endpoints_by_cluster<'a>(
     resources: &'a [pb::Endpoints],
     clusters: &HashMap<&str, usize>,
     carried: &HashMap<&str, &Arc<ClusterSpec>>,
+    has_identity: bool,
 ) -> HashMap<&'a str, Vec<EndpointSpec>> {
     let mut by_cluster = HashMap::new();
     let mut given = HashSet::new();
@@ -665,8 +763,18 @@ fn endpoints_by_cluster<'a>(
                     }
                     w => w,
                 };
+                let identity = spiffe_id(
+                    c,
+                    || format!("endpoints[{i}].identity"),
+                    &ep.identity,
+                    has_identity,
+                );
                 let address = endpoint_address(c, address_field, &ep.address)?;
-                Some(EndpointSpec { address, weight })
+                Some(EndpointSpec {
+                    address,
+                    weight,
+                    identity,
+                })
             })
             .collect();
         by_cluster.insert(res.cluster.as_str(), specs);
@@ -724,7 +832,12 @@ fn endpoint_address(
     })
 }
 
-fn cluster(c: &mut Checker, cl: &pb::Cluster, endpoints: Vec<EndpointSpec>) -> ClusterSpec {
+fn cluster(
+    c: &mut Checker,
+    cl: &pb::Cluster,
+    endpoints: Vec<EndpointSpec>,
+    has_identity: bool,
+) -> ClusterSpec {
     let protocol = UpstreamProtocol::try_from(cl.protocol).unwrap_or_else(|_| {
         c.problem("protocol", format!("unknown value {}", cl.protocol));
         UpstreamProtocol::UseDownstream
@@ -790,6 +903,7 @@ fn cluster(c: &mut Checker, cl: &pb::Cluster, endpoints: Vec<EndpointSpec>) -> C
         } else {
             budget.min_retries_per_second
         },
+        identity: spiffe_id(c, || "identity".into(), &cl.identity, has_identity),
         endpoints,
     }
 }

@@ -44,18 +44,18 @@ impl Authority {
         params
             .distinguished_name
             .push(DnType::OrganizationName, trust_domain);
-        params
-            .distinguished_name
-            .push(DnType::CommonName, format!("gridmesh CA for {trust_domain}"));
+        params.distinguished_name.push(
+            DnType::CommonName,
+            format!("gridmesh CA for {trust_domain}"),
+        );
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         params.key_usages = vec![
             KeyUsagePurpose::KeyCertSign,
             KeyUsagePurpose::CrlSign,
             KeyUsagePurpose::DigitalSignature,
         ];
-        params.subject_alt_names = vec![SanType::URI(
-            format!("spiffe://{trust_domain}").try_into()?,
-        )];
+        params.subject_alt_names =
+            vec![SanType::URI(format!("spiffe://{trust_domain}").try_into()?)];
         validity(&mut params, lifetime);
         let certificate = params.self_signed(&key)?.der().clone();
         Ok(Authority {

@@ -9,7 +9,8 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, TrustAnchor, UnixTime};
 use rustls::sign::CertifiedKey;
 
-use crate::spiffe::{SpiffeId, SvidError, SvidInfo};
+use crate::spiffe::SpiffeId;
+use crate::svid::{SvidError, SvidInfo};
 use crate::verify::{self, Usage};
 
 /// Why credentials or a bundle were not taken. Each says which part is
@@ -82,7 +83,10 @@ impl TrustBundle {
 
     /// The bundle as PEM, as it is handed to workloads and tools.
     pub fn to_pem(&self) -> String {
-        self.roots.iter().map(|der| pem("CERTIFICATE", der)).collect()
+        self.roots
+            .iter()
+            .map(|der| pem("CERTIFICATE", der))
+            .collect()
     }
 }
 

@@ -16,6 +16,7 @@ use std::time::Duration;
 use notify::{RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 
+use crate::IdentityFiles;
 use crate::credentials::{Credentials, TrustBundle};
 use crate::store::IdentityStore;
 
@@ -24,13 +25,6 @@ const SETTLE: Duration = Duration::from_millis(50);
 /// Also re-read this often, in case a change was not reported (network
 /// file systems do not report changes made elsewhere).
 const REREAD: Duration = Duration::from_secs(30);
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct IdentityFiles {
-    pub certificate: PathBuf,
-    pub private_key: PathBuf,
-    pub trust_bundle: PathBuf,
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum FilesError {
@@ -45,7 +39,10 @@ pub enum FilesError {
         source: crate::credentials::CredentialsError,
     },
     #[error("cannot watch {path}: {source}")]
-    Watch { path: PathBuf, source: notify::Error },
+    Watch {
+        path: PathBuf,
+        source: notify::Error,
+    },
 }
 
 impl IdentityFiles {
@@ -91,13 +88,14 @@ impl IdentityFiles {
             path: self.certificate.clone(),
             source,
         })?;
-        let directories: BTreeSet<PathBuf> = [&self.certificate, &self.private_key, &self.trust_bundle]
-            .iter()
-            .map(|p| match p.parent() {
-                Some(dir) if !dir.as_os_str().is_empty() => dir.to_owned(),
-                _ => PathBuf::from("."),
-            })
-            .collect();
+        let directories: BTreeSet<PathBuf> =
+            [&self.certificate, &self.private_key, &self.trust_bundle]
+                .iter()
+                .map(|p| match p.parent() {
+                    Some(dir) if !dir.as_os_str().is_empty() => dir.to_owned(),
+                    _ => PathBuf::from("."),
+                })
+                .collect();
         for dir in &directories {
             watcher
                 .watch(dir, RecursiveMode::NonRecursive)
@@ -127,11 +125,12 @@ impl IdentityFiles {
     fn reload(&self, store: &IdentityStore) {
         match self.load() {
             Ok((credentials, bundle)) => {
-                let same = store.credentials().is_some_and(|held| {
-                    held.certified.cert == credentials.certified.cert
-                }) && store
-                    .bundle()
-                    .is_some_and(|held| held.roots() == bundle.roots());
+                let same = store
+                    .credentials()
+                    .is_some_and(|held| held.certified.cert == credentials.certified.cert)
+                    && store
+                        .bundle()
+                        .is_some_and(|held| held.roots() == bundle.roots());
                 if !same {
                     store.install(credentials, bundle);
                 }

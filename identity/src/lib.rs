@@ -1,7 +1,11 @@
 //! Workload identity for gridmesh, shared by the sidecar and the control
 //! plane.
 //!
-//! - [`spiffe`]: SPIFFE IDs and reading one off an X.509 SVID.
+//! Always there, for the configuration model: [`SpiffeId`] and
+//! [`IdentityFiles`], plain values without a runtime or a TLS stack. With
+//! the `tls` feature (default), everything that holds and uses an identity:
+//!
+//! - [`svid`]: the SPIFFE ID and validity an X.509 SVID carries.
 //! - [`credentials`]: an SVID with its key, and the trust bundle, from PEM,
 //!   checked as a consistent set.
 //! - [`verify`]: how a peer's SVID is verified (chain, then SPIFFE ID), on
@@ -13,16 +17,41 @@
 #![forbid(unsafe_code)]
 #![deny(clippy::unwrap_used)]
 
-pub mod ca;
-pub mod credentials;
-pub mod files;
 pub mod spiffe;
+
+#[cfg(feature = "tls")]
+pub mod ca;
+#[cfg(feature = "tls")]
+pub mod credentials;
+#[cfg(feature = "tls")]
+pub mod files;
+#[cfg(feature = "tls")]
 pub mod store;
+#[cfg(feature = "tls")]
+pub mod svid;
+#[cfg(feature = "tls")]
 pub mod verify;
 
-pub use ca::Authority;
-pub use credentials::{Credentials, CredentialsError, TrustBundle};
-pub use files::IdentityFiles;
-pub use spiffe::{SpiffeId, SpiffeIdError, SvidInfo};
-pub use store::{ALPN_H2, ALPN_HTTP11, IdentityStatus, IdentityStore};
-pub use verify::VerifyError;
+use std::path::PathBuf;
+
+pub use spiffe::{SpiffeId, SpiffeIdError};
+
+#[cfg(feature = "tls")]
+pub use {
+    ca::Authority,
+    credentials::{Credentials, CredentialsError, TrustBundle},
+    store::{ALPN_H2, ALPN_HTTP11, IdentityStatus, IdentityStore},
+    svid::{SvidError, SvidInfo},
+    verify::VerifyError,
+};
+
+/// An identity kept in PEM files by another issuer (cert-manager, SPIRE),
+/// as the bootstrap names them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdentityFiles {
+    /// The SVID chain, leaf first.
+    pub certificate: PathBuf,
+    pub private_key: PathBuf,
+    /// The roots peers must chain to.
+    pub trust_bundle: PathBuf,
+}

@@ -5,6 +5,7 @@
 //! keep going on the certificate they started with.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
 use arc_swap::ArcSwapOption;
@@ -32,6 +33,8 @@ pub struct IdentityStore {
     generation: watch::Sender<u64>,
     /// Why the latest attempt to take new credentials failed, until one succeeds.
     last_error: Mutex<Option<String>>,
+    installed: AtomicU64,
+    refused: AtomicU64,
 }
 
 /// What `/config_dump` and metrics show about the held identity.
@@ -42,6 +45,9 @@ pub struct IdentityStatus {
     pub not_after: Option<SystemTime>,
     pub roots: usize,
     pub last_error: Option<String>,
+    /// Credentials taken, and sets refused, since the store was made.
+    pub installed: u64,
+    pub refused: u64,
 }
 
 impl Default for IdentityStore {
@@ -51,6 +57,8 @@ impl Default for IdentityStore {
             bundle: ArcSwapOption::empty(),
             generation: watch::Sender::new(0),
             last_error: Mutex::new(None),
+            installed: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
         }
     }
 }
@@ -71,12 +79,14 @@ impl IdentityStore {
         self.bundle.store(Some(Arc::new(bundle)));
         self.credentials.store(Some(Arc::new(credentials)));
         *self.last_error.lock() = None;
+        self.installed.fetch_add(1, Ordering::Relaxed);
         self.generation.send_modify(|g| *g += 1);
     }
 
     /// Records why new credentials were not taken; what is held stays.
     pub fn failed(&self, error: String) {
         *self.last_error.lock() = Some(error);
+        self.refused.fetch_add(1, Ordering::Relaxed);
         self.generation.send_modify(|g| *g += 1);
     }
 
@@ -106,6 +116,8 @@ impl IdentityStore {
             not_after: credentials.as_ref().map(|c| c.svid.not_after),
             roots: self.bundle().map_or(0, |b| b.roots().len()),
             last_error: self.last_error.lock().clone(),
+            installed: self.installed.load(Ordering::Relaxed),
+            refused: self.refused.load(Ordering::Relaxed),
         }
     }
 
@@ -123,7 +135,11 @@ impl IdentityStore {
 
     /// A TLS 1.3 client config that presents this store's SVID, accepts
     /// only a server whose SVID names `expected`, and offers `alpn`.
-    pub fn client_config(self: &Arc<Self>, expected: SpiffeId, alpn: &[&[u8]]) -> Arc<ClientConfig> {
+    pub fn client_config(
+        self: &Arc<Self>,
+        expected: SpiffeId,
+        alpn: &[&[u8]],
+    ) -> Arc<ClientConfig> {
         let mut config = ClientConfig::builder_with_provider(Arc::new(provider()))
             .with_protocol_versions(&[&rustls::version::TLS13])
             .expect("ring supports TLS 1.3")
@@ -144,7 +160,11 @@ struct Presented(Arc<IdentityStore>);
 
 impl Presented {
     fn current(&self) -> Option<Arc<CertifiedKey>> {
-        self.0.credentials.load().as_ref().map(|c| c.certified.clone())
+        self.0
+            .credentials
+            .load()
+            .as_ref()
+            .map(|c| c.certified.clone())
     }
 }
 

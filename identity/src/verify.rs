@@ -12,11 +12,14 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::crypto::{WebPkiSupportedAlgorithms, verify_tls12_signature, verify_tls13_signature};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
-use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, OtherError, SignatureScheme};
+use rustls::{
+    CertificateError, DigitallySignedStruct, DistinguishedName, OtherError, SignatureScheme,
+};
 
 use crate::credentials::TrustBundle;
-use crate::spiffe::{SpiffeId, SvidInfo};
+use crate::spiffe::SpiffeId;
 use crate::store::IdentityStore;
+use crate::svid::SvidInfo;
 
 /// What the peer's certificate is being used for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,7 +42,10 @@ pub enum VerifyError {
     #[error("certificate is not an SVID: {0}")]
     NotAnSvid(String),
     #[error("peer is {actual}, expected {expected}")]
-    WrongIdentity { expected: SpiffeId, actual: SpiffeId },
+    WrongIdentity {
+        expected: SpiffeId,
+        actual: SpiffeId,
+    },
 }
 
 /// Verifies `leaf` (with the peer's `intermediates`) against `bundle` at
@@ -129,7 +135,10 @@ impl ClientCertVerifier for ClientSvidVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        let bundle = self.store.bundle().ok_or_else(|| other(VerifyError::NoBundle))?;
+        let bundle = self
+            .store
+            .bundle()
+            .ok_or_else(|| other(VerifyError::NoBundle))?;
         chain(end_entity, intermediates, &bundle, Usage::Client, now)?;
         Ok(ClientCertVerified::assertion())
     }
@@ -181,7 +190,10 @@ impl ServerCertVerifier for ServerSvidVerifier {
         _ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let bundle = self.store.bundle().ok_or_else(|| other(VerifyError::NoBundle))?;
+        let bundle = self
+            .store
+            .bundle()
+            .ok_or_else(|| other(VerifyError::NoBundle))?;
         let svid = chain(end_entity, intermediates, &bundle, Usage::Server, now)?;
         if svid.id != self.expected {
             return Err(other(VerifyError::WrongIdentity {

@@ -41,10 +41,12 @@ async fn handshake(
         (Ok(accepted), Ok(_)) => accepted,
         (accepted, connected) => {
             let text = |e: Option<std::io::Error>| {
-                e.map(|e| match e.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>()) {
-                    Some(tls) => gridmesh_identity::verify::describe(tls),
-                    None => e.to_string(),
-                })
+                e.map(
+                    |e| match e.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>()) {
+                        Some(tls) => gridmesh_identity::verify::describe(tls),
+                        None => e.to_string(),
+                    },
+                )
                 .unwrap_or_default()
             };
             return Err(format!(
@@ -57,7 +59,10 @@ async fn handshake(
     let (_, session) = accepted.get_ref();
     let peer = session.peer_certificates().unwrap()[0].clone();
     let peer = gridmesh_identity::SvidInfo::of_leaf(&peer).unwrap().id;
-    Ok((peer.to_string(), session.alpn_protocol().map(<[u8]>::to_vec)))
+    Ok((
+        peer.to_string(),
+        session.alpn_protocol().map(<[u8]>::to_vec),
+    ))
 }
 
 #[tokio::test]
@@ -107,9 +112,13 @@ async fn a_peer_from_another_ca_is_refused_both_ways() {
         ])
         .unwrap(),
     );
-    let error = handshake(&b_trusting_ours, "spiffe://gridmesh.test/ns/blocks/sa/a", &a)
-        .await
-        .unwrap_err();
+    let error = handshake(
+        &b_trusting_ours,
+        "spiffe://gridmesh.test/ns/blocks/sa/a",
+        &a,
+    )
+    .await
+    .unwrap_err();
     assert!(error.contains("server: BadSignature"), "{error}");
 }
 
@@ -131,23 +140,34 @@ async fn a_bundle_with_two_roots_accepts_both_during_a_root_rotation() {
         ])
         .unwrap()
     };
-    let (a, _) = old.issue_with_key(&id("spiffe://gridmesh.test/a"), DAY).unwrap();
-    let (b, _) = new.issue_with_key(&id("spiffe://gridmesh.test/b"), DAY).unwrap();
+    let (a, _) = old
+        .issue_with_key(&id("spiffe://gridmesh.test/a"), DAY)
+        .unwrap();
+    let (b, _) = new
+        .issue_with_key(&id("spiffe://gridmesh.test/b"), DAY)
+        .unwrap();
     let (sa, sb) = (IdentityStore::new(), IdentityStore::new());
     sa.install(a, overlap());
     sb.install(b, overlap());
-    handshake(&sa, "spiffe://gridmesh.test/b", &sb).await.unwrap();
-    handshake(&sb, "spiffe://gridmesh.test/a", &sa).await.unwrap();
+    handshake(&sa, "spiffe://gridmesh.test/b", &sb)
+        .await
+        .unwrap();
+    handshake(&sb, "spiffe://gridmesh.test/a", &sa)
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
 async fn expired_and_not_yet_valid_certificates_are_refused() {
     let ca = Authority::self_signed("gridmesh.test", DAY).unwrap();
     let server = store(&ca, "spiffe://gridmesh.test/server");
-    for (shift, want) in [(-2 * DAY.as_secs() as i64, "Expired"), (DAY.as_secs() as i64, "NotValidYet")] {
+    for (shift, want) in [
+        (-2 * DAY.as_secs() as i64, "Expired"),
+        (DAY.as_secs() as i64, "NotValidYet"),
+    ] {
         let mut params = Authority::svid_params(&id("spiffe://gridmesh.test/client"), DAY).unwrap();
-        params.not_before = params.not_before + time::Duration::seconds(shift);
-        params.not_after = params.not_after + time::Duration::seconds(shift);
+        params.not_before += time::Duration::seconds(shift);
+        params.not_after += time::Duration::seconds(shift);
         let key = KeyPair::generate().unwrap();
         let leaf = ca.sign(&params, &key).unwrap();
         // Credentials refuse it outright...
@@ -157,7 +177,10 @@ async fn expired_and_not_yet_valid_certificates_are_refused() {
             &ca.bundle().unwrap(),
         )
         .unwrap_err();
-        assert!(matches!(refused, CredentialsError::Untrusted(_)), "{refused}");
+        assert!(
+            matches!(refused, CredentialsError::Untrusted(_)),
+            "{refused}"
+        );
         // ...and a peer presenting it is refused by the other side.
         let certified = rustls::sign::CertifiedKey::from_der(
             vec![leaf.clone()],
@@ -194,14 +217,17 @@ fn certificates_that_are_not_svids_and_mismatched_keys_are_refused() {
     assert!(error.to_string().contains("no SPIFFE ID"), "{error}");
 
     let mut two = Authority::svid_params(&id("spiffe://gridmesh.test/x"), DAY).unwrap();
-    two.subject_alt_names
-        .push(rcgen::SanType::URI("spiffe://gridmesh.test/y".try_into().unwrap()));
+    two.subject_alt_names.push(rcgen::SanType::URI(
+        "spiffe://gridmesh.test/y".try_into().unwrap(),
+    ));
     let leaf = ca.sign(&two, &key).unwrap();
     let error = Credentials::from_der(vec![leaf], der(), &bundle).unwrap_err();
     assert!(error.to_string().contains("2 URI SANs"), "{error}");
 
     let other = KeyPair::generate().unwrap();
-    let chain = ca.issue(&id("spiffe://gridmesh.test/x"), &other, DAY).unwrap();
+    let chain = ca
+        .issue(&id("spiffe://gridmesh.test/x"), &other, DAY)
+        .unwrap();
     let error = Credentials::from_der(chain, der(), &bundle).unwrap_err();
     assert_eq!(error, CredentialsError::KeyMismatch);
 

@@ -54,10 +54,18 @@ fn handle(shared: &Shared, xds: &XdsStatus, req: Request<Incoming>) -> Response<
         (&Method::GET, "/ready") if shared.drain.is_draining() => {
             text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
         }
-        (&Method::GET, "/ready") if !shared.is_ready() => text(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "waiting for the first complete config from the control plane\n",
-        ),
+        (&Method::GET, "/ready") if !shared.is_ready() => {
+            let waiting_for_certificate = shared
+                .identity
+                .as_ref()
+                .is_some_and(|i| !i.store.is_ready());
+            let why = if waiting_for_certificate {
+                "waiting for the workload certificate\n"
+            } else {
+                "waiting for the first complete config from the control plane\n"
+            };
+            text(StatusCode::SERVICE_UNAVAILABLE, why)
+        }
         (&Method::GET, "/ready") => text(StatusCode::OK, "ready\n"),
         (&Method::GET, "/metrics") => {
             let mut rsp = text(StatusCode::OK, shared.metrics.encode());
@@ -112,11 +120,24 @@ fn config_dump(shared: &Shared, xds: &XdsStatus) -> serde_json::Value {
         })
         .collect();
     let xds = xds.as_ref().map(|s| s.lock().clone());
+    let identity = shared.identity.as_ref().map(|i| {
+        let status = i.store.status();
+        let time =
+            |t: Option<std::time::SystemTime>| t.map(gridmesh_identity::store::humantime_utc);
+        serde_json::json!({
+            "spiffeId": status.id.as_ref().map(|id| id.as_str()),
+            "notBefore": time(status.not_before),
+            "notAfter": time(status.not_after),
+            "trustBundleRoots": status.roots,
+            "lastError": status.last_error,
+        })
+    });
     serde_json::json!({
         "source": snapshot.source,
         "bootstrap": &snapshot.bootstrap,
         "resources": resources,
         "xds": xds,
+        "identity": identity,
     })
 }
 

@@ -318,7 +318,7 @@ mod tests {
             "clusters: [{{ name: block }}]\nendpoints: [{{ cluster: block, endpoints: [{{ address: \"{up}\" }}] }}]\n"
         );
         let snapshot = gridmesh_config::load_str(&yaml, "test").unwrap();
-        let runtime = Runtime::build(snapshot, None, &Metrics::default(), None)
+        let runtime = Runtime::build(snapshot, None, &Metrics::default(), None, None)
             .unwrap()
             .commit();
         let cluster = &runtime.clusters[0];

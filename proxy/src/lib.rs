@@ -24,6 +24,7 @@ mod error;
 mod filter;
 mod grpc;
 mod headers;
+mod identity;
 mod listeners;
 mod metrics;
 mod pipeline;
@@ -85,6 +86,8 @@ pub enum StartError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("cannot follow the identity files: {0}")]
+    Identity(#[from] gridmesh_identity::files::FilesError),
 }
 
 /// A running proxy.
@@ -116,7 +119,15 @@ impl ProxyBuilder {
     pub async fn start(self) -> Result<Proxy, StartError> {
         let ProxyBuilder { snapshot, filters } = self;
         let metrics = Metrics::default();
-        let listeners = Listeners::new(Handle::current(), Filters::new(filters));
+        let identity = match snapshot.identity.clone() {
+            Some(source) => Some(identity::start(source, metrics.identity())?),
+            None => None,
+        };
+        let listeners = Listeners::new(
+            Handle::current(),
+            Filters::new(filters),
+            identity.as_ref().map(|i| i.store.clone()),
+        );
         let resolver = Mutex::new(None);
         let admin_error = |source| StartError::Admin {
             addr: snapshot.admin_addr,
@@ -130,10 +141,17 @@ impl ProxyBuilder {
             .xds
             .clone()
             .map(|source| xds::Client::new(source, snapshot.bootstrap.clone()));
-        let staged = Shared::stage(&listeners, &metrics, &resolver, snapshot, None)?;
+        let staged = Shared::stage(
+            &listeners,
+            &metrics,
+            &resolver,
+            snapshot,
+            None,
+            identity.as_ref(),
+        )?;
         // Without a control plane, the bootstrap is the complete config.
         let ready = xds.is_none();
-        let (shared, plan) = Shared::new(staged, listeners, metrics, resolver, ready);
+        let (shared, plan) = Shared::new(staged, listeners, metrics, resolver, ready, identity);
         control::spawn(admin, shared.clone(), xds).map_err(|source| StartError::Admin {
             addr: admin_addr,
             source,

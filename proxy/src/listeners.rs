@@ -29,7 +29,9 @@ use crate::filter::Filters;
 use crate::metrics::Metrics;
 use crate::runtime::Runtime;
 use crate::server;
+use crate::transport::Terminator;
 use gridmesh_config::ListenerSpec;
+use gridmesh_identity::IdentityStore;
 
 /// Pending connections the kernel queues per listener.
 const BACKLOG: u32 = 1024;
@@ -51,6 +53,8 @@ pub struct Listeners {
     active: Mutex<Vec<Active>>,
     /// Every downstream connection, so a proxy drain can wait for them.
     pub connections: TaskTracker,
+    /// What listeners with a TLS mode present and verify peers with.
+    identity: Option<Arc<IdentityStore>>,
 }
 
 struct Active {
@@ -74,12 +78,17 @@ struct Planned {
 }
 
 impl Listeners {
-    pub fn new(data_plane: Handle, filters: Filters) -> Listeners {
+    pub fn new(
+        data_plane: Handle,
+        filters: Filters,
+        identity: Option<Arc<IdentityStore>>,
+    ) -> Listeners {
         Listeners {
             data_plane,
             filters,
             active: Mutex::new(Vec::new()),
             connections: TaskTracker::new(),
+            identity,
         }
     }
 
@@ -183,6 +192,11 @@ impl Listeners {
                 context.clone(),
                 runtime.clone(),
                 self.connections.clone(),
+                Arc::new(Terminator::new(
+                    planned.spec.tls_mode,
+                    planned.spec.protocol,
+                    self.identity.as_ref(),
+                )),
             ));
             tracing::info!(listener = %planned.spec.name, addr = %planned.local_addr, "listener serving");
             active.push(Active {

@@ -38,7 +38,20 @@ pub struct Metrics {
     downstream_tcp_bytes: IntCounterVec,
     protocol_detection_timeouts: IntCounterVec,
     local_replies: IntCounterVec,
+    downstream_tls_handshakes: IntCounterVec,
+    upstream_tls_handshake_errors: IntCounterVec,
     pub xds: XdsMetrics,
+    identity_expiry: IntGaugeVec,
+    identity_updates: IntCounterVec,
+}
+
+/// The workload identity's figures.
+pub struct IdentityMetrics {
+    /// When the held certificate expires (Unix seconds).
+    pub expiry: IntGauge,
+    /// Credentials taken, and sets refused (bad, mismatched, untrusted).
+    pub installed: IntCounter,
+    pub refused: IntCounter,
 }
 
 /// The xDS client's view: how config updates go.
@@ -69,6 +82,8 @@ pub struct ClusterMetrics {
     pub connections_active: IntGauge,
     /// By HTTP status and the gRPC status's index in [`GRPC_LABELS`].
     responses: ResolvedCounters<(u16, u8)>,
+    /// Failed mTLS handshakes with endpoints, by reason.
+    tls_handshake_errors: ResolvedCounters<&'static str>,
 }
 
 /// The counters of one cluster or listener by further labels. Each key's
@@ -95,6 +110,8 @@ pub struct ListenerMetrics {
     pub detection_timeouts: IntCounter,
     /// By `x-gridmesh-error` reason.
     local_replies: ResolvedCounters<&'static str>,
+    /// TLS handshakes by result: `ok`, or why it failed.
+    tls_handshakes: ResolvedCounters<&'static str>,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -220,6 +237,30 @@ impl Default for Metrics {
                 "Responses the proxy made itself, by x-gridmesh-error reason.",
                 &["listener", "reason"],
             ),
+            downstream_tls_handshakes: counter(
+                &r,
+                "downstream_tls_handshakes_total",
+                "TLS handshakes on listeners by result: ok, or why the connection was refused (untrusted, expired, not_yet_valid, not_an_svid, no_client_certificate, not_tls, timeout, closed, ...).",
+                &["listener", "result"],
+            ),
+            upstream_tls_handshake_errors: counter(
+                &r,
+                "upstream_tls_handshake_errors_total",
+                "Failed mTLS handshakes with a cluster's endpoints, by reason (wrong_identity, untrusted, expired, peer_refused, ...).",
+                &["cluster", "reason"],
+            ),
+            identity_expiry: gauge(
+                &r,
+                "identity_certificate_expiry_timestamp_seconds",
+                "When the workload certificate held now expires (Unix time).",
+                &[],
+            ),
+            identity_updates: counter(
+                &r,
+                "identity_updates_total",
+                "Workload certificates installed, and sets refused (unreadable, mismatched key, not an SVID, untrusted).",
+                &["result"],
+            ),
             xds: XdsMetrics {
                 updates: counter(
                     &r,
@@ -268,6 +309,10 @@ impl Metrics {
             connect_errors: self.upstream_connect_errors.with_label_values(l),
             connections_active: self.upstream_connections_active.with_label_values(l),
             responses: ResolvedCounters::new(&self.upstream_responses, cluster),
+            tls_handshake_errors: ResolvedCounters::new(
+                &self.upstream_tls_handshake_errors,
+                cluster,
+            ),
         }
     }
 
@@ -286,6 +331,15 @@ impl Metrics {
                 .with_label_values(&[listener, "sent"]),
             detection_timeouts: self.protocol_detection_timeouts.with_label_values(l),
             local_replies: ResolvedCounters::new(&self.local_replies, listener),
+            tls_handshakes: ResolvedCounters::new(&self.downstream_tls_handshakes, listener),
+        }
+    }
+
+    pub fn identity(&self) -> IdentityMetrics {
+        IdentityMetrics {
+            expiry: self.identity_expiry.with_label_values(&[] as &[&str]),
+            installed: self.identity_updates.with_label_values(&["installed"]),
+            refused: self.identity_updates.with_label_values(&["refused"]),
         }
     }
 
@@ -303,6 +357,7 @@ impl Metrics {
         remove_series(&self.upstream_connects, label);
         remove_series(&self.upstream_connect_errors, label);
         remove_series(&self.upstream_connections_active, label);
+        remove_series(&self.upstream_tls_handshake_errors, label);
     }
 
     /// Drops every series of a listener that left the config.
@@ -315,6 +370,7 @@ impl Metrics {
         remove_series(&self.downstream_tcp_bytes, label);
         remove_series(&self.protocol_detection_timeouts, label);
         remove_series(&self.local_replies, label);
+        remove_series(&self.downstream_tls_handshakes, label);
     }
 
     pub fn encode(&self) -> String {
@@ -374,6 +430,18 @@ impl<K: Copy + PartialEq> ResolvedCounters<K> {
 impl ListenerMetrics {
     pub fn local_reply(&self, reason: &'static str) {
         self.local_replies
+            .inc(reason, |reason| vec![reason.to_string()]);
+    }
+
+    pub fn tls_handshake(&self, result: &'static str) {
+        self.tls_handshakes
+            .inc(result, |result| vec![result.to_string()]);
+    }
+}
+
+impl ClusterMetrics {
+    pub fn tls_handshake_error(&self, reason: &'static str) {
+        self.tls_handshake_errors
             .inc(reason, |reason| vec![reason.to_string()]);
     }
 }

@@ -7,7 +7,8 @@
 //! 2. **route**   — the runtime the request is served with from start to
 //!    end; the listener's route table picks a route and its cluster.
 //! 3. **prepare** — the deadline (route max duration, client `grpc-timeout`),
-//!    the route's request-header mutations, hop-by-hop headers dropped.
+//!    who the mTLS caller was (`x-forwarded-client-cert`), the route's
+//!    request-header mutations, hop-by-hop headers dropped.
 //! 4. **call**    — the cluster call ([`crate::call`]): admission, pick,
 //!    connect, timeouts, retries.
 //! 5. **respond** — hop-by-hop headers dropped, the route's response-header
@@ -102,6 +103,11 @@ async fn forward(
         response_headers_timeout: route.action.timeouts.response_headers,
         retry: route.action.retry.as_ref(),
     };
+    let peer = parts
+        .extensions
+        .get::<Arc<ConnectionContext>>()
+        .and_then(|c| c.peer_identity.clone());
+    headers::set_forwarded_client_cert(&mut parts.headers, peer.as_ref());
     route.request_headers.apply(&mut parts.headers);
     headers::strip_hop_by_hop(&mut parts.headers);
 

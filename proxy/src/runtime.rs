@@ -14,6 +14,7 @@ use crate::cluster::{Cluster, NoResolver};
 use crate::metrics::Metrics;
 use gridmesh_config::route::RouteTable;
 use gridmesh_config::{ClusterSpec, EndpointAddress, Snapshot};
+use gridmesh_identity::IdentityStore;
 
 pub struct Runtime {
     pub snapshot: Arc<Snapshot>,
@@ -36,6 +37,7 @@ impl Runtime {
         previous: Option<&Runtime>,
         metrics: &Metrics,
         resolver: Option<&hickory_resolver::TokioResolver>,
+        identity: Option<&Arc<IdentityStore>>,
     ) -> Result<StagedRuntime, NoResolver> {
         let reusable: HashMap<String, &Arc<Cluster>> = previous
             .map(|p| p.clusters.iter().map(|c| (c.name(), c)).collect())
@@ -52,7 +54,7 @@ impl Runtime {
                     }
                     Ok(Arc::clone(cluster))
                 }
-                _ => Cluster::new(spec.clone(), metrics, resolver),
+                _ => Cluster::new(spec.clone(), metrics, resolver, identity),
             })
             .collect::<Result<_, _>>()?;
         let tables_by_listener = snapshot
@@ -154,6 +156,7 @@ mod tests {
             None,
             &metrics,
             None,
+            None,
         )
         .unwrap()
         .commit();
@@ -165,6 +168,7 @@ mod tests {
             ),
             Some(&first),
             &metrics,
+            None,
             None,
         )
         .unwrap();
@@ -180,7 +184,7 @@ mod tests {
             "the cluster carried over"
         );
         // An abandoned stage leaves it as it is.
-        drop(Runtime::build(snapshot("[]"), Some(&second), &metrics, None).unwrap());
+        drop(Runtime::build(snapshot("[]"), Some(&second), &metrics, None, None).unwrap());
         assert_eq!(served(&second), after);
     }
 }

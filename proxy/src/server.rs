@@ -21,7 +21,7 @@ use crate::downstream::{Activity, ListenerContext, watched};
 use crate::pipeline;
 use crate::runtime::Runtime;
 use crate::tcp;
-use crate::transport::{self, Accepted, ConnectionContext};
+use crate::transport::{self, Accepted, ConnectionContext, Io, Terminated, Terminator};
 use gridmesh_config::{ListenerSpec, Protocol};
 
 /// How long an idle connection gets to close gracefully (HTTP/2 GOAWAY). It
@@ -103,6 +103,7 @@ pub async fn accept_loop(
     context: Arc<ListenerContext>,
     runtime: Arc<ArcSwap<Runtime>>,
     connections: TaskTracker,
+    terminator: Arc<Terminator>,
 ) {
     let builder = Arc::new(connection_builder(&spec));
     let settings = ConnectionSettings {
@@ -124,9 +125,17 @@ pub async fn accept_loop(
         context.metrics.connections.inc();
         context.metrics.connections_active.inc();
         let (builder, context, runtime) = (builder.clone(), context.clone(), runtime.clone());
+        let terminator = terminator.clone();
         connections.spawn(async move {
-            let serving =
-                serve_connection(stream, connection, settings, &builder, &context, &runtime);
+            let serving = serve_connection(
+                stream,
+                connection,
+                settings,
+                &terminator,
+                &builder,
+                &context,
+                &runtime,
+            );
             debug_assert_small(&serving, MAX_CONNECTION_FUTURE, "per-connection");
             serving.await;
             context.metrics.connections_active.dec();
@@ -134,16 +143,63 @@ pub async fn accept_loop(
     }
 }
 
-/// Serves one connection as HTTP, or forwards it as bytes: by the
-/// listener's protocol, or, for AUTO, by what its first bytes say.
+/// Serves one connection, after the listener's TLS step: as HTTP, or
+/// forwarded as bytes, by the listener's protocol or, for AUTO, by what its
+/// first bytes say (plaintext) or its ALPN (TLS).
 async fn serve_connection(
     stream: TcpStream,
     connection: Arc<ConnectionContext>,
     settings: ConnectionSettings,
+    terminator: &Terminator,
     builder: &auto::Builder<TokioExecutor>,
     context: &Arc<ListenerContext>,
     runtime: &Arc<ArcSwap<Runtime>>,
 ) {
+    let stream = if terminator.is_enabled() {
+        // Boxed: a handshake's state is large, and plaintext listeners'
+        // connections should not carry room for it.
+        match Box::pin(terminator.terminate(stream)).await {
+            Ok(Terminated {
+                io: Io::Plain(stream),
+                ..
+            }) => stream,
+            Ok(Terminated {
+                io,
+                peer_identity,
+                alpn,
+            }) => {
+                context.metrics.tls_handshake("ok");
+                // TLS clients that speak HTTP say so by ALPN (sidecars,
+                // gRPC, curl all do); without it, an AUTO listener with a
+                // tcpCluster takes the bytes as opaque.
+                let http = match settings.protocol {
+                    Protocol::Tcp => false,
+                    Protocol::Auto => alpn.is_some() || !settings.forwards_tcp,
+                    Protocol::Http1 | Protocol::Http2 => true,
+                };
+                let connection = Arc::new(ConnectionContext {
+                    peer_identity,
+                    alpn: alpn.map(Arc::from),
+                    ..(*connection).clone()
+                });
+                return serve_stream(io, http, connection, settings, builder, context, runtime)
+                    .await;
+            }
+            Err(error) => {
+                context.metrics.tls_handshake(error.reason);
+                tracing::warn!(
+                    listener = %context.name,
+                    peer = %connection.peer,
+                    reason = %error.reason,
+                    error = %error.detail,
+                    "TLS handshake failed: connection closed"
+                );
+                return;
+            }
+        }
+    } else {
+        stream
+    };
     let http = match settings.protocol {
         Protocol::Http1 | Protocol::Http2 => true,
         Protocol::Tcp => false,
@@ -158,6 +214,28 @@ async fn serve_connection(
             Detected::Closed => return,
         },
     };
+    serve_stream(
+        Io::Plain(stream),
+        http,
+        connection,
+        settings,
+        builder,
+        context,
+        runtime,
+    )
+    .await
+}
+
+/// Serves HTTP on a connection whose protocol is known, or forwards it.
+async fn serve_stream(
+    stream: Io,
+    http: bool,
+    connection: Arc<ConnectionContext>,
+    settings: ConnectionSettings,
+    builder: &auto::Builder<TokioExecutor>,
+    context: &Arc<ListenerContext>,
+    runtime: &Arc<ArcSwap<Runtime>>,
+) {
     if http {
         return serve_http(stream, connection, settings.idle, builder, context, runtime).await;
     }
@@ -175,7 +253,7 @@ async fn serve_connection(
 
 /// Serves HTTP on one connection until it closes, idles out or drains.
 async fn serve_http(
-    stream: TcpStream,
+    stream: Io,
     connection: Arc<ConnectionContext>,
     idle: Duration,
     builder: &auto::Builder<TokioExecutor>,

@@ -17,7 +17,8 @@ use crate::drain::Drain;
 use crate::listeners::{BindError, Listeners, Plan};
 use crate::metrics::Metrics;
 use crate::runtime::{self, Runtime, StagedRuntime};
-use gridmesh_config::Snapshot;
+use gridmesh_config::{IdentitySource, Snapshot};
+use gridmesh_identity::IdentityStore;
 
 pub struct Shared {
     /// What requests are served with, swapped whole by [`Shared::apply`].
@@ -32,6 +33,15 @@ pub struct Shared {
     resolver: Mutex<Option<TokioResolver>>,
     /// Applies run one at a time (the xDS client and a drain may race).
     applying: Mutex<()>,
+    /// The workload's identity (see [`Identity`]).
+    pub identity: Option<Identity>,
+}
+
+/// The workload's identity: where it comes from (fixed by the bootstrap for
+/// the proxy's life) and what is held now.
+pub struct Identity {
+    pub source: IdentitySource,
+    pub store: Arc<IdentityStore>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +54,10 @@ pub enum ApplyError {
     NoResolver(#[from] NoResolver),
     #[error("the proxy is draining")]
     Draining,
+    #[error(
+        "the identity source cannot change while the proxy runs (it is the bootstrap's; restart to change it)"
+    )]
+    IdentityChanged,
 }
 
 /// A snapshot made ready to serve: sockets bound, runtime built. Nothing is
@@ -62,7 +76,11 @@ impl Shared {
         resolver: &Mutex<Option<TokioResolver>>,
         snapshot: Snapshot,
         previous: Option<&Runtime>,
+        identity: Option<&Identity>,
     ) -> Result<Staged, ApplyError> {
+        if snapshot.identity.as_ref() != identity.map(|i| &i.source) {
+            return Err(ApplyError::IdentityChanged);
+        }
         let resolver = if runtime::needs_dns(&snapshot) {
             let mut slot = resolver.lock();
             if slot.is_none() {
@@ -76,7 +94,8 @@ impl Shared {
             None
         };
         let plan = listeners.prepare(&snapshot.listeners)?;
-        let runtime = Runtime::build(snapshot, previous, metrics, resolver.as_ref())?;
+        let store = identity.map(|i| &i.store);
+        let runtime = Runtime::build(snapshot, previous, metrics, resolver.as_ref(), store)?;
         Ok(Staged { plan, runtime })
     }
 
@@ -89,6 +108,7 @@ impl Shared {
         metrics: Metrics,
         resolver: Mutex<Option<TokioResolver>>,
         ready: bool,
+        identity: Option<Identity>,
     ) -> (Arc<Shared>, Plan) {
         let shared = Arc::new(Shared {
             runtime: Arc::new(ArcSwap::from_pointee(staged.runtime.commit())),
@@ -98,6 +118,7 @@ impl Shared {
             ready: AtomicBool::new(ready),
             resolver,
             applying: Mutex::new(()),
+            identity,
         });
         (shared, staged.plan)
     }
@@ -127,6 +148,7 @@ impl Shared {
                 &self.resolver,
                 snapshot,
                 Some(&current),
+                self.identity.as_ref(),
             )?
         };
         let runtime = staged.runtime.commit();
@@ -138,8 +160,13 @@ impl Shared {
         Ok(())
     }
 
+    /// Ready once the first complete config is served and, with an
+    /// identity, a certificate is held (without one, meshed peers would
+    /// fail every handshake).
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Relaxed) && !self.drain.is_draining()
+        self.ready.load(Ordering::Relaxed)
+            && !self.drain.is_draining()
+            && self.identity.as_ref().is_none_or(|i| i.store.is_ready())
     }
 
     pub fn set_ready(&self) {

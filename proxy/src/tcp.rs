@@ -10,14 +10,13 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use tokio::net::TcpStream;
-
 use crate::cluster::Cluster;
 use crate::downstream::{Activity, ListenerContext, idle_together, watched};
+use crate::transport::Io;
 
 /// Forwards `downstream` to `cluster` until either side is done.
 pub async fn forward(
-    downstream: TcpStream,
+    downstream: Io,
     cluster: &Cluster,
     listener: &ListenerContext,
     idle: Duration,

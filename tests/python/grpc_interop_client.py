@@ -1,6 +1,6 @@
 """Checks gRPC statuses end to end with grpc-core (Python grpcio) as the client.
 
-Usage: grpc_interop_client.py TARGET [--proxy-errors]
+Usage: grpc_interop_client.py TARGET [--proxy-errors] [--tls CERT KEY CA HOST]
 
 TARGET (host:port) leads to tests/python/grpc_interop_server.py, directly or
 through sidecars. For each of the four call shapes the server is told to
@@ -13,6 +13,9 @@ none may look like a proxy-made error (x-gridmesh-error).
 
 With --proxy-errors, TARGET is a sidecar whose cluster has no endpoints: the
 sidecar's own trailers-only UNAVAILABLE must reach grpcio intact.
+
+With --tls, grpcio speaks mutual TLS to TARGET (a sidecar's STRICT port),
+presenting CERT and KEY and verifying the sidecar against CA as HOST.
 
 Every check runs even after one fails (tests/python/checks.py).
 """
@@ -193,10 +196,26 @@ def proxy_errors(channel: grpc.Channel) -> None:
         )
 
 
+def channel_to(target: str, args: list[str]) -> grpc.Channel:
+    """Plaintext, or with `--tls CERT KEY CA HOST` mutual TLS: grpcio's own
+    ssl_channel_credentials with a client certificate, verifying the server
+    against CA under the name HOST (a DNS SAN on the server's SVID)."""
+    if "--tls" not in args:
+        return grpc.insecure_channel(target)
+    cert, key, ca, host = args[args.index("--tls") + 1 :][:4]
+    with open(cert, "rb") as c, open(key, "rb") as k, open(ca, "rb") as a:
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=a.read(), private_key=k.read(), certificate_chain=c.read()
+        )
+    return grpc.secure_channel(
+        target, credentials, options=[("grpc.ssl_target_name_override", host)]
+    )
+
+
 def main() -> None:
-    target = sys.argv[1]
-    with grpc.insecure_channel(target) as channel:
-        if "--proxy-errors" in sys.argv[2:]:
+    target, args = sys.argv[1], sys.argv[2:]
+    with channel_to(target, args) as channel:
+        if "--proxy-errors" in args:
             proxy_errors(channel)
         else:
             upstream_statuses(channel)

@@ -576,6 +576,17 @@ impl ProxyProcess {
     /// Waits until admin `/ready` answers 200; fails with the proxy's output
     /// if it exits first or `timeout` passes.
     pub async fn wait_ready(&mut self, timeout: Duration) -> Result<()> {
+        let admin = self.wait_serving(timeout).await?;
+        self.process
+            .poll_until_ready(timeout, "ready", || async move {
+                matches!(admin_get(admin, "/ready").await, Ok(response) if response.status == 200)
+            })
+            .await
+    }
+
+    /// Waits until the proxy serves (its admin server answers, ready or
+    /// not) and returns the admin server's address.
+    pub async fn wait_serving(&mut self, timeout: Duration) -> Result<SocketAddr> {
         let serving = self
             .process
             .wait_for_line("gridmesh-proxy serving", timeout)
@@ -584,11 +595,7 @@ impl ProxyProcess {
             .and_then(|a| a.parse().ok())
             .with_context(|| format!("no admin address in {serving:?}"))?;
         self.admin = Some(admin);
-        self.process
-            .poll_until_ready(timeout, "ready", || async move {
-                matches!(admin_get(admin, "/ready").await, Ok(response) if response.status == 200)
-            })
-            .await
+        Ok(admin)
     }
 
     /// GET `path` (e.g. `/metrics`, `/clusters`) from the admin server.
@@ -602,6 +609,12 @@ impl ProxyProcess {
     /// See [`ManagedProcess::output`].
     pub fn output(&self) -> String {
         self.process.output()
+    }
+
+    /// See [`ManagedProcess::wait_for_line`]: for what the proxy logs
+    /// before it is ready, or instead of becoming ready.
+    pub async fn wait_for_line(&mut self, pattern: &str, timeout: Duration) -> Result<String> {
+        self.process.wait_for_line(pattern, timeout).await
     }
 
     /// See [`ManagedProcess::wait_exit`]: for a proxy expected to stop on its

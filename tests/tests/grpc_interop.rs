@@ -14,7 +14,11 @@ use std::time::Duration;
 use tokio::process::Command;
 
 use gridmesh_tests::harness::{self, chain, forward_all};
-use gridmesh_tests::process::{ManagedProcess, venv_bin, workspace_root};
+use gridmesh_tests::pki::{TestPki, WorkloadFiles, with_dns_name};
+use gridmesh_tests::process::{
+    self, GRIDMESH_PROXY, ManagedProcess, ProxyConfig, ProxyProcess, venv_bin, workspace_root,
+};
+use gridmesh_tests::prometheus;
 
 /// The Python client makes ~60 calls; starting Python and grpcio takes a second.
 const SCRIPT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -73,6 +77,45 @@ async fn grpcio_sees_the_sidecars_own_errors_intact() {
     // A cluster without endpoints: the sidecar answers UNAVAILABLE itself.
     let proxy = harness::proxy(&forward_all(&[])).await;
     grpcio_client(proxy.addr("in"), &["--proxy-errors"]).await;
+}
+
+#[tokio::test]
+async fn grpcio_with_a_client_certificate_through_a_strict_port() {
+    let (_server, upstream) = grpcio_server().await;
+    let pki = TestPki::new();
+    let sidecar_files = pki.workload_with("block", with_dns_name("block.gridmesh.test"));
+    let client = pki.workload("client");
+    let yaml = format!(
+        "admin: {{ address: \"127.0.0.1:0\" }}\n{}{}",
+        sidecar_files.yaml(),
+        forward_all(&[upstream]).replace("routeTable: rt }", "routeTable: rt, tlsMode: STRICT }")
+    );
+    assert!(yaml.contains("tlsMode: STRICT"), "{yaml}");
+    let binary = process::binary(GRIDMESH_PROXY).unwrap();
+    let sidecar = ProxyProcess::start(&binary, "strict", ProxyConfig::Yaml(yaml), SCRIPT_TIMEOUT)
+        .await
+        .unwrap();
+    let port = sidecar.listener_address("in").unwrap();
+    let tls = |files: &WorkloadFiles| {
+        [
+            "--tls".to_string(),
+            files.certificate.display().to_string(),
+            files.private_key.display().to_string(),
+            files.trust_bundle.display().to_string(),
+            "block.gridmesh.test".to_string(),
+        ]
+    };
+    let args = tls(&client);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    // All four call shapes, every status, over grpcio's own TLS stack.
+    grpcio_client(port, &args).await;
+    let metrics = sidecar.admin_get("/metrics").await.unwrap().body;
+    let accepted = prometheus::value(
+        &metrics,
+        "gridmesh_downstream_tls_handshakes_total",
+        &[("listener", "in"), ("result", "ok")],
+    );
+    assert!(accepted.is_some_and(|n| n >= 1.0), "{metrics}");
 }
 
 /// grpcurl, with the service's schema and google.rpc's (for ErrorInfo).

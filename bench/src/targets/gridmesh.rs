@@ -71,6 +71,7 @@ fn bootstrap(hop: &HopPlan) -> Bootstrap {
             endpoints: vec![Endpoint {
                 address: hop.forward_to.http1.to_string(),
                 weight: 1,
+                ..Default::default()
             }],
         }],
         drain_timeout: Some(pbjson_types::Duration {
@@ -78,5 +79,6 @@ fn bootstrap(hop: &HopPlan) -> Bootstrap {
             nanos: 0,
         }),
         xds: None,
+        identity: None,
     }
 }

@@ -20,7 +20,6 @@ use hickory_resolver::TokioResolver;
 use http::{HeaderMap, Request, Response, Version};
 use hyper::body::Incoming;
 use serde::Serialize;
-use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 
 use crate::balance::{self, Balance, Candidate, InFlight, Load, PickContext, Policy};
@@ -28,7 +27,9 @@ use crate::body::Body;
 use crate::discovery::dns::{self, Addresses, DnsRefresh};
 use crate::error::ProxyError;
 use crate::metrics::{ClusterMetrics, Metrics};
+use crate::transport::{Io, Origination};
 use gridmesh_config::{ClusterSpec, EndpointAddress};
+use gridmesh_identity::{IdentityStore, SpiffeId};
 
 pub use limits::Permit;
 use pool::Pool;
@@ -52,6 +53,11 @@ pub struct Cluster {
     /// One DNS watch per name; each ends when its name leaves the spec, or
     /// with the cluster.
     discovery: Mutex<HashMap<HostPort, [JoinHandle<()>; 2]>>,
+    /// The workload's identity, presented to meshed endpoints.
+    identity: Option<Arc<IdentityStore>>,
+    /// One mTLS origination per identity the endpoints present, shared by
+    /// their pools (and so is its TLS session cache).
+    originations: Mutex<HashMap<SpiffeId, Arc<Origination>>>,
 }
 
 type HostPort = (String, u16);
@@ -64,12 +70,16 @@ pub struct NoResolver {
     pub reason: String,
 }
 
-/// An endpoint as the balancer sees it. Identified by its address: a config
-/// change that only moves its weight makes a new `Endpoint` around the same
-/// [`EndpointState`], so its connections, load history and counters stay.
+/// An endpoint as the balancer sees it. Identified by its address and the
+/// identity it must present (a pooled connection is never used for another
+/// identity): a config change that only moves its weight makes a new
+/// `Endpoint` around the same [`EndpointState`], so its connections, load
+/// history and counters stay.
 pub struct Endpoint {
     pub addr: SocketAddr,
     pub weight: u32,
+    /// What it must present; `None`: plaintext.
+    pub identity: Option<SpiffeId>,
     /// In-flight requests and latency estimate, read by the balancer.
     pub load: Arc<Load>,
     state: Arc<EndpointState>,
@@ -109,6 +119,7 @@ impl Cluster {
         spec: Arc<ClusterSpec>,
         metrics: &Metrics,
         resolver: Option<&TokioResolver>,
+        identity: Option<&Arc<IdentityStore>>,
     ) -> Result<Arc<Self>, NoResolver> {
         let limits = Arc::new(limits::Limits::new(
             spec.max_requests,
@@ -123,6 +134,8 @@ impl Cluster {
             resolver: resolver.cloned(),
             resolved: Mutex::new(HashMap::new()),
             discovery: Mutex::new(HashMap::new()),
+            identity: identity.cloned(),
+            originations: Mutex::new(HashMap::new()),
             spec: ArcSwap::new(Arc::new(ClusterSpec {
                 endpoints: Vec::new(),
                 ..(*spec).clone()
@@ -242,55 +255,82 @@ impl Cluster {
     fn rebuild(&self) {
         let spec = self.spec.load();
         let resolved = self.resolved.lock();
-        let mut addrs: Vec<(SocketAddr, u32)> = Vec::new();
+        let mut addrs: Vec<(SocketAddr, u32, Option<&SpiffeId>)> = Vec::new();
         for endpoint in &spec.endpoints {
+            let identity = spec.identity_of(endpoint);
             match &endpoint.address {
-                EndpointAddress::Socket(addr) => addrs.push((*addr, endpoint.weight)),
+                EndpointAddress::Socket(addr) => addrs.push((*addr, endpoint.weight, identity)),
                 EndpointAddress::Dns { host, port } => addrs.extend(
                     resolved
                         .get(&(host.clone(), *port))
                         .into_iter()
-                        .flat_map(|a| a.iter().map(|addr| (*addr, endpoint.weight))),
+                        .flat_map(|a| a.iter().map(|addr| (*addr, endpoint.weight, identity))),
                 ),
             }
         }
         drop(resolved);
         let current = self.balancer.load();
-        let existing: HashMap<SocketAddr, &Arc<Endpoint>> =
-            current.endpoints().iter().map(|e| (e.addr, e)).collect();
+        let existing: HashMap<(SocketAddr, Option<&SpiffeId>), &Arc<Endpoint>> = current
+            .endpoints()
+            .iter()
+            .map(|e| ((e.addr, e.identity.as_ref()), e))
+            .collect();
         let mut seen = std::collections::HashSet::new();
         let endpoints = addrs
             .into_iter()
             // Two names resolving to one address are one endpoint.
-            .filter(|(addr, _)| seen.insert(*addr))
-            .map(|(addr, weight)| match existing.get(&addr) {
-                Some(same) if same.weight == weight => Arc::clone(same),
-                // Reweighted: the same connections, load and counters.
-                Some(reweighted) => Arc::new(Endpoint {
-                    addr,
-                    weight,
-                    load: reweighted.load.clone(),
-                    state: reweighted.state.clone(),
-                }),
-                None => Arc::new(Endpoint {
-                    addr,
-                    weight,
-                    load: Arc::default(),
-                    state: Arc::new(EndpointState {
-                        pool: Arc::new(Pool::new(
-                            addr,
-                            spec.connect_timeout,
-                            spec.idle_connection_timeout,
-                            self.limits.clone(),
-                        )),
-                        requests: AtomicU64::new(0),
-                        failures: AtomicU64::new(0),
+            .filter(|(addr, _, _)| seen.insert(*addr))
+            .map(
+                |(addr, weight, identity)| match existing.get(&(addr, identity)) {
+                    Some(same) if same.weight == weight => Arc::clone(same),
+                    // Reweighted: the same connections, load and counters.
+                    Some(reweighted) => Arc::new(Endpoint {
+                        addr,
+                        weight,
+                        identity: identity.cloned(),
+                        load: reweighted.load.clone(),
+                        state: reweighted.state.clone(),
                     }),
-                }),
-            })
+                    None => Arc::new(Endpoint {
+                        addr,
+                        weight,
+                        identity: identity.cloned(),
+                        load: Arc::default(),
+                        state: Arc::new(EndpointState {
+                            pool: Arc::new(Pool::new(
+                                addr,
+                                spec.connect_timeout,
+                                spec.idle_connection_timeout,
+                                self.limits.clone(),
+                                identity.map(|id| self.origination(id)),
+                            )),
+                            requests: AtomicU64::new(0),
+                            failures: AtomicU64::new(0),
+                        }),
+                    }),
+                },
+            )
             .collect();
         self.balancer
             .store(Arc::new(balance::build(policy(&spec), endpoints)));
+    }
+
+    /// How connections to endpoints presenting `id` are secured. Config
+    /// validation only lets a spec name identities when the proxy has one;
+    /// should that ever be bypassed, the origination gets an empty store
+    /// and every handshake fails: never plaintext to a meshed endpoint.
+    fn origination(&self, id: &SpiffeId) -> Arc<Origination> {
+        let mut originations = self.originations.lock();
+        originations
+            .entry(id.clone())
+            .or_insert_with(|| {
+                let store = self.identity.clone().unwrap_or_else(|| {
+                    tracing::error!(%id, "a meshed endpoint, and this sidecar has no identity");
+                    IdentityStore::new()
+                });
+                Arc::new(Origination::new(&store, id.clone()))
+            })
+            .clone()
     }
 
     pub fn name(&self) -> String {
@@ -380,7 +420,7 @@ impl Cluster {
 /// cluster's connection cap and counts as a request in flight on the
 /// endpoint (for least-request balancing) for its whole life.
 pub struct TcpConnection {
-    pub stream: TcpStream,
+    pub stream: Io,
     _slot: limits::ConnectionSlot,
     _in_flight: InFlight,
 }

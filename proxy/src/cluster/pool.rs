@@ -14,14 +14,13 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::limits::{ConnectionSlot, Limits};
 use super::peer_settings::{StreamLimit, watch_settings};
 use crate::body::Body;
 use crate::metrics::ClusterMetrics;
-use crate::transport::{ConnectError, Connector};
+use crate::transport::{Alpn, ConnectError, Connector, Io, Origination};
 
 /// Why a request could not be sent. Everything here happened before any
 /// response byte, so it is safe to retry when the policy allows.
@@ -61,15 +60,17 @@ pub struct Pool {
 }
 
 impl Pool {
+    /// A pool for the endpoint at `addr`; `tls` when it is meshed.
     pub fn new(
         addr: SocketAddr,
         connect_timeout: Duration,
         idle_timeout: Duration,
         limits: Arc<Limits>,
+        tls: Option<Arc<Origination>>,
     ) -> Self {
         Pool {
             addr,
-            connector: Connector::new(connect_timeout),
+            connector: Connector::new(connect_timeout, tls),
             idle_timeout,
             limits,
             http1_idle: Mutex::new(Vec::new()),
@@ -290,12 +291,12 @@ impl Pool {
     pub async fn connect_tcp(
         &self,
         metrics: &ClusterMetrics,
-    ) -> Result<(TcpStream, ConnectionSlot), SendError> {
+    ) -> Result<(Io, ConnectionSlot), SendError> {
         let slot = self.limits.open_connection(metrics).ok_or_else(|| {
             metrics.overflow_pending.inc();
             SendError::PendingOverflow
         })?;
-        let stream = self.connect(metrics).await?;
+        let stream = self.connect(metrics, Alpn::None).await?;
         Ok((stream, slot))
     }
 
@@ -306,8 +307,8 @@ impl Pool {
         })
     }
 
-    async fn connect(&self, metrics: &ClusterMetrics) -> Result<TcpStream, SendError> {
-        match self.connector.connect(self.addr).await {
+    async fn connect(&self, metrics: &ClusterMetrics, alpn: Alpn) -> Result<Io, SendError> {
+        match self.connector.connect(self.addr, alpn).await {
             Ok(stream) => {
                 metrics.connects.inc();
                 Ok(stream)
@@ -321,6 +322,17 @@ impl Pool {
                 metrics.connect_errors.inc();
                 Err(SendError::ConnectTimeout)
             }
+            Err(ConnectError::Handshake(error)) => {
+                metrics.connect_errors.inc();
+                metrics.tls_handshake_error(error.reason);
+                tracing::warn!(
+                    addr = %self.addr,
+                    reason = %error.reason,
+                    error = %error.detail,
+                    "TLS handshake with the upstream failed"
+                );
+                Err(SendError::ConnectFailure)
+            }
         }
     }
 
@@ -329,7 +341,7 @@ impl Pool {
         slot: ConnectionSlot,
         metrics: &ClusterMetrics,
     ) -> Result<http1::SendRequest<Body>, SendError> {
-        let io = TokioIo::new(self.connect(metrics).await?);
+        let io = TokioIo::new(self.connect(metrics, Alpn::Http1).await?);
         let (sender, conn) = http1::Builder::new()
             .handshake(io)
             .await
@@ -343,7 +355,7 @@ impl Pool {
         slot: ConnectionSlot,
         metrics: &ClusterMetrics,
     ) -> Result<Http2Connection, SendError> {
-        let (io, limit) = watch_settings(self.connect(metrics).await?);
+        let (io, limit) = watch_settings(self.connect(metrics, Alpn::Http2).await?);
         let (sender, conn) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .initial_stream_window_size(H2_STREAM_WINDOW)

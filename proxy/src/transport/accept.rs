@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use gridmesh_identity::SpiffeId;
 use gridmesh_net::AcceptBackoff;
 use tokio::net::{TcpListener, TcpStream};
 
@@ -20,9 +21,9 @@ pub struct ConnectionContext {
     /// Where the client was going when its traffic was intercepted
     /// (`SO_ORIGINAL_DST`); `None` for traffic addressed to the listener.
     pub original_dst: Option<SocketAddr>,
-    /// The peer's verified identity (a SPIFFE ID) when it presented a
-    /// certificate over mTLS; `None` over plaintext.
-    pub peer_identity: Option<Arc<str>>,
+    /// The peer's verified identity when it presented a certificate over
+    /// mTLS; `None` over plaintext.
+    pub peer_identity: Option<SpiffeId>,
     /// The protocol TLS negotiated (ALPN), if any.
     pub alpn: Option<Arc<[u8]>>,
 }

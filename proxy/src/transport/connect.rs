@@ -1,30 +1,39 @@
 //! The connect side: the one place upstream sockets are opened, so that
-//! what every upstream connection needs (TCP_NODELAY now; a socket mark to
-//! exempt the proxy's own traffic from interception, TLS origination to
-//! meshed endpoints, later) is set in one place.
+//! what every upstream connection needs (TCP_NODELAY; mTLS to meshed
+//! endpoints; later a socket mark to exempt the proxy's own traffic from
+//! interception) is set in one place.
 
 use std::io;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpStream;
+
+use super::Io;
+use super::tls::{Alpn, HandshakeError, Origination};
 
 /// Why no connection was made.
 #[derive(Debug)]
 pub enum ConnectError {
     Failed(io::Error),
     TimedOut,
+    /// Connected, but the TLS handshake failed (the endpoint's certificate
+    /// was refused, or it refused ours).
+    Handshake(HandshakeError),
 }
 
-/// Opens connections to endpoints, with a cluster's connect timeout.
+/// Opens connections to endpoints, with a cluster's connect timeout, and
+/// mTLS when the endpoint is meshed.
 #[derive(Debug, Clone)]
 pub struct Connector {
     timeout: Duration,
+    tls: Option<Arc<Origination>>,
 }
 
 impl Connector {
-    pub fn new(timeout: Duration) -> Self {
-        Connector { timeout }
+    pub fn new(timeout: Duration, tls: Option<Arc<Origination>>) -> Self {
+        Connector { timeout, tls }
     }
 
     /// How long a connect may take; also how long a request waits for a
@@ -33,8 +42,9 @@ impl Connector {
         self.timeout
     }
 
-    /// A connection to `addr`, within the connect timeout.
-    pub async fn connect(&self, addr: SocketAddr) -> Result<TcpStream, ConnectError> {
+    /// A connection to `addr`: TCP within the connect timeout, then, for a
+    /// meshed endpoint, the TLS handshake (bounded on its own).
+    pub async fn connect(&self, addr: SocketAddr, alpn: Alpn) -> Result<Io, ConnectError> {
         let stream = match tokio::time::timeout(self.timeout, TcpStream::connect(addr)).await {
             Ok(Ok(stream)) => stream,
             Ok(Err(error)) => return Err(ConnectError::Failed(error)),
@@ -44,6 +54,12 @@ impl Connector {
         if let Err(error) = stream.set_nodelay(true) {
             tracing::debug!(%addr, %error, "TCP_NODELAY not set");
         }
-        Ok(stream)
+        match &self.tls {
+            None => Ok(Io::Plain(stream)),
+            Some(tls) => tls
+                .originate(stream, alpn)
+                .await
+                .map_err(ConnectError::Handshake),
+        }
     }
 }

@@ -1,0 +1,656 @@
+//! Mutual TLS between real sidecar processes, with identities from a real CA
+//! in files (tests/src/pki.rs), and third-party clients (openssl s_client,
+//! curl) on the same ports: who may connect, what each side learns of the
+//! other, and that every refusal is counted and leaves the listener serving.
+
+use std::net::SocketAddr;
+use std::process::Output;
+use std::sync::Arc;
+use std::time::Duration;
+
+use gridmesh_identity::{Credentials, IdentityStore, SpiffeId, SvidInfo};
+use gridmesh_tests::harness::{self, h2c_client, http1_client, recording_upstream};
+use gridmesh_tests::pki::{TestPki, WorkloadFiles, with_dns_name};
+use gridmesh_tests::process::{self, GRIDMESH_PROXY, ProxyConfig, ProxyProcess};
+use gridmesh_tests::prometheus;
+use rcgen::KeyPair;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::process::Command;
+
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+const TOOL_TIMEOUT: Duration = Duration::from_secs(20);
+/// A name only curl and openssl use, through a DNS SAN on the block's SVID
+/// (they verify host names; sidecars verify SPIFFE IDs).
+const BLOCK_HOST: &str = "block.gridmesh.test";
+
+/// A sidecar process from bootstrap YAML (admin on a free port).
+async fn sidecar(name: &str, yaml: String) -> ProxyProcess {
+    let binary = process::binary(GRIDMESH_PROXY).unwrap();
+    let yaml = format!("admin: {{ address: \"127.0.0.1:0\" }}\n{yaml}");
+    ProxyProcess::start(&binary, name, ProxyConfig::Yaml(yaml), START_TIMEOUT)
+        .await
+        .unwrap_or_else(|e| panic!("{name} did not start: {e:#}"))
+}
+
+/// The block's inbound sidecar: listener `in` with `mode`, to `upstream`.
+async fn inbound(files: &WorkloadFiles, mode: &str, upstream: SocketAddr) -> ProxyProcess {
+    sidecar(
+        "inbound",
+        format!(
+            r#"{identity}
+listeners:
+  - {{ name: in, address: "127.0.0.1:0", direction: INBOUND, routeTable: rt, tlsMode: {mode} }}
+routeTables:
+  - name: rt
+    virtualHosts: [{{ name: all, domains: ["*"], routes: [{{ name: all, route: {{ cluster: block }} }}] }}]
+clusters: [{{ name: block }}]
+endpoints: [{{ cluster: block, endpoints: [{{ address: "{upstream}" }}] }}]
+"#,
+            identity = files.yaml()
+        ),
+    )
+    .await
+}
+
+/// A caller's outbound sidecar: listener `out`, to `target` expecting it to
+/// be `expected`.
+async fn outbound(files: &WorkloadFiles, target: SocketAddr, expected: &SpiffeId) -> ProxyProcess {
+    sidecar(
+        "outbound",
+        format!(
+            r#"{identity}
+listeners:
+  - {{ name: out, address: "127.0.0.1:0", direction: OUTBOUND, routeTable: rt }}
+routeTables:
+  - name: rt
+    virtualHosts: [{{ name: all, domains: ["*"], routes: [{{ name: all, route: {{ cluster: peer }} }}] }}]
+clusters: [{{ name: peer, identity: "{expected}" }}]
+endpoints: [{{ cluster: peer, endpoints: [{{ address: "{target}" }}] }}]
+"#,
+            identity = files.yaml()
+        ),
+    )
+    .await
+}
+
+async fn metric(proxy: &ProxyProcess, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let metrics = proxy.admin_get("/metrics").await.unwrap();
+    prometheus::value(&metrics.body, name, labels)
+}
+
+/// Waits until the sample reads `want`: how a test knows a refusal was
+/// seen and counted, rather than assuming it.
+async fn wait_metric(proxy: &ProxyProcess, name: &str, labels: &[(&str, &str)], want: f64) {
+    let waited = harness::within_for(Duration::from_secs(10), name, async {
+        loop {
+            if metric(proxy, name, labels).await == Some(want) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    waited.await;
+}
+
+/// Waits until the proxy's log (read as it is written, colours stripped)
+/// holds `text`.
+async fn wait_logged(proxy: &ProxyProcess, text: &str) {
+    let waited = harness::within_for(Duration::from_secs(10), text, async {
+        while !process::strip_ansi(&proxy.output()).contains(text) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    waited.await;
+}
+
+fn handshakes(result: &str) -> [(&str, &str); 2] {
+    [("listener", "in"), ("result", result)]
+}
+
+const HANDSHAKES: &str = "gridmesh_downstream_tls_handshakes_total";
+
+// ------------------------------------------------------------------ paths
+
+#[tokio::test]
+async fn sidecars_speak_mtls_and_the_block_learns_who_called() {
+    let pki = TestPki::new();
+    let (a, b) = (pki.workload("a"), pki.workload("b"));
+    let block = recording_upstream().await;
+    let inbound = inbound(&b, "STRICT", block.local_addr()).await;
+    let outbound = outbound(&a, inbound.listener_address("in").unwrap(), &b.id).await;
+    let entry = outbound.listener_address("out").unwrap();
+
+    // HTTP/1.1 from the app, and HTTP/2 (the sidecars then negotiate h2 by ALPN).
+    for client in [http1_client(), h2c_client()] {
+        let mut req = harness::get("block", "/who");
+        // A caller cannot claim an identity by header.
+        req.headers_mut().insert(
+            "x-forwarded-client-cert",
+            "URI=spiffe://gridmesh.test/ns/test/sa/admin"
+                .parse()
+                .unwrap(),
+        );
+        let reply = client.request(entry, req).await;
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        let seen = block.last();
+        assert_eq!(
+            seen.headers.get("x-forwarded-client-cert").unwrap(),
+            &format!("URI={}", a.id),
+        );
+    }
+    // Both requests went over mTLS handshakes the inbound side accepted
+    // (pooled: one per protocol).
+    wait_metric(&inbound, HANDSHAKES, &handshakes("ok"), 2.0).await;
+
+    // The identity and its expiry are shown.
+    let dump = inbound.admin_get("/config_dump").await.unwrap().body;
+    assert!(
+        dump.contains(&format!("\"spiffeId\": \"{}\"", b.id)),
+        "{dump}"
+    );
+    let expiry = metric(
+        &inbound,
+        "gridmesh_identity_certificate_expiry_timestamp_seconds",
+        &[],
+    )
+    .await
+    .unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!(
+        expiry > now && expiry <= now + 86_400.0,
+        "expiry {expiry}, now {now}"
+    );
+}
+
+#[tokio::test]
+async fn a_caller_refuses_an_upstream_that_is_not_who_it_expects() {
+    let pki = TestPki::new();
+    let (a, b) = (pki.workload("a"), pki.workload("b"));
+    let block = recording_upstream().await;
+    let inbound = inbound(&b, "STRICT", block.local_addr()).await;
+    let expected = TestPki::id("c");
+    let outbound = outbound(&a, inbound.listener_address("in").unwrap(), &expected).await;
+
+    let reply = http1_client()
+        .get(outbound.listener_address("out").unwrap(), "block", "/")
+        .await;
+    assert_eq!(reply.status, 503, "{}", reply.text());
+    assert_eq!(reply.error(), Some("upstream_connect_failure"));
+    let wrong = [("cluster", "peer"), ("reason", "wrong_identity")];
+    wait_metric(
+        &outbound,
+        "gridmesh_upstream_tls_handshake_errors_total",
+        &wrong,
+        1.0,
+    )
+    .await;
+    assert_eq!(block.count(), 0, "nothing reached the block");
+    // The log says who was found instead.
+    wait_logged(&outbound, &format!("peer is {}, expected {expected}", b.id)).await;
+}
+
+#[tokio::test]
+async fn permissive_takes_mtls_and_plaintext_and_only_mtls_names_a_caller() {
+    let pki = TestPki::new();
+    let (a, b) = (pki.workload("a"), pki.workload("b"));
+    let block = recording_upstream().await;
+    let inbound = inbound(&b, "PERMISSIVE", block.local_addr()).await;
+    let port = inbound.listener_address("in").unwrap();
+
+    let mut plain = harness::get("block", "/plain");
+    plain.headers_mut().insert(
+        "x-forwarded-client-cert",
+        "URI=spiffe://gridmesh.test/ns/test/sa/a".parse().unwrap(),
+    );
+    let reply = http1_client().request(port, plain).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(block.last().headers.get("x-forwarded-client-cert"), None);
+
+    let outbound = outbound(&a, port, &b.id).await;
+    let reply = http1_client()
+        .get(outbound.listener_address("out").unwrap(), "block", "/mtls")
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(
+        block.last().headers.get("x-forwarded-client-cert").unwrap(),
+        &format!("URI={}", a.id)
+    );
+    wait_metric(&inbound, HANDSHAKES, &handshakes("ok"), 1.0).await;
+}
+
+// ------------------------------------------------------------ refusals
+
+/// A TLS client presenting `credentials` (checked or not) and trusting the
+/// test CA; the handshake's outcome as the client sees it.
+async fn tls_client(
+    pki: &TestPki,
+    credentials: Credentials,
+    server: SocketAddr,
+    expected: &SpiffeId,
+) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    let store = IdentityStore::new();
+    store.install(credentials, pki.ca.bundle().unwrap());
+    let config = store.client_config(expected.clone(), &[b"http/1.1"]);
+    let stream = TcpStream::connect(server).await?;
+    let connector = tokio_rustls::TlsConnector::from(config);
+    let mut tls = connector
+        .connect(ServerName::IpAddress(server.ip().into()), stream)
+        .await?;
+    // TLS 1.3: the server judges the client's certificate after the
+    // client's side is done; its verdict arrives with the first read.
+    tls.write_all(b"GET / HTTP/1.1\r\nhost: block\r\n\r\n")
+        .await?;
+    let mut buf = [0u8; 64];
+    if tls.read(&mut buf).await? == 0 {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "closed without an answer",
+        ));
+    }
+    Ok(tls)
+}
+
+/// Credentials exactly as signed, without the checks a sidecar makes
+/// before presenting its own (which would refuse these).
+fn unchecked(pki: &TestPki, params: rcgen::CertificateParams) -> Credentials {
+    let key = KeyPair::generate().unwrap();
+    let leaf = pki.ca.sign(&params, &key).unwrap();
+    let certified = rustls::sign::CertifiedKey::from_der(
+        vec![leaf.clone()],
+        PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+        &rustls::crypto::ring::default_provider(),
+    )
+    .unwrap();
+    Credentials {
+        certified: Arc::new(certified),
+        svid: SvidInfo::of_leaf(&leaf).unwrap_or_else(|_| SvidInfo {
+            id: TestPki::id("none"),
+            not_before: std::time::SystemTime::now(),
+            not_after: std::time::SystemTime::now(),
+        }),
+    }
+}
+
+fn svid_params(name: &str) -> rcgen::CertificateParams {
+    gridmesh_identity::Authority::svid_params(&TestPki::id(name), Duration::from_secs(3600))
+        .unwrap()
+}
+
+#[tokio::test]
+async fn strict_refuses_every_bad_client_with_a_reason_and_serves_the_rest() {
+    let pki = TestPki::new();
+    let b = pki.workload("b");
+    let block = recording_upstream().await;
+    let inbound = inbound(&b, "STRICT", block.local_addr()).await;
+    let port = inbound.listener_address("in").unwrap();
+
+    // Plaintext HTTP where a ClientHello is expected, and garbage.
+    for (bytes, count) in [
+        (&b"GET / HTTP/1.1\r\nhost: block\r\n\r\n"[..], 1.0),
+        (b"\x00\x01garbage\xff\r\n\r\n", 2.0),
+    ] {
+        let mut stream = TcpStream::connect(port).await.unwrap();
+        stream.write_all(bytes).await.unwrap();
+        let mut answer = Vec::new();
+        // Closed without an HTTP answer (at most a TLS alert).
+        let _ = stream.read_to_end(&mut answer).await;
+        assert!(
+            !answer.starts_with(b"HTTP"),
+            "{}",
+            String::from_utf8_lossy(&answer)
+        );
+        wait_metric(&inbound, HANDSHAKES, &handshakes("not_tls"), count).await;
+    }
+
+    // A handshake cut short: the first half of a real ClientHello.
+    let hello = client_hello(&pki).await;
+    let mut stream = TcpStream::connect(port).await.unwrap();
+    stream.write_all(&hello[..hello.len() / 2]).await.unwrap();
+    drop(stream);
+    wait_metric(&inbound, HANDSHAKES, &handshakes("closed"), 1.0).await;
+
+    // Certificates the server must refuse, each for its own reason.
+    let expired = {
+        let mut p = svid_params("expired");
+        p.not_before -= time::Duration::days(3);
+        p.not_after -= time::Duration::days(2);
+        p
+    };
+    let not_yet = {
+        let mut p = svid_params("future");
+        p.not_before += time::Duration::days(2);
+        p.not_after += time::Duration::days(3);
+        p
+    };
+    let no_spiffe_id = {
+        let mut p = svid_params("anonymous");
+        p.subject_alt_names = vec![rcgen::SanType::DnsName(
+            "anonymous.test".try_into().unwrap(),
+        )];
+        p
+    };
+    let other_ca = {
+        let other = TestPki::new();
+        other
+            .ca
+            .issue_with_key(&TestPki::id("stranger"), Duration::from_secs(3600))
+            .unwrap()
+            .0
+    };
+    let cases = [
+        (unchecked(&pki, expired), "expired"),
+        (unchecked(&pki, not_yet), "not_yet_valid"),
+        (unchecked(&pki, no_spiffe_id), "not_an_svid"),
+        (other_ca, "untrusted"),
+    ];
+    for (credentials, reason) in cases {
+        let attempt = tls_client(&pki, credentials, port, &b.id).await;
+        assert!(attempt.is_err(), "{reason}: the handshake was accepted");
+        wait_metric(&inbound, HANDSHAKES, &handshakes(reason), 1.0).await;
+        wait_logged(&inbound, &format!("reason={reason}")).await;
+    }
+
+    // No client certificate at all (openssl without -cert).
+    let hello = openssl_s_client(port, &pki, None).await;
+    assert!(
+        !hello.status.success() || !text(&hello).contains("HTTP/1.1 200"),
+        "{}",
+        text(&hello)
+    );
+    wait_metric(
+        &inbound,
+        HANDSHAKES,
+        &handshakes("no_client_certificate"),
+        1.0,
+    )
+    .await;
+
+    // Through all of it the listener kept serving a good client.
+    let (good, _) = pki
+        .ca
+        .issue_with_key(&TestPki::id("a"), Duration::from_secs(3600))
+        .unwrap();
+    // tls_client read the start of the answer, so the block has the request.
+    tls_client(&pki, good, port, &b.id).await.unwrap();
+    assert_eq!(
+        block.count(),
+        1,
+        "the good client's request reached the block"
+    );
+    wait_metric(&inbound, HANDSHAKES, &handshakes("ok"), 1.0).await;
+}
+
+/// The bytes of a real ClientHello (rustls's, captured off a socket).
+async fn client_hello(pki: &TestPki) -> Vec<u8> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (credentials, _) = pki
+        .ca
+        .issue_with_key(&TestPki::id("probe"), Duration::from_secs(60))
+        .unwrap();
+    let client = tokio::spawn({
+        let bundle = pki.ca.bundle().unwrap();
+        async move {
+            let store = IdentityStore::new();
+            store.install(credentials, bundle);
+            let config = store.client_config(TestPki::id("x"), &[]);
+            let stream = TcpStream::connect(addr).await.unwrap();
+            let _ = tokio_rustls::TlsConnector::from(config)
+                .connect(ServerName::IpAddress(addr.ip().into()), stream)
+                .await;
+        }
+    });
+    let (mut server, _) = listener.accept().await.unwrap();
+    let mut hello = vec![0u8; 4096];
+    let n = server.read(&mut hello).await.unwrap();
+    hello.truncate(n);
+    drop(server);
+    let _ = client.await;
+    assert_eq!(hello[0], 0x16, "a TLS handshake record");
+    hello
+}
+
+// ------------------------------------------------------ third-party tools
+
+fn text(output: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+async fn run(mut command: Command) -> Output {
+    let what = format!("{command:?}");
+    command.kill_on_drop(true);
+    harness::within_for(TOOL_TIMEOUT, &what, command.output())
+        .await
+        .unwrap_or_else(|e| panic!("{what}: {e}"))
+}
+
+/// `openssl s_client` to `port`, presenting `client` if given, verifying the
+/// server against the test CA; sends one HTTP/1.1 request.
+async fn openssl_s_client(
+    port: SocketAddr,
+    pki: &TestPki,
+    client: Option<&WorkloadFiles>,
+) -> Output {
+    let bundle = pki.dir().join("openssl-bundle.pem");
+    std::fs::write(&bundle, pki.bundle_pem()).unwrap();
+    let mut command = Command::new("openssl");
+    command
+        .args([
+            "s_client",
+            "-connect",
+            &port.to_string(),
+            "-tls1_3",
+            "-alpn",
+            "http/1.1",
+        ])
+        .args([
+            "-CAfile",
+            &bundle.display().to_string(),
+            "-verify_return_error",
+            "-ign_eof",
+        ])
+        .args(["-showcerts"]);
+    if let Some(files) = client {
+        command
+            .arg("-cert")
+            .arg(&files.certificate)
+            .arg("-key")
+            .arg(&files.private_key);
+    }
+    command.stdin(std::process::Stdio::piped());
+    command.stdout(std::process::Stdio::piped());
+    command.stderr(std::process::Stdio::piped());
+    command.kill_on_drop(true);
+    let mut child = command.spawn().expect("openssl runs");
+    let mut stdin = child.stdin.take().unwrap();
+    stdin
+        .write_all(b"GET /openssl HTTP/1.1\r\nhost: block\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    drop(stdin);
+    harness::within_for(TOOL_TIMEOUT, "openssl s_client", child.wait_with_output())
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn openssl_verifies_the_spiffe_id_the_sidecar_presents() {
+    let pki = TestPki::new();
+    let b = pki.workload("b");
+    let client = pki.workload("client");
+    let block = recording_upstream().await;
+    let inbound = inbound(&b, "STRICT", block.local_addr()).await;
+    let port = inbound.listener_address("in").unwrap();
+
+    let output = openssl_s_client(port, &pki, Some(&client)).await;
+    let said = text(&output);
+    assert!(said.contains("Verify return code: 0 (ok)"), "{said}");
+    assert!(said.contains("TLSv1.3"), "{said}");
+    assert!(said.contains("HTTP/1.1 200"), "{said}");
+    // The certificate the sidecar presented carries its SPIFFE ID.
+    let presented = leaf_pem(&said);
+    assert!(
+        !presented.is_empty(),
+        "-showcerts printed the chain: {said}"
+    );
+    let leaf = pki.dir().join("presented.pem");
+    std::fs::write(
+        &leaf,
+        format!("-----BEGIN CERTIFICATE-----{presented}-----END CERTIFICATE-----\n"),
+    )
+    .unwrap();
+    let mut x509 = Command::new("openssl");
+    x509.args(["x509", "-noout", "-ext", "subjectAltName", "-in"])
+        .arg(&leaf);
+    let san = text(&run(x509).await);
+    assert!(san.contains(&format!("URI:{}", b.id)), "{san}");
+    assert_eq!(
+        block.last().headers.get("x-forwarded-client-cert").unwrap(),
+        &format!("URI={}", client.id)
+    );
+}
+
+#[tokio::test]
+async fn curl_with_a_client_certificate_gets_through_and_without_one_does_not() {
+    let pki = TestPki::new();
+    let b = pki.workload_with("b", with_dns_name(BLOCK_HOST));
+    let client = pki.workload("client");
+    let block = recording_upstream().await;
+    let inbound = inbound(&b, "STRICT", block.local_addr()).await;
+    let port = inbound.listener_address("in").unwrap().port();
+
+    let curl = |cert: Option<&WorkloadFiles>, http2: bool| {
+        let mut command = Command::new("curl");
+        command
+            .args(["--silent", "--show-error", "--max-time", "10"])
+            .args(["--resolve", &format!("{BLOCK_HOST}:{port}:127.0.0.1")])
+            .arg("--cacert")
+            .arg(&b.trust_bundle)
+            .arg(if http2 { "--http2" } else { "--http1.1" })
+            .args(["--write-out", "\n%{http_version} %{http_code}"]);
+        if let Some(files) = cert {
+            command
+                .arg("--cert")
+                .arg(&files.certificate)
+                .arg("--key")
+                .arg(&files.private_key);
+        }
+        command.arg(format!("https://{BLOCK_HOST}:{port}/curl"));
+        command
+    };
+    for (http2, version) in [(false, "1.1"), (true, "2")] {
+        let output = run(curl(Some(&client), http2)).await;
+        assert!(output.status.success(), "{}", text(&output));
+        assert!(
+            text(&output).ends_with(&format!("{version} 200")),
+            "{}",
+            text(&output)
+        );
+        assert_eq!(
+            block.last().headers.get("x-forwarded-client-cert").unwrap(),
+            &format!("URI={}", client.id)
+        );
+    }
+    let refused = run(curl(None, false)).await;
+    assert!(!refused.status.success(), "{}", text(&refused));
+    wait_metric(
+        &inbound,
+        HANDSHAKES,
+        &handshakes("no_client_certificate"),
+        1.0,
+    )
+    .await;
+    assert_eq!(block.count(), 2);
+}
+
+// ------------------------------------------------------------ identity files
+
+#[tokio::test]
+async fn without_a_usable_certificate_the_sidecar_is_not_ready_and_says_why() {
+    let pki = TestPki::new();
+    // The key belongs to another certificate.
+    let good = pki.workload("b");
+    let wrong_key = KeyPair::generate().unwrap();
+    let leaf = std::fs::read(&good.certificate).unwrap();
+    let der = CertificateDer::from_pem_slice(&leaf);
+    let mismatched = pki.write(
+        "mismatched",
+        good.id.clone(),
+        &[der.unwrap().as_ref()],
+        &wrong_key,
+        &pki.bundle_pem(),
+    );
+    let block = recording_upstream().await;
+    let binary = process::binary(GRIDMESH_PROXY).unwrap();
+    let yaml = format!(
+        "admin: {{ address: \"127.0.0.1:0\" }}\n{}listeners:\n  - {{ name: in, address: \"127.0.0.1:0\", routeTable: rt, tlsMode: STRICT }}\nrouteTables:\n  - name: rt\n    virtualHosts: [{{ name: all, domains: [\"*\"], routes: [{{ name: all, route: {{ cluster: block }} }}] }}]\nclusters: [{{ name: block }}]\nendpoints: [{{ cluster: block, endpoints: [{{ address: \"{}\" }}] }}]\n",
+        mismatched.yaml(),
+        block.local_addr()
+    );
+    let mut proxy = ProxyProcess::spawn(&binary, "unready", ProxyConfig::Yaml(yaml)).unwrap();
+    proxy
+        .wait_for_line("identity files not taken", START_TIMEOUT)
+        .await
+        .unwrap();
+    proxy.wait_serving(START_TIMEOUT).await.unwrap();
+    let ready = proxy.admin_get("/ready").await.unwrap();
+    assert_eq!(ready.status, 503, "{}", ready.body);
+    assert!(
+        ready.body.contains("waiting for the workload certificate"),
+        "{}",
+        ready.body
+    );
+    wait_logged(&proxy, "the private key does not belong to the certificate").await;
+    let refused = [("result", "refused")];
+    assert_eq!(
+        metric(&proxy, "gridmesh_identity_updates_total", &refused).await,
+        Some(1.0)
+    );
+
+    // The right key arrives (as cert-manager would write it): ready.
+    std::fs::copy(&good.private_key, &mismatched.private_key).unwrap();
+    proxy.wait_ready(START_TIMEOUT).await.unwrap();
+    let installed = [("result", "installed")];
+    assert_eq!(
+        metric(&proxy, "gridmesh_identity_updates_total", &installed).await,
+        Some(1.0)
+    );
+}
+
+#[tokio::test]
+async fn rewritten_identity_files_are_presented_to_the_next_connection() {
+    let pki = TestPki::new();
+    let b = pki.workload("b");
+    let block = recording_upstream().await;
+    let inbound = inbound(&b, "STRICT", block.local_addr()).await;
+    let port = inbound.listener_address("in").unwrap();
+    let client = pki.workload("client");
+    let before = leaf_pem(&text(&openssl_s_client(port, &pki, Some(&client)).await));
+
+    pki.renew(&b);
+    let installed = [("result", "installed")];
+    wait_metric(&inbound, "gridmesh_identity_updates_total", &installed, 2.0).await;
+    let after = leaf_pem(&text(&openssl_s_client(port, &pki, Some(&client)).await));
+    assert!(!before.is_empty() && !after.is_empty());
+    assert_ne!(before, after, "the renewed certificate is presented");
+    assert_eq!(block.count(), 2, "both connections were served");
+}
+
+/// The first certificate `openssl s_client -showcerts` printed.
+fn leaf_pem(said: &str) -> String {
+    said.split("-----BEGIN CERTIFICATE-----")
+        .nth(1)
+        .and_then(|rest| rest.split("-----END CERTIFICATE-----").next())
+        .unwrap_or_default()
+        .to_string()
+}
