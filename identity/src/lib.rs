@@ -40,7 +40,7 @@ pub use spiffe::{SpiffeId, SpiffeIdError};
 pub use {
     ca::Authority,
     credentials::{Credentials, CredentialsError, TrustBundle},
-    store::{ALPN_H2, ALPN_HTTP11, IdentityStatus, IdentityStore},
+    store::{ALPN_H2, ALPN_HTTP11, ClientAuth, IdentityStatus, IdentityStore},
     svid::{SvidError, SvidInfo},
     verify::VerifyError,
 };

@@ -83,6 +83,13 @@ impl IdentityStore {
         self.generation.send_modify(|g| *g += 1);
     }
 
+    /// Takes a trust bundle alone: what a workload verifies the CA with
+    /// before it has a certificate of its own.
+    pub fn install_bundle(&self, bundle: TrustBundle) {
+        self.bundle.store(Some(Arc::new(bundle)));
+        self.generation.send_modify(|g| *g += 1);
+    }
+
     /// Records why new credentials were not taken; what is held stays.
     pub fn failed(&self, error: String) {
         *self.last_error.lock() = Some(error);
@@ -121,13 +128,19 @@ impl IdentityStore {
         }
     }
 
-    /// A TLS 1.3 server config that requires a client SVID and offers
-    /// `alpn` (most preferred first).
-    pub fn server_config(self: &Arc<Self>, alpn: &[&[u8]]) -> Arc<ServerConfig> {
+    /// A TLS 1.3 server config that asks for a client SVID (`client`
+    /// says whether one is required) and offers `alpn` (most preferred
+    /// first).
+    pub fn server_config(
+        self: &Arc<Self>,
+        alpn: &[&[u8]],
+        client: ClientAuth,
+    ) -> Arc<ServerConfig> {
+        let verifier = ClientSvidVerifier::new(self.clone(), client == ClientAuth::Required);
         let mut config = ServerConfig::builder_with_provider(Arc::new(provider()))
             .with_protocol_versions(&[&rustls::version::TLS13])
             .expect("ring supports TLS 1.3")
-            .with_client_cert_verifier(Arc::new(ClientSvidVerifier::new(self.clone())))
+            .with_client_cert_verifier(Arc::new(verifier))
             .with_cert_resolver(Arc::new(Presented(self.clone())));
         config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         Arc::new(config)
@@ -152,6 +165,16 @@ impl IdentityStore {
         config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         Arc::new(config)
     }
+}
+
+/// Whether a server requires clients to present an SVID.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientAuth {
+    /// mTLS only (sidecar listeners).
+    Required,
+    /// An SVID is verified when presented, and a client without one is let
+    /// in (the CA's first request authenticates with a token instead).
+    Optional,
 }
 
 /// Presents the store's current SVID, on either side of a handshake.

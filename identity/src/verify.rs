@@ -110,20 +110,25 @@ fn other(error: VerifyError) -> rustls::Error {
     rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(error))))
 }
 
-/// The inbound side's verifier: a client certificate is required, and any
-/// SVID that chains to the current bundle is accepted.
+/// The inbound side's verifier: any SVID that chains to the current bundle
+/// is accepted; whether a client must present one is the server's choice.
 #[derive(Debug)]
 pub struct ClientSvidVerifier {
     store: Arc<IdentityStore>,
+    mandatory: bool,
 }
 
 impl ClientSvidVerifier {
-    pub fn new(store: Arc<IdentityStore>) -> Self {
-        ClientSvidVerifier { store }
+    pub fn new(store: Arc<IdentityStore>, mandatory: bool) -> Self {
+        ClientSvidVerifier { store, mandatory }
     }
 }
 
 impl ClientCertVerifier for ClientSvidVerifier {
+    fn client_auth_mandatory(&self) -> bool {
+        self.mandatory
+    }
+
     fn root_hint_subjects(&self) -> &[DistinguishedName] {
         // No hints: a client presents its one SVID whatever the CA names.
         &[]

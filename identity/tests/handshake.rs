@@ -6,7 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use gridmesh_identity::{
-    ALPN_H2, ALPN_HTTP11, Authority, Credentials, CredentialsError, IdentityStore, SpiffeId,
+    ALPN_H2, ALPN_HTTP11, Authority, ClientAuth, Credentials, CredentialsError, IdentityStore,
+    SpiffeId,
 };
 use rcgen::KeyPair;
 use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
@@ -33,7 +34,8 @@ async fn handshake(
     server: &Arc<IdentityStore>,
 ) -> Result<(String, Option<Vec<u8>>), String> {
     let (a, b) = tokio::io::duplex(64 * 1024);
-    let acceptor = TlsAcceptor::from(server.server_config(&[ALPN_H2, ALPN_HTTP11]));
+    let acceptor =
+        TlsAcceptor::from(server.server_config(&[ALPN_H2, ALPN_HTTP11], ClientAuth::Required));
     let connector = TlsConnector::from(client.client_config(id(expected), &[ALPN_H2]));
     let name = ServerName::try_from("gridmesh.invalid").unwrap();
     let (accepted, connected) = tokio::join!(acceptor.accept(b), connector.connect(name, a));

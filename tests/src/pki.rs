@@ -78,7 +78,7 @@ impl TestPki {
         let chain = self.ca.issue(&files.id, &key, DAY).unwrap();
         let chain: String = chain.iter().map(|der| pem("CERTIFICATE", der)).collect();
         for (path, text) in [
-            (&files.private_key, key.serialize_pem()),
+            (&files.private_key, pem("PRIVATE KEY", &key.serialize_der())),
             (&files.certificate, chain),
         ] {
             let aside = path.with_extension("new");
@@ -107,7 +107,7 @@ impl TestPki {
         };
         let chain: String = chain.iter().map(|der| pem("CERTIFICATE", der)).collect();
         std::fs::write(&files.certificate, chain).unwrap();
-        std::fs::write(&files.private_key, key.serialize_pem()).unwrap();
+        std::fs::write(&files.private_key, pem("PRIVATE KEY", &key.serialize_der())).unwrap();
         std::fs::write(&files.trust_bundle, bundle_pem).unwrap();
         files
     }

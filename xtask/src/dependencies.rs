@@ -63,6 +63,10 @@ const KNOWN_DUPLICATES: &[(&str, &str)] = &[
         "syn",
         "async-trait (hickory) moved to syn 3; other macros are on 2",
     ),
+    (
+        "synstructure",
+        "x509-parser's asn1-rs-derive is on 0.13; icu's yoke-derive and zerofrom-derive on 0.14",
+    ),
 ];
 
 /// Crates that must not depend on a runtime, and what counts as one.

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use gridmesh_config::{Protocol, TlsMode};
 use gridmesh_identity::verify::{describe, reason};
-use gridmesh_identity::{ALPN_H2, ALPN_HTTP11, IdentityStore, SpiffeId, SvidInfo};
+use gridmesh_identity::{ALPN_H2, ALPN_HTTP11, ClientAuth, IdentityStore, SpiffeId, SvidInfo};
 use rustls::ClientConfig;
 use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
@@ -89,7 +89,9 @@ impl Terminator {
                     Protocol::Http2 => &[ALPN_H2],
                     Protocol::Tcp => &[],
                 };
-                Some(TlsAcceptor::from(store.server_config(alpn)))
+                Some(TlsAcceptor::from(
+                    store.server_config(alpn, ClientAuth::Required),
+                ))
             }
         };
         Terminator { mode, acceptor }
