@@ -227,7 +227,7 @@ fn strip_port(authority: &str) -> &str {
 }
 
 impl RouteMatcher {
-    fn matches(&self, path: &str, is_grpc: bool, headers: &HeaderMap) -> bool {
+    pub(crate) fn matches(&self, path: &str, is_grpc: bool, headers: &HeaderMap) -> bool {
         let path_ok = match &self.path {
             PathMatch::Any => true,
             PathMatch::Prefix(p) => path.starts_with(p.as_str()),

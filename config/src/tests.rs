@@ -325,6 +325,57 @@ fn listener() -> impl Strategy<Value = pb::Listener> {
         )
 }
 
+fn authorization_policy() -> impl Strategy<Value = pb::AuthorizationPolicy> {
+    use pb::peer_match::Peer;
+    let peer = prop_oneof![
+        spiffe_id().prop_map(|id| pb::PeerMatch {
+            peer: Some(Peer::Exact(id))
+        }),
+        "[a-z:/.]{0,16}".prop_map(|p| pb::PeerMatch {
+            peer: Some(Peer::Prefix(p))
+        }),
+        "[a-z./]{0,10}".prop_map(|td| pb::PeerMatch {
+            peer: Some(Peer::TrustDomain(td))
+        }),
+        any::<bool>().prop_map(|b| pb::PeerMatch {
+            peer: Some(Peer::Authenticated(b))
+        }),
+        Just(pb::PeerMatch { peer: None }),
+    ];
+    let request = (
+        prop_oneof![Just(Vec::new()), prop::collection::vec("[A-Z ]{0,6}", 0..2)],
+        prop_oneof![
+            Just(None),
+            name().prop_map(|service| Some(pb::GrpcMatch {
+                service,
+                method: String::new()
+            }))
+        ],
+    )
+        .prop_map(|(methods, grpc)| pb::RequestMatch {
+            methods,
+            grpc,
+            ..Default::default()
+        });
+    let rule = (
+        prop::collection::vec(peer, 0..3),
+        prop::collection::vec(request, 0..2),
+    )
+        .prop_map(|(peers, requests)| pb::AuthorizationRule { peers, requests });
+    (
+        name(),
+        prop::collection::vec(name(), 0..2),
+        enum_number(2),
+        prop::collection::vec(rule, 0..3),
+    )
+        .prop_map(|(name, listeners, action, rules)| pb::AuthorizationPolicy {
+            name,
+            listeners,
+            action,
+            rules,
+        })
+}
+
 fn bootstrap() -> impl Strategy<Value = Bootstrap> {
     (
         proptest::option::of(address().prop_map(|address| pb::Admin { address })),
@@ -340,9 +391,19 @@ fn bootstrap() -> impl Strategy<Value = Bootstrap> {
                 trust_bundle: "bundle.pem".into(),
             })),
         })),
+        prop::collection::vec(authorization_policy(), 0..3),
     )
         .prop_map(
-            |(admin, listeners, route_tables, clusters, endpoints, drain_timeout, identity)| {
+            |(
+                admin,
+                listeners,
+                route_tables,
+                clusters,
+                endpoints,
+                drain_timeout,
+                identity,
+                authorization_policies,
+            )| {
                 Bootstrap {
                     admin,
                     listeners,
@@ -352,6 +413,7 @@ fn bootstrap() -> impl Strategy<Value = Bootstrap> {
                     drain_timeout,
                     xds: None,
                     identity,
+                    authorization_policies,
                 }
             },
         )

@@ -19,6 +19,7 @@ use regex::Regex;
 use gridmesh_proto::resource::Kind;
 
 use super::{ConfigError, Origin, Problem, ResourceAt};
+use crate::authz::{ListenerAuthz, PeerMatcher, Policy, RequestMatcher, Rule};
 use crate::route::{
     GrpcMatch, HeaderMatchKind, HeaderMatcher, HeaderMutation, PathMatch, RetryPolicy, Route,
     RouteAction, RouteMatcher, RouteTable, Target, Timeouts, VirtualHost,
@@ -73,6 +74,8 @@ pub struct Snapshot {
     pub listeners: Vec<ListenerSpec>,
     pub route_tables: Vec<Arc<RouteTable>>,
     pub clusters: Vec<Arc<ClusterSpec>>,
+    /// The authorization policies of each listener that any policy selects.
+    pub authorization: HashMap<String, Arc<ListenerAuthz>>,
     /// Where this workload's certificate comes from; `None`: plaintext only.
     pub identity: Option<IdentitySource>,
 }
@@ -200,6 +203,17 @@ impl Checker {
             format!("{kind} {name:?}")
         };
         self.at = Some(ResourceAt { kind, index });
+    }
+
+    /// Starts checking a resource kind that only the bootstrap carries
+    /// (no xDS position to report).
+    fn enter_static(&mut self, kind: &str, index: usize, name: &str) {
+        self.resource = if name.is_empty() {
+            format!("{kind}[{index}]")
+        } else {
+            format!("{kind} {name:?}")
+        };
+        self.at = None;
     }
 
     fn problem(&mut self, field: impl Into<String>, message: impl Into<String>) {
@@ -402,6 +416,11 @@ fn build(
             ("drainTimeout", bootstrap.drain_timeout.is_some()),
             ("xds", bootstrap.xds.is_some()),
             ("identity", bootstrap.identity.is_some()),
+            // Not a resource kind the control plane serves yet.
+            (
+                "authorizationPolicies",
+                !bootstrap.authorization_policies.is_empty(),
+            ),
         ];
         for (field, _) in local.iter().filter(|(_, set)| *set) {
             c.problem(
@@ -492,6 +511,8 @@ fn build(
         has_identity,
     );
 
+    let authorization = authorization(&mut c, &bootstrap.authorization_policies, &listeners);
+
     if !c.problems.is_empty() {
         return Err(ConfigError {
             source: source.to_string(),
@@ -507,7 +528,159 @@ fn build(
         listeners,
         route_tables,
         clusters,
+        authorization,
         identity,
+    })
+}
+
+/// Each listener's policies, DENY and ALLOW apart. A policy naming a
+/// listener that does not exist (yet: over xDS it may come later) applies
+/// to nothing until it does.
+fn authorization(
+    c: &mut Checker,
+    policies: &[pb::AuthorizationPolicy],
+    listeners: &[ListenerSpec],
+) -> HashMap<String, Arc<ListenerAuthz>> {
+    use pb::authorization_policy::Action;
+    let mut names = HashSet::new();
+    let mut compiled = Vec::new();
+    for (i, p) in policies.iter().enumerate() {
+        c.enter_static("authorizationPolicy", i, &p.name);
+        c.unique(&mut names, "name", &p.name);
+        let Ok(action) = Action::try_from(p.action) else {
+            c.problem("action", format!("unknown value {}", p.action));
+            continue;
+        };
+        let rules = p
+            .rules
+            .iter()
+            .enumerate()
+            .map(|(r, rule)| authorization_rule(c, &format!("rules[{r}]"), rule))
+            .collect();
+        compiled.push((
+            p,
+            action,
+            Policy {
+                name: p.name.clone(),
+                rules,
+            },
+        ));
+    }
+    let mut by_listener = HashMap::new();
+    for listener in listeners {
+        let mut authz = ListenerAuthz::default();
+        for (p, action, policy) in &compiled {
+            if !p.listeners.is_empty() && !p.listeners.contains(&listener.name) {
+                continue;
+            }
+            match action {
+                Action::Deny => authz.deny.push(policy.clone()),
+                Action::Allow => authz
+                    .allow
+                    .get_or_insert_with(Vec::new)
+                    .push(policy.clone()),
+            }
+        }
+        if !authz.deny.is_empty() || authz.allow.is_some() {
+            by_listener.insert(listener.name.clone(), Arc::new(authz));
+        }
+    }
+    by_listener
+}
+
+fn authorization_rule(c: &mut Checker, field: &str, rule: &pb::AuthorizationRule) -> Rule {
+    use pb::peer_match::Peer;
+    let peers = rule
+        .peers
+        .iter()
+        .enumerate()
+        .filter_map(|(i, peer)| {
+            let field = format!("{field}.peers[{i}]");
+            match &peer.peer {
+                None => {
+                    c.problem(
+                        field,
+                        "names no peer (exact, prefix, trustDomain or authenticated)",
+                    );
+                    None
+                }
+                Some(Peer::Exact(id)) => match SpiffeId::parse(id) {
+                    Ok(id) => Some(PeerMatcher::Exact(id)),
+                    Err(e) => {
+                        c.problem(format!("{field}.exact"), e.to_string());
+                        None
+                    }
+                },
+                Some(Peer::Prefix(prefix)) if !prefix.starts_with("spiffe://") => {
+                    c.problem(format!("{field}.prefix"), "must start with \"spiffe://\"");
+                    None
+                }
+                Some(Peer::Prefix(prefix)) => Some(PeerMatcher::Prefix(prefix.clone())),
+                Some(Peer::TrustDomain(td)) => match SpiffeId::parse(&format!("spiffe://{td}")) {
+                    Ok(_) if !td.contains('/') => Some(PeerMatcher::TrustDomain(td.clone())),
+                    _ => {
+                        c.problem(
+                            format!("{field}.trustDomain"),
+                            format!("{td:?} is not a trust domain name"),
+                        );
+                        None
+                    }
+                },
+                Some(Peer::Authenticated(want)) => Some(PeerMatcher::Authenticated(*want)),
+            }
+        })
+        .collect();
+    let requests = rule
+        .requests
+        .iter()
+        .enumerate()
+        .filter_map(|(i, r)| request_matcher(c, &format!("{field}.requests[{i}]"), r))
+        .collect();
+    Rule { peers, requests }
+}
+
+fn request_matcher(c: &mut Checker, field: &str, r: &pb::RequestMatch) -> Option<RequestMatcher> {
+    use pb::request_match::PathSpecifier as RequestPath;
+    let path = match &r.path_specifier {
+        None => PathMatch::Any,
+        Some(RequestPath::Prefix(p)) => PathMatch::Prefix(p.clone()),
+        Some(RequestPath::Path(p)) => PathMatch::Exact(p.clone()),
+    };
+    let grpc = r.grpc.as_ref().map(|g| GrpcMatch {
+        service: g.service.clone(),
+        method: Some(g.method.clone()).filter(|m| !m.is_empty()),
+    });
+    if grpc.as_ref().is_some_and(|g| g.service.is_empty()) {
+        c.problem(format!("{field}.grpc.service"), "must not be empty");
+    }
+    let headers = r
+        .headers
+        .iter()
+        .enumerate()
+        .filter_map(|(i, h)| header_matcher(c, &format!("{field}.headers[{i}]"), h))
+        .collect();
+    let methods = r
+        .methods
+        .iter()
+        .enumerate()
+        .filter_map(|(i, m)| match http::Method::from_bytes(m.as_bytes()) {
+            Ok(method) => Some(method),
+            Err(_) => {
+                c.problem(
+                    format!("{field}.methods[{i}]"),
+                    format!("{m:?} is not an HTTP method"),
+                );
+                None
+            }
+        })
+        .collect();
+    Some(RequestMatcher {
+        matcher: RouteMatcher {
+            path,
+            grpc,
+            headers,
+        },
+        methods,
     })
 }
 

@@ -38,6 +38,11 @@ pub enum ProxyError {
     Draining,
     #[error("the listener was removed from the configuration and is draining")]
     ListenerRemoved,
+    /// An authorization policy refused the request. Which one, and why,
+    /// goes to the log and metrics only: a caller learns nothing about the
+    /// policies.
+    #[error("access denied")]
+    AccessDenied,
 }
 
 impl From<crate::cluster::SendError> for ProxyError {
@@ -70,6 +75,7 @@ impl ProxyError {
             ProxyError::BadGrpcTimeout => "bad_grpc_timeout",
             ProxyError::Draining => "draining",
             ProxyError::ListenerRemoved => "listener_removed",
+            ProxyError::AccessDenied => "access_denied",
         }
     }
 
@@ -77,6 +83,7 @@ impl ProxyError {
         match self {
             ProxyError::RouteNotFound => StatusCode::NOT_FOUND,
             ProxyError::BadGrpcTimeout => StatusCode::BAD_REQUEST,
+            ProxyError::AccessDenied => StatusCode::FORBIDDEN,
             ProxyError::UpstreamReset => StatusCode::BAD_GATEWAY,
             ProxyError::ResponseHeadersTimeout
             | ProxyError::IdleTimeout
@@ -95,6 +102,7 @@ impl ProxyError {
         match self {
             ProxyError::RouteNotFound => Code::Unimplemented,
             ProxyError::BadGrpcTimeout => Code::Internal,
+            ProxyError::AccessDenied => Code::PermissionDenied,
             ProxyError::RequestOverflow | ProxyError::PendingOverflow => Code::ResourceExhausted,
             ProxyError::ResponseHeadersTimeout
             | ProxyError::IdleTimeout

@@ -16,6 +16,7 @@ pub const GRPC_MESSAGE: &str = "grpc-message";
 pub enum Code {
     Internal = 13,
     DeadlineExceeded = 4,
+    PermissionDenied = 7,
     ResourceExhausted = 8,
     Unimplemented = 12,
     Unavailable = 14,
@@ -25,6 +26,7 @@ impl Code {
     pub fn header_value(self) -> HeaderValue {
         HeaderValue::from_static(match self {
             Code::DeadlineExceeded => "4",
+            Code::PermissionDenied => "7",
             Code::ResourceExhausted => "8",
             Code::Unimplemented => "12",
             Code::Internal => "13",

@@ -39,6 +39,7 @@ pub struct Metrics {
     protocol_detection_timeouts: IntCounterVec,
     local_replies: IntCounterVec,
     downstream_tls_handshakes: IntCounterVec,
+    access_denied: IntCounterVec,
     upstream_tls_handshake_errors: IntCounterVec,
     pub xds: XdsMetrics,
     identity_expiry: IntGaugeVec,
@@ -112,6 +113,8 @@ pub struct ListenerMetrics {
     local_replies: ResolvedCounters<&'static str>,
     /// TLS handshakes by result: `ok`, or why it failed.
     tls_handshakes: ResolvedCounters<&'static str>,
+    access_denied: IntCounterVec,
+    name: String,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -243,6 +246,12 @@ impl Default for Metrics {
                 "TLS handshakes on listeners by result: ok, or why the connection was refused (untrusted, expired, not_yet_valid, not_an_svid, no_client_certificate, not_tls, timeout, closed, ...).",
                 &["listener", "result"],
             ),
+            access_denied: counter(
+                &r,
+                "authorization_denied_total",
+                "Requests refused by authorization policies, by listener and the DENY policy that matched (empty: no ALLOW policy matched).",
+                &["listener", "policy"],
+            ),
             upstream_tls_handshake_errors: counter(
                 &r,
                 "upstream_tls_handshake_errors_total",
@@ -332,6 +341,8 @@ impl Metrics {
             detection_timeouts: self.protocol_detection_timeouts.with_label_values(l),
             local_replies: ResolvedCounters::new(&self.local_replies, listener),
             tls_handshakes: ResolvedCounters::new(&self.downstream_tls_handshakes, listener),
+            access_denied: self.access_denied.clone(),
+            name: listener.to_string(),
         }
     }
 
@@ -371,6 +382,7 @@ impl Metrics {
         remove_series(&self.protocol_detection_timeouts, label);
         remove_series(&self.local_replies, label);
         remove_series(&self.downstream_tls_handshakes, label);
+        remove_series(&self.access_denied, label);
     }
 
     pub fn encode(&self) -> String {
@@ -431,6 +443,14 @@ impl ListenerMetrics {
     pub fn local_reply(&self, reason: &'static str) {
         self.local_replies
             .inc(reason, |reason| vec![reason.to_string()]);
+    }
+
+    /// Counts a denied request. Denials are the exception, so the series is
+    /// looked up when one happens rather than resolved ahead.
+    pub fn access_denied(&self, policy: &str) {
+        self.access_denied
+            .with_label_values(&[self.name.as_str(), policy])
+            .inc();
     }
 
     pub fn tls_handshake(&self, result: &'static str) {

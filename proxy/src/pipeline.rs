@@ -4,14 +4,16 @@
 //! 1. **filter**  — the listener's filters see the request head first
 //!    ([`crate::filter`]): they may change it (and so its routing), answer
 //!    locally, or pause.
-//! 2. **route**   — the runtime the request is served with from start to
+//! 2. **authorize** — the listener's authorization policies (DENY, then
+//!    ALLOW) against the caller's SPIFFE ID and the request head.
+//! 3. **route**   — the runtime the request is served with from start to
 //!    end; the listener's route table picks a route and its cluster.
-//! 3. **prepare** — the deadline (route max duration, client `grpc-timeout`),
+//! 4. **prepare** — the deadline (route max duration, client `grpc-timeout`),
 //!    who the mTLS caller was (`x-forwarded-client-cert`), the route's
 //!    request-header mutations, hop-by-hop headers dropped.
-//! 4. **call**    — the cluster call ([`crate::call`]): admission, pick,
+//! 5. **call**    — the cluster call ([`crate::call`]): admission, pick,
 //!    connect, timeouts, retries.
-//! 5. **respond** — hop-by-hop headers dropped, the route's response-header
+//! 6. **respond** — hop-by-hop headers dropped, the route's response-header
 //!    mutations, response filters in reverse order, and the body wrapped to
 //!    enforce the stream's limits and account for it when it ends.
 //!
@@ -37,7 +39,9 @@ use crate::grpc;
 use crate::headers;
 use crate::runtime::Runtime;
 use crate::transport::ConnectionContext;
+use gridmesh_config::authz::{Denial, ListenerAuthz};
 use gridmesh_config::route::Route;
+use gridmesh_identity::SpiffeId;
 
 /// Serves one downstream request. `connection` keeps the downstream
 /// connection counted as busy until the response stream ends.
@@ -88,30 +92,35 @@ async fn forward(
         body = filters.watch(body, Direction::Request);
     }
 
-    // 2. route — this snapshot serves the request to the end, whatever
-    // config arrives meanwhile.
+    // 2. authorize — with the snapshot that then serves the request to the
+    // end, whatever config arrives meanwhile.
     let runtime = runtime.load_full();
+    let peer = parts
+        .extensions
+        .get::<Arc<ConnectionContext>>()
+        .and_then(|c| c.peer_identity.clone());
+    if let Some(authz) = runtime.snapshot.authorization.get(&*listener.name) {
+        authorize(authz, &parts, peer.as_ref(), listener)?;
+    }
+
+    // 3. route
     let table = runtime
         .route_table(&listener.name)
         .ok_or(ProxyError::ListenerRemoved)?;
     let route = table.route(&parts).ok_or(ProxyError::RouteNotFound)?;
     let cluster = runtime.clusters[route.action.target.pick()].clone();
 
-    // 3. prepare
+    // 4. prepare
     let policy = CallPolicy {
         deadline: deadline(&parts, grpc, route, start)?,
         response_headers_timeout: route.action.timeouts.response_headers,
         retry: route.action.retry.as_ref(),
     };
-    let peer = parts
-        .extensions
-        .get::<Arc<ConnectionContext>>()
-        .and_then(|c| c.peer_identity.clone());
     headers::set_forwarded_client_cert(&mut parts.headers, peer.as_ref());
     route.request_headers.apply(&mut parts.headers);
     headers::strip_hop_by_hop(&mut parts.headers);
 
-    // 4. call
+    // 5. call
     let Answer {
         response,
         in_flight,
@@ -123,7 +132,7 @@ async fn forward(
         .response_headers
         .observe(start.elapsed().as_secs_f64());
 
-    // 5. respond
+    // 6. respond
     let (mut rparts, rbody) = response.into_parts();
     headers::strip_hop_by_hop(&mut rparts.headers);
     route.response_headers.apply(&mut rparts.headers);
@@ -152,6 +161,33 @@ async fn forward(
         body = filters.watch(body, Direction::Response);
     }
     Ok(Response::from_parts(rparts, body))
+}
+
+/// Refuses a request the listener's policies do not allow, saying why in
+/// the log and the metric only.
+fn authorize(
+    authz: &ListenerAuthz,
+    parts: &http::request::Parts,
+    peer: Option<&SpiffeId>,
+    listener: &ListenerContext,
+) -> Result<(), ProxyError> {
+    let Err(denial) = authz.check(parts, peer) else {
+        return Ok(());
+    };
+    let policy = match denial {
+        Denial::Denied { policy } => policy,
+        Denial::NotAllowed => "",
+    };
+    listener.metrics.access_denied(policy);
+    tracing::info!(
+        listener = %listener.name,
+        peer = %peer.map_or("(plaintext)", |p| p.as_str()),
+        method = %parts.method,
+        path = %parts.uri.path(),
+        policy = %if policy.is_empty() { "(no ALLOW policy matched)" } else { policy },
+        "request denied by authorization policy"
+    );
+    Err(ProxyError::AccessDenied)
 }
 
 /// The request's deadline: the route's max duration and the client's

@@ -37,10 +37,20 @@ async fn sidecar(name: &str, yaml: String) -> ProxyProcess {
 
 /// The block's inbound sidecar: listener `in` with `mode`, to `upstream`.
 async fn inbound(files: &WorkloadFiles, mode: &str, upstream: SocketAddr) -> ProxyProcess {
+    inbound_with(files, mode, upstream, "").await
+}
+
+/// [`inbound`] with more bootstrap (authorization policies).
+async fn inbound_with(
+    files: &WorkloadFiles,
+    mode: &str,
+    upstream: SocketAddr,
+    more: &str,
+) -> ProxyProcess {
     sidecar(
         "inbound",
         format!(
-            r#"{identity}
+            r#"{identity}{more}
 listeners:
   - {{ name: in, address: "127.0.0.1:0", direction: INBOUND, routeTable: rt, tlsMode: {mode} }}
 routeTables:
@@ -653,4 +663,154 @@ fn leaf_pem(said: &str) -> String {
         .and_then(|rest| rest.split("-----END CERTIFICATE-----").next())
         .unwrap_or_default()
         .to_string()
+}
+
+// ------------------------------------------------------------ authorization
+
+const POLICIES: &str = r#"
+authorizationPolicies:
+  - name: deny-admin-to-b
+    action: DENY
+    rules: [{ peers: [{ exact: "spiffe://gridmesh.test/ns/test/sa/b" }], requests: [{ prefix: /admin }] }]
+  - name: deny-unload
+    action: DENY
+    rules: [{ requests: [{ grpc: { service: inference.GRPCInferenceService, method: RepositoryModelUnload } }] }]
+  - name: mesh-callers
+    action: ALLOW
+    listeners: [in]
+    rules:
+      - peers: [{ trustDomain: gridmesh.test }]
+        requests:
+          - { prefix: /public, methods: [GET, HEAD] }
+          - { prefix: /admin }
+          - { grpc: { service: inference.GRPCInferenceService } }
+  - name: probes
+    action: ALLOW
+    rules: [{ peers: [{ authenticated: false }], requests: [{ path: /health }] }]
+"#;
+
+/// A gRPC-shaped request (the recording block answers grpc-status 0).
+fn grpc(method: &str) -> http::Request<gridmesh_tests::harness::Body> {
+    let mut req = harness::get(
+        "block",
+        &format!("/inference.GRPCInferenceService/{method}"),
+    );
+    *req.method_mut() = http::Method::POST;
+    let headers = req.headers_mut();
+    headers.insert("content-type", "application/grpc".parse().unwrap());
+    headers.insert("te", "trailers".parse().unwrap());
+    req
+}
+
+#[tokio::test]
+async fn authorization_matrix_of_identity_method_and_deny_allow() {
+    let pki = TestPki::new();
+    let (a, b, block_files) = (pki.workload("a"), pki.workload("b"), pki.workload("block"));
+    let block = recording_upstream().await;
+    let inbound = inbound_with(&block_files, "PERMISSIVE", block.local_addr(), POLICIES).await;
+    let port = inbound.listener_address("in").unwrap();
+    let via_a = outbound(&a, port, &block_files.id).await;
+    let via_b = outbound(&b, port, &block_files.id).await;
+    let (a_out, b_out) = (
+        via_a.listener_address("out").unwrap(),
+        via_b.listener_address("out").unwrap(),
+    );
+
+    let http = |method: &str, path: &str| {
+        let mut req = harness::get("block", path);
+        *req.method_mut() = method.parse().unwrap();
+        req
+    };
+    // (who, request, expected status)
+    let cases = [
+        ("a", a_out, http("GET", "/public/x"), 200),
+        ("a", a_out, http("POST", "/public/x"), 403),
+        ("a", a_out, http("GET", "/admin"), 200),
+        ("b", b_out, http("GET", "/admin"), 403),
+        ("b", b_out, http("HEAD", "/public/x"), 200),
+        ("a", a_out, http("GET", "/health"), 403),
+        ("plaintext", port, http("GET", "/health"), 200),
+        ("plaintext", port, http("GET", "/public/x"), 403),
+        ("a", a_out, http("GET", "/elsewhere"), 403),
+    ];
+    let mut allowed = 0;
+    for (who, entry, req, want) in cases {
+        let what = format!("{who} {} {}", req.method(), req.uri());
+        let reply = http1_client().request(entry, req).await;
+        assert_eq!(reply.status, want, "{what}: {}", reply.text());
+        if want == 403 {
+            assert_eq!(reply.error(), Some("access_denied"), "{what}");
+            // Neither the policy nor the reason reaches the caller.
+            assert_eq!(reply.text(), "access denied\n", "{what}");
+        } else {
+            allowed += 1;
+        }
+    }
+    assert_eq!(
+        block.count(),
+        allowed,
+        "denied requests never reach the block"
+    );
+
+    // gRPC: allowed by the mesh policy, except the method DENY names.
+    let ok = h2c_client().request(a_out, grpc("ModelInfer")).await;
+    assert_eq!(ok.header("grpc-status"), Some("0"), "{:?}", ok.headers);
+    let denied = h2c_client()
+        .request(a_out, grpc("RepositoryModelUnload"))
+        .await;
+    assert_eq!(denied.status, 200, "trailers-only gRPC error");
+    assert_eq!(
+        denied.header("grpc-status"),
+        Some("7"),
+        "{:?}",
+        denied.headers
+    );
+    assert_eq!(denied.error(), Some("access_denied"));
+
+    let denials = |policy: &'static str| [("listener", "in"), ("policy", policy)];
+    let count = "gridmesh_authorization_denied_total";
+    assert_eq!(
+        metric(&inbound, count, &denials("deny-admin-to-b")).await,
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(&inbound, count, &denials("deny-unload")).await,
+        Some(1.0)
+    );
+    assert_eq!(metric(&inbound, count, &denials("")).await, Some(4.0));
+    wait_logged(&inbound, "policy=deny-admin-to-b").await;
+    wait_logged(&inbound, "peer=spiffe://gridmesh.test/ns/test/sa/b").await;
+}
+
+#[tokio::test]
+async fn bad_authorization_policies_are_refused_with_their_field() {
+    let binary = process::binary(GRIDMESH_PROXY).unwrap();
+    let yaml = r#"
+admin: { address: "127.0.0.1:0" }
+listeners: [{ name: in, address: "127.0.0.1:0", routeTable: rt }]
+routeTables: [{ name: rt, virtualHosts: [{ name: all, domains: ["*"], routes: [{ name: all, route: { cluster: c } }] }] }]
+clusters: [{ name: c }]
+authorizationPolicies:
+  - name: p
+    rules:
+      - peers: [{ exact: "https://not-spiffe" }, { prefix: "gridmesh.test/" }, {}]
+        requests: [{ methods: ["GE T"], grpc: { service: "" } }]
+  - name: p
+"#;
+    let mut proxy =
+        ProxyProcess::spawn(&binary, "bad-policy", ProxyConfig::Yaml(yaml.into())).unwrap();
+    let status = proxy.wait_exit(START_TIMEOUT).await.unwrap();
+    assert_eq!(status.code(), Some(64));
+    let said = process::strip_ansi(&proxy.output());
+    for expected in [
+        "authorizationPolicy \"p\": rules[0].peers[0].exact",
+        "must start with \"spiffe://\"",
+        "rules[0].peers[1].prefix: must start with \"spiffe://\"",
+        "rules[0].peers[2]: names no peer",
+        "rules[0].requests[0].methods[0]: \"GE T\" is not an HTTP method",
+        "rules[0].requests[0].grpc.service: must not be empty",
+        "duplicate name \"p\"",
+    ] {
+        assert!(said.contains(expected), "{expected:?} not in\n{said}");
+    }
 }

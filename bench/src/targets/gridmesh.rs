@@ -80,5 +80,6 @@ fn bootstrap(hop: &HopPlan) -> Bootstrap {
         }),
         xds: None,
         identity: None,
+        authorization_policies: Vec::new(),
     }
 }
