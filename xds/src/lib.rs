@@ -8,6 +8,7 @@
 #![deny(clippy::unwrap_used)]
 
 mod admin;
+pub mod ca;
 mod clients;
 mod metrics;
 mod reload;
@@ -15,6 +16,7 @@ mod server;
 mod snapshot;
 pub mod source;
 pub mod status;
+mod tls;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -22,6 +24,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures_util::StreamExt as _;
 use tokio::net::TcpSocket;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -56,6 +59,9 @@ pub struct Options {
     pub admin_addr: SocketAddr,
     /// How often the directory is re-read even without change events.
     pub resync: Duration,
+    /// The certificate authority; with it the xDS port speaks TLS and xDS
+    /// streams need a workload certificate.
+    pub ca: Option<ca::CaOptions>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -64,6 +70,8 @@ pub enum StartError {
     Config(Rejected),
     #[error("cannot watch the config directory {dir}: {source}")]
     Watch { dir: PathBuf, source: notify::Error },
+    #[error("cannot open the CA: {0}")]
+    Ca(#[from] ca::CaError),
     #[error("cannot listen for {what} on {addr}: {source}")]
     Bind {
         what: &'static str,
@@ -82,6 +90,8 @@ pub(crate) struct Shared {
     /// The xDS server is accepting streams.
     pub listening: AtomicBool,
     pub shutdown: CancellationToken,
+    /// xDS streams must come over mTLS (there is a CA to get a certificate from).
+    pub xds_needs_identity: bool,
 }
 
 /// A running control plane.
@@ -141,7 +151,14 @@ impl ControlPlane {
             metrics,
             listening: AtomicBool::new(false),
             shutdown: CancellationToken::new(),
+            xds_needs_identity: options.ca.is_some(),
         });
+        let ca = options.ca.map(ca::Ca::open).transpose()?.map(Arc::new);
+        let incoming = match &ca {
+            None => tls::plain(xds).boxed(),
+            Some(ca) => tls::secured(xds, ca.serving_identity()?, shared.clone()).boxed(),
+        };
+        let ca_service = ca.map(|ca| ca::service(ca, shared.clone()));
         let reloads = tokio::spawn(reload::run(shared.clone(), dir, watcher, fingerprint));
         let grpc = tokio::spawn({
             let shared = shared.clone();
@@ -151,10 +168,12 @@ impl ControlPlane {
                     .http2_keepalive_interval(Some(Duration::from_secs(30)))
                     .http2_keepalive_timeout(Some(Duration::from_secs(10)))
                     .add_service(server::service(shared.clone()))
+                    .add_optional_service(ca_service)
                     .serve_with_incoming_shutdown(
-                        // Sets TCP_NODELAY (tonic ignores its own setting
-                        // with an incoming stream) and waits out EMFILE.
-                        gridmesh_net::incoming(xds, "xDS"),
+                        // gridmesh_net's accept loop sets TCP_NODELAY (tonic
+                        // ignores its own setting with an incoming stream)
+                        // and waits out EMFILE.
+                        incoming,
                         shared.shutdown.clone().cancelled_owned(),
                     )
                     .await;

@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use clap::{Parser, Subcommand};
+use gridmesh_xds::ca::tokens::Grant;
+use gridmesh_xds::ca::{Ca, CaOptions};
 use gridmesh_xds::{ControlPlane, EXIT_INVALID_CONFIG, Options, StartError, StatusView, status};
 use http_body_util::{BodyExt as _, Empty};
 use hyper_util::client::legacy::Client;
@@ -34,6 +36,22 @@ enum Command {
         #[arg(long, default_value = "http://127.0.0.1:15014")]
         admin: String,
     },
+    /// Print a bootstrap token for one namespace and service account: what
+    /// a workload outside Kubernetes presents to get its first certificate.
+    Token {
+        /// The CA's directory (the one `serve --ca-dir` uses; made if new).
+        #[arg(long, env = "GRIDMESH_CA_DIR")]
+        ca_dir: PathBuf,
+        #[arg(long, default_value = "gridmesh.local")]
+        trust_domain: String,
+        #[arg(long)]
+        namespace: String,
+        #[arg(long)]
+        service_account: String,
+        /// How long the token may be used for a first certificate.
+        #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+        valid_for: Duration,
+    },
 }
 
 #[derive(Parser)]
@@ -43,7 +61,7 @@ struct Serve {
     /// names starting with "." are skipped, symlinks are followed.
     #[arg(long, env = "GRIDMESH_CONFIG_DIR")]
     config_dir: PathBuf,
-    /// xDS (gRPC, plaintext h2c for now) listen address.
+    /// xDS (gRPC) listen address; TLS when there is a CA.
     #[arg(long, env = "GRIDMESH_XDS_ADDRESS", default_value = "0.0.0.0:15012")]
     xds_address: SocketAddr,
     /// Admin HTTP listen address: /status, /ready, /metrics.
@@ -60,6 +78,20 @@ struct Serve {
     /// Log filter, e.g. `info` or `gridmesh_xds=debug`.
     #[arg(long, env = "GRIDMESH_LOG", default_value = "info")]
     log: String,
+    /// Run the certificate authority, keeping its key, certificate and
+    /// token key in this directory (a self-signed root is made there when
+    /// it holds none). With it the xDS port speaks TLS.
+    #[arg(long, env = "GRIDMESH_CA_DIR")]
+    ca_dir: Option<PathBuf>,
+    /// The trust domain of the identities the CA signs.
+    #[arg(long, env = "GRIDMESH_TRUST_DOMAIN", default_value = "gridmesh.local")]
+    trust_domain: String,
+    /// How long a workload certificate lives when the request names nothing.
+    #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+    svid_lifetime: Duration,
+    /// The longest a workload certificate may be asked to live.
+    #[arg(long, default_value = "7d", value_parser = humantime::parse_duration)]
+    max_svid_lifetime: Duration,
 }
 
 fn main() -> ExitCode {
@@ -83,6 +115,38 @@ fn main() -> ExitCode {
             runtime.block_on(run(serve))
         }
         Command::Status { admin } => runtime.block_on(print_status(&admin)),
+        Command::Token {
+            ca_dir,
+            trust_domain,
+            namespace,
+            service_account,
+            valid_for,
+        } => {
+            let options = CaOptions {
+                dir: ca_dir,
+                trust_domain,
+                default_lifetime: Duration::from_secs(86_400),
+                max_lifetime: Duration::from_secs(86_400),
+            };
+            let grant = Grant {
+                namespace,
+                service_account,
+            };
+            match Ca::open(options).map(|ca| ca.tokens.issue(&grant, valid_for)) {
+                Ok(Ok(token)) => {
+                    println!("{token}");
+                    ExitCode::SUCCESS
+                }
+                Ok(Err(e)) => {
+                    eprintln!("{e}");
+                    ExitCode::from(2)
+                }
+                Err(e) => {
+                    eprintln!("{e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
     }
 }
 
@@ -102,6 +166,12 @@ async fn run(args: Serve) -> ExitCode {
         xds_addr: args.xds_address,
         admin_addr: args.admin_address,
         resync: args.resync,
+        ca: args.ca_dir.map(|dir| CaOptions {
+            dir,
+            trust_domain: args.trust_domain,
+            default_lifetime: args.svid_lifetime,
+            max_lifetime: args.max_svid_lifetime,
+        }),
     };
     let control = match ControlPlane::start(options).await {
         Ok(control) => control,

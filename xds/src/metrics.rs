@@ -14,6 +14,8 @@ pub struct Metrics {
     reloads: IntCounterVec,
     config: IntGaugeVec,
     problems: IntGauge,
+    certificates: IntCounterVec,
+    handshakes: IntCounterVec,
 }
 
 impl Default for Metrics {
@@ -72,6 +74,16 @@ impl Default for Metrics {
                 "The served config's version (the gauge is 1)",
                 &["version"],
             ),
+            certificates: counter_vec(
+                "gridmesh_control_ca_requests_total",
+                "Certificate requests by result: signed, or why refused (unauthenticated, not_yours, malformed, internal)",
+                &["result"],
+            ),
+            handshakes: counter_vec(
+                "gridmesh_control_tls_handshake_errors_total",
+                "Failed TLS handshakes on the xDS/CA port, by reason",
+                &["reason"],
+            ),
             problems,
             registry,
         }
@@ -113,6 +125,18 @@ impl Metrics {
     pub fn config_rejected(&self, problems: usize) {
         self.problems
             .set(i64::try_from(problems).unwrap_or(i64::MAX));
+    }
+
+    pub fn ca_signed(&self) {
+        self.certificates.with_label_values(&["signed"]).inc();
+    }
+
+    pub fn ca_refused(&self, reason: &str) {
+        self.certificates.with_label_values(&[reason]).inc();
+    }
+
+    pub fn tls_handshake_failed(&self, reason: &str) {
+        self.handshakes.with_label_values(&[reason]).inc();
     }
 
     pub fn encode(&self) -> String {

@@ -31,6 +31,7 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::Shared;
 use crate::clients::{ClientHandle, Nack, Protocol, Subscribed, TypeView, timestamp};
 use crate::snapshot::Snapshot;
+use crate::tls::PeerIdentity;
 
 /// Responses queued per stream beyond the one being written.
 const OUTBOUND_QUEUE: usize = 2;
@@ -66,6 +67,7 @@ impl AggregatedDiscoveryService for Ads {
         &self,
         request: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
+        self.admit(&request)?;
         Ok(Response::new(self.start(request, sotw::State::default())))
     }
 
@@ -73,11 +75,28 @@ impl AggregatedDiscoveryService for Ads {
         &self,
         request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
+        self.admit(&request)?;
         Ok(Response::new(self.start(request, delta::State::default())))
     }
 }
 
 impl Ads {
+    /// With a CA, configuration goes only to workloads that proved an
+    /// identity with their certificate (it names every endpoint and policy
+    /// of the mesh).
+    fn admit<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        let proved = matches!(
+            request.extensions().get::<PeerIdentity>(),
+            Some(PeerIdentity(Some(_)))
+        );
+        if self.shared.xds_needs_identity && !proved {
+            return Err(Status::unauthenticated(
+                "xDS needs a workload certificate: get one from the CA on this port first",
+            ));
+        }
+        Ok(())
+    }
+
     fn start<S: StreamState>(
         &self,
         request: Request<Streaming<S::Request>>,

@@ -186,3 +186,45 @@ async fn serve_logs_rejected_changes_and_exits_0_on_sigterm() {
     let end = tokio::time::timeout(Duration::from_secs(2), client.closed()).await;
     assert!(end.is_ok(), "stream still open after exit");
 }
+
+#[test]
+fn token_prints_a_token_the_ca_accepts_and_refuses_bad_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca_dir = dir.path().join("ca");
+    let token = |namespace: &str| {
+        Command::new(BIN)
+            .arg("token")
+            .arg("--ca-dir")
+            .arg(&ca_dir)
+            .args(["--namespace", namespace, "--service-account", "classifier"])
+            .output()
+            .expect("runs")
+    };
+    let out = token("blocks");
+    let printed = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(printed.starts_with("gm1.blocks.classifier."), "{printed}");
+    // The CA the directory now holds (made by the first call) accepts it.
+    let options = gridmesh_xds::ca::CaOptions {
+        dir: ca_dir.clone(),
+        trust_domain: "gridmesh.local".into(),
+        default_lifetime: Duration::from_secs(60),
+        max_lifetime: Duration::from_secs(60),
+    };
+    let ca = gridmesh_xds::ca::Ca::open(options).unwrap();
+    let grant = ca
+        .tokens
+        .verify(&printed, std::time::SystemTime::now())
+        .unwrap();
+    assert_eq!(grant.service_account, "classifier");
+
+    let out = token("Not.A.Namespace");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("is not a namespace or service-account name")
+    );
+}

@@ -118,6 +118,7 @@ pub fn options(dir: &Path) -> Options {
         admin_addr: "127.0.0.1:0".parse().expect("addr"),
         // Tests rely on change events, not on the periodic re-read.
         resync: Duration::from_secs(3600),
+        ca: None,
     }
 }
 
