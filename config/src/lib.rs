@@ -28,8 +28,8 @@ use gridmesh_proto::config::Bootstrap;
 use gridmesh_proto::resource::Kind;
 
 pub use validate::{
-    Carryover, ClusterSpec, EndpointAddress, EndpointSpec, IdentitySource, ListenerSpec, Protocol,
-    Snapshot, TlsMode, build_snapshot, rebuild_snapshot, validate_served,
+    Carryover, ClusterSpec, ControlPlaneIdentity, EndpointAddress, EndpointSpec, IdentitySource,
+    ListenerSpec, Protocol, Snapshot, TlsMode, build_snapshot, rebuild_snapshot, validate_served,
 };
 
 /// Exit status for invalid configuration (EX_USAGE / EX_DATAERR family).

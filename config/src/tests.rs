@@ -617,6 +617,7 @@ fn the_xds_address_must_be_host_and_port() {
         b.xds = Some(pb::Xds {
             address: address.into(),
             listeners: vec![],
+            identity: String::new(),
         });
         let result = build_snapshot(b, "xds.yaml");
         assert_eq!(result.is_ok(), valid, "{address:?}: {:?}", result.err());

@@ -45,6 +45,7 @@ const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// the pool, not the server, closes idle connections.
 const DEFAULT_IDLE_CONNECTION: Duration = Duration::from_secs(30);
 const DEFAULT_DNS_MIN_REFRESH: Duration = Duration::from_secs(1);
+const DEFAULT_SVID_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 const DEFAULT_CIRCUIT_LIMIT: u32 = 1024;
 const DEFAULT_RETRY_PERCENT: u32 = 20;
 const DEFAULT_MIN_RETRIES_PER_SECOND: u32 = 10;
@@ -83,6 +84,16 @@ pub struct Snapshot {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum IdentitySource {
     Files(IdentityFiles),
+    ControlPlane(ControlPlaneIdentity),
+}
+
+/// A certificate from the control plane's CA.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ControlPlaneIdentity {
+    pub id: SpiffeId,
+    pub token_file: std::path::PathBuf,
+    pub trust_bundle: std::path::PathBuf,
+    pub lifetime: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -446,7 +457,17 @@ fn build(
     let identity = bootstrap
         .identity
         .as_ref()
-        .and_then(|i| identity(&mut c, i));
+        .and_then(|i| identity(&mut c, i, bootstrap.xds.as_ref()));
+    if let Some(xds) = &bootstrap.xds
+        && !xds.identity.is_empty()
+    {
+        if bootstrap.identity.is_none() {
+            c.problem("xds.identity", NEEDS_IDENTITY);
+        }
+        if let Err(e) = SpiffeId::parse(&xds.identity) {
+            c.problem("xds.identity", e.to_string());
+        }
+    }
     // What the control plane serves is checked without a sidecar's
     // bootstrap: whether that sidecar has an identity is its own check.
     let has_identity = scope == Scope::ControlPlane || identity.is_some();
@@ -688,7 +709,11 @@ fn request_matcher(c: &mut Checker, field: &str, r: &pb::RequestMatch) -> Option
 const NEEDS_IDENTITY: &str =
     "needs the sidecar's own identity (bootstrap `identity`), which is not configured";
 
-fn identity(c: &mut Checker, identity: &pb::Identity) -> Option<IdentitySource> {
+fn identity(
+    c: &mut Checker,
+    identity: &pb::Identity,
+    xds: Option<&pb::Xds>,
+) -> Option<IdentitySource> {
     use pb::identity::Source;
     match &identity.source {
         None => {
@@ -706,6 +731,38 @@ fn identity(c: &mut Checker, identity: &pb::Identity) -> Option<IdentitySource> 
                 certificate: path("certificate", &files.certificate),
                 private_key: path("privateKey", &files.private_key),
                 trust_bundle: path("trustBundle", &files.trust_bundle),
+            }))
+        }
+        Some(Source::ControlPlane(cp)) => {
+            if xds.is_none_or(|x| x.identity.is_empty()) {
+                c.problem(
+                    "identity.controlPlane",
+                    "needs `xds` with the control plane's `identity` (the CA is reached over TLS on the xDS address)",
+                );
+            }
+            for (field, value) in [
+                ("tokenFile", &cp.token_file),
+                ("trustBundle", &cp.trust_bundle),
+            ] {
+                if value.is_empty() {
+                    c.problem(format!("identity.controlPlane.{field}"), "must name a file");
+                }
+            }
+            let lifetime = c
+                .positive("identity.controlPlane.lifetime", cp.lifetime.as_ref())
+                .unwrap_or(DEFAULT_SVID_LIFETIME);
+            let id = match SpiffeId::parse(&cp.spiffe_id) {
+                Ok(id) => id,
+                Err(e) => {
+                    c.problem("identity.controlPlane.spiffeId", e.to_string());
+                    return None;
+                }
+            };
+            Some(IdentitySource::ControlPlane(ControlPlaneIdentity {
+                id,
+                token_file: cp.token_file.clone().into(),
+                trust_bundle: cp.trust_bundle.clone().into(),
+                lifetime,
             }))
         }
     }

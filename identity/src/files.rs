@@ -80,14 +80,22 @@ impl IdentityFiles {
         store: Arc<IdentityStore>,
     ) -> Result<tokio::task::JoinHandle<()>, FilesError> {
         let (tx, mut changes) = mpsc::channel::<()>(1);
-        let mut watcher = notify::recommended_watcher(move |_event| {
-            // Full: a re-read is already due, which sees this change too.
-            let _ = tx.try_send(());
-        })
-        .map_err(|source| FilesError::Watch {
-            path: self.certificate.clone(),
-            source,
-        })?;
+        let mut watcher =
+            notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+                // Reading the files is an event too (open, access, close): only
+                // a change may cause a re-read, or each re-read would cause the next.
+                if let Ok(event) = &event
+                    && matches!(event.kind, notify::EventKind::Access(_))
+                {
+                    return;
+                }
+                // Full: a re-read is already due, which sees this change too.
+                let _ = tx.try_send(());
+            })
+            .map_err(|source| FilesError::Watch {
+                path: self.certificate.clone(),
+                source,
+            })?;
         let directories: BTreeSet<PathBuf> =
             [&self.certificate, &self.private_key, &self.trust_bundle]
                 .iter()

@@ -16,6 +16,7 @@ mod body;
 mod call;
 mod cluster;
 mod control;
+mod control_plane;
 mod detect;
 mod discovery;
 mod downstream;
@@ -120,7 +121,11 @@ impl ProxyBuilder {
         let ProxyBuilder { snapshot, filters } = self;
         let metrics = Metrics::default();
         let identity = match snapshot.identity.clone() {
-            Some(source) => Some(identity::start(source, metrics.identity())?),
+            Some(source) => Some(identity::start(
+                source,
+                metrics.identity(),
+                snapshot.bootstrap.xds.as_ref(),
+            )?),
             None => None,
         };
         let listeners = Listeners::new(
@@ -136,11 +141,16 @@ impl ProxyBuilder {
         let admin = std::net::TcpListener::bind(snapshot.admin_addr).map_err(admin_error)?;
         let admin_addr = admin.local_addr().map_err(admin_error)?;
         let drain_timeout = snapshot.drain_timeout;
-        let xds = snapshot
-            .bootstrap
-            .xds
-            .clone()
-            .map(|source| xds::Client::new(source, snapshot.bootstrap.clone()));
+        let xds = snapshot.bootstrap.xds.clone().map(|source| {
+            let tls = identity.as_ref().and_then(|identity| {
+                let expected = gridmesh_identity::SpiffeId::parse(&source.identity).ok()?;
+                Some(control_plane::ControlPlaneTls {
+                    store: identity.store.clone(),
+                    expected,
+                })
+            });
+            xds::Client::new(source, snapshot.bootstrap.clone(), tls)
+        });
         let staged = Shared::stage(
             &listeners,
             &metrics,

@@ -689,8 +689,18 @@ pub async fn start_control_plane(
     xds: SocketAddr,
     admin: SocketAddr,
 ) -> (ManagedProcess, SocketAddr, SocketAddr) {
+    start_control_plane_with(dir, xds, admin, &[]).await
+}
+
+/// [`start_control_plane`] with more arguments to `serve` (e.g. `--ca-dir`).
+pub async fn start_control_plane_with(
+    dir: &Path,
+    xds: SocketAddr,
+    admin: SocketAddr,
+    more: &[&str],
+) -> (ManagedProcess, SocketAddr, SocketAddr) {
     let binary = binary(GRIDMESH_CONTROL).unwrap();
-    let args = [
+    let mut args = vec![
         "serve".to_string(),
         "--config-dir".into(),
         dir.display().to_string(),
@@ -701,6 +711,7 @@ pub async fn start_control_plane(
         "--log".into(),
         "info".into(),
     ];
+    args.extend(more.iter().map(|a| a.to_string()));
     let mut control = ManagedProcess::spawn("gridmesh-control", &binary, args).unwrap();
     let line = control
         .wait_for_line("control plane listening", CONTROL_PLANE_START)

@@ -30,9 +30,10 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Handshaken connections waiting for the gRPC server to take them.
 const READY_QUEUE: usize = 64;
 
-/// The SPIFFE ID a client proved with its certificate; `None` without one.
+/// The SPIFFE ID a client proved with its certificate (`None` without
+/// one), and where it connected from.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PeerIdentity(pub Option<SpiffeId>);
+pub struct PeerIdentity(pub Option<SpiffeId>, pub Option<std::net::SocketAddr>);
 
 pub enum ControlIo {
     Plain(TcpStream),
@@ -47,8 +48,10 @@ impl Connected for ControlIo {
 
     fn connect_info(&self) -> PeerIdentity {
         match self {
-            ControlIo::Plain(_) => PeerIdentity(None),
-            ControlIo::Tls { peer, .. } => PeerIdentity(peer.clone()),
+            ControlIo::Plain(stream) => PeerIdentity(None, stream.peer_addr().ok()),
+            ControlIo::Tls { stream, peer } => {
+                PeerIdentity(peer.clone(), stream.get_ref().0.peer_addr().ok())
+            }
         }
     }
 }

@@ -28,18 +28,13 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
+use crate::control_plane::{self, ControlPlaneTls};
 use crate::shared::{ApplyError, Shared};
 use state::{Held, Rejection, Update};
 
 /// First reconnect delay; doubles per failed attempt up to [`MAX_BACKOFF`].
 const MIN_BACKOFF: Duration = Duration::from_millis(10);
 const MAX_BACKOFF: Duration = Duration::from_secs(15);
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// HTTP/2 PINGs on the stream, so a control plane that hangs or vanishes
-/// without closing the connection (a node lost, a partition) is noticed and
-/// the sidecar reconnects, instead of waiting on a dead stream forever.
-const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(15);
-const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Requests queued toward the control plane: the subscriptions and one
 /// ACK/NACK per response, which is sent before the next is read.
 const OUTBOUND_QUEUE: usize = 8;
@@ -48,6 +43,8 @@ const INVALID_ARGUMENT: i32 = 3;
 
 pub struct Client {
     source: pb::Xds,
+    /// TLS to the control plane, when the bootstrap names its identity.
+    tls: Option<ControlPlaneTls>,
     held: Held,
     /// Kinds whose first response has been handled.
     received: BTreeSet<Kind>,
@@ -72,7 +69,7 @@ pub struct Status {
 }
 
 impl Client {
-    pub fn new(source: pb::Xds, static_config: Bootstrap) -> Client {
+    pub fn new(source: pb::Xds, static_config: Bootstrap, tls: Option<ControlPlaneTls>) -> Client {
         let held = Held::new(static_config, &source.address);
         let status = Status {
             address: source.address.clone(),
@@ -80,6 +77,7 @@ impl Client {
         };
         Client {
             source,
+            tls,
             held,
             received: BTreeSet::new(),
             status: Arc::new(Mutex::new(status)),
@@ -132,22 +130,17 @@ impl Client {
         shared: &Arc<Shared>,
         node: &gridmesh_proto::envoy::config::core::v3::Node,
     ) -> Result<(), String> {
-        let uri = if self.source.address.starts_with("http://") {
-            self.source.address.clone()
-        } else {
-            format!("http://{}", self.source.address)
-        };
-        let endpoint = tonic::transport::Endpoint::from_shared(uri)
-            .map_err(|e| format!("bad control plane address: {e}"))?
-            .connect_timeout(CONNECT_TIMEOUT)
-            .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
-            .keep_alive_timeout(KEEPALIVE_TIMEOUT)
-            .keep_alive_while_idle(true)
-            .tcp_nodelay(true);
-        let channel = endpoint
-            .connect()
-            .await
-            .map_err(|e| format!("cannot connect: {e}"))?;
+        if let Some(tls) = &self.tls {
+            // A control plane with a CA serves xDS to certified workloads only.
+            let mut changes = tls.store.watch();
+            while !tls.store.is_ready() {
+                tracing::info!("xDS waits for the workload certificate");
+                if changes.changed().await.is_err() {
+                    return Err("the identity store is gone".into());
+                }
+            }
+        }
+        let channel = control_plane::connect(&self.source.address, self.tls.as_ref()).await?;
         let (requests, outbound) = mpsc::channel(OUTBOUND_QUEUE);
         for (i, kind) in Kind::PUSH_ORDER.into_iter().enumerate() {
             let subscribe = match kind {

@@ -105,7 +105,7 @@ impl Signer {
     /// The identity the caller proved: the SPIFFE ID of the certificate it
     /// presented (renewal), or the grant of its bootstrap token.
     fn authenticate(&self, request: &Request<SignRequest>) -> Result<SpiffeId, Refusal> {
-        if let Some(PeerIdentity(Some(id))) = request.extensions().get::<PeerIdentity>() {
+        if let Some(PeerIdentity(Some(id), _)) = request.extensions().get::<PeerIdentity>() {
             return Ok(id.clone());
         }
         let unauthenticated = |why: String| ("unauthenticated", Status::unauthenticated(why));

@@ -87,7 +87,7 @@ impl Ads {
     fn admit<T>(&self, request: &Request<T>) -> Result<(), Status> {
         let proved = matches!(
             request.extensions().get::<PeerIdentity>(),
-            Some(PeerIdentity(Some(_)))
+            Some(PeerIdentity(Some(_), _))
         );
         if self.shared.xds_needs_identity && !proved {
             return Err(Status::unauthenticated(
@@ -102,7 +102,7 @@ impl Ads {
         request: Request<Streaming<S::Request>>,
         state: S,
     ) -> Outbound<S::Response> {
-        let peer = request.remote_addr();
+        let peer = request.extensions().get::<PeerIdentity>().and_then(|p| p.1);
         let client = self.shared.clients.add(S::PROTOCOL, peer);
         let (tx, rx) = mpsc::channel(OUTBOUND_QUEUE);
         let stream = Stream {
