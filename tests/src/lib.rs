@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 pub mod fuzz;
 pub mod harness;
+pub mod load;
 pub mod pki;
 pub mod ports;
 pub mod process;

@@ -6,11 +6,11 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use gridmesh_tests::harness::{http1_client, upstream};
+use gridmesh_tests::harness::upstream;
+use gridmesh_tests::load::Load;
 use gridmesh_tests::ports::ReservedPort;
 use gridmesh_tests::process::{
     self, GRIDMESH_CONTROL, GRIDMESH_PROXY, ManagedProcess, ProxyConfig, ProxyProcess,
@@ -181,68 +181,6 @@ async fn until(what: &str, limit: Duration, mut done: impl AsyncFnMut() -> bool)
     while !done().await {
         assert!(start.elapsed() < limit, "not within {limit:?}: {what}");
         tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// Requests through `entry`, 2 at a time, new connections now and then (so
-/// handshakes happen under every certificate), counting failures.
-struct Load {
-    stop: Arc<AtomicBool>,
-    ok: Arc<AtomicU64>,
-    failures: Arc<std::sync::Mutex<Vec<String>>>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
-}
-
-impl Load {
-    fn start(entry: SocketAddr) -> Load {
-        let (stop, ok, failures) = (
-            Arc::<AtomicBool>::default(),
-            Arc::<AtomicU64>::default(),
-            Arc::default(),
-        );
-        let tasks = (0..2)
-            .map(|_| {
-                let (stop, ok, failures) = (stop.clone(), ok.clone(), Arc::clone(&failures));
-                tokio::spawn(async move {
-                    while !stop.load(Ordering::Relaxed) {
-                        let reply = http1_client().get(entry, "block", "/echo").await;
-                        if reply.status == 200 {
-                            ok.fetch_add(1, Ordering::Relaxed);
-                        } else {
-                            let failures: &std::sync::Mutex<Vec<String>> = &failures;
-                            failures.lock().unwrap().push(format!(
-                                "{} {}",
-                                reply.status,
-                                reply.text()
-                            ));
-                        }
-                        tokio::time::sleep(Duration::from_millis(5)).await;
-                    }
-                })
-            })
-            .collect();
-        Load {
-            stop,
-            ok,
-            failures,
-            tasks,
-        }
-    }
-
-    async fn finish_without_failures(self, minimum: u64) {
-        self.stop.store(true, Ordering::Relaxed);
-        for task in self.tasks {
-            task.await.unwrap();
-        }
-        let failures = self.failures.lock().unwrap();
-        let ok = self.ok.load(Ordering::Relaxed);
-        assert!(
-            failures.is_empty(),
-            "{} failed, {ok} ok; first: {:?}",
-            failures.len(),
-            &failures[..failures.len().min(5)]
-        );
-        assert!(ok > minimum, "only {ok} requests got through");
     }
 }
 

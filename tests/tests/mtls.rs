@@ -9,7 +9,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use gridmesh_identity::{Credentials, IdentityStore, SpiffeId, SvidInfo};
-use gridmesh_tests::harness::{self, h2c_client, http1_client, recording_upstream};
+use gridmesh_tests::harness::{
+    self, RecordingUpstream, h2c_client, http1_client, recording_upstream,
+};
 use gridmesh_tests::pki::{TestPki, WorkloadFiles, with_dns_name};
 use gridmesh_tests::process::{self, GRIDMESH_PROXY, ProxyConfig, ProxyProcess};
 use gridmesh_tests::prometheus;
@@ -63,6 +65,24 @@ endpoints: [{{ cluster: block, endpoints: [{{ address: "{upstream}" }}] }}]
         ),
     )
     .await
+}
+
+/// A block (the recording upstream) behind its STRICT sidecar.
+struct StrictBlock {
+    block: RecordingUpstream,
+    inbound: ProxyProcess,
+    port: SocketAddr,
+}
+
+async fn strict_block(files: &WorkloadFiles) -> StrictBlock {
+    let block = recording_upstream().await;
+    let inbound = inbound(files, "STRICT", block.local_addr()).await;
+    let port = inbound.listener_address("in").unwrap();
+    StrictBlock {
+        block,
+        inbound,
+        port,
+    }
 }
 
 /// A caller's outbound sidecar: listener `out`, to `target` expecting it to
@@ -296,9 +316,11 @@ fn svid_params(name: &str) -> rcgen::CertificateParams {
 async fn strict_refuses_every_bad_client_with_a_reason_and_serves_the_rest() {
     let pki = TestPki::new();
     let b = pki.workload("b");
-    let block = recording_upstream().await;
-    let inbound = inbound(&b, "STRICT", block.local_addr()).await;
-    let port = inbound.listener_address("in").unwrap();
+    let StrictBlock {
+        block,
+        inbound,
+        port,
+    } = strict_block(&b).await;
 
     // Plaintext HTTP where a ClientHello is expected, and garbage.
     for (bytes, count) in [
@@ -498,9 +520,11 @@ async fn openssl_verifies_the_spiffe_id_the_sidecar_presents() {
     let pki = TestPki::new();
     let b = pki.workload("b");
     let client = pki.workload("client");
-    let block = recording_upstream().await;
-    let inbound = inbound(&b, "STRICT", block.local_addr()).await;
-    let port = inbound.listener_address("in").unwrap();
+    let StrictBlock {
+        block,
+        inbound: _sidecar,
+        port,
+    } = strict_block(&b).await;
 
     let output = openssl_s_client(port, &pki, Some(&client)).await;
     let said = text(&output);
@@ -641,9 +665,11 @@ async fn without_a_usable_certificate_the_sidecar_is_not_ready_and_says_why() {
 async fn rewritten_identity_files_are_presented_to_the_next_connection() {
     let pki = TestPki::new();
     let b = pki.workload("b");
-    let block = recording_upstream().await;
-    let inbound = inbound(&b, "STRICT", block.local_addr()).await;
-    let port = inbound.listener_address("in").unwrap();
+    let StrictBlock {
+        block,
+        inbound,
+        port,
+    } = strict_block(&b).await;
     let client = pki.workload("client");
     let before = leaf_pem(&text(&openssl_s_client(port, &pki, Some(&client)).await));
 
