@@ -8,8 +8,11 @@ use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::time::Duration;
 
+use gridmesh_proto::config::identity::Source;
 use gridmesh_tests::ports::{RefusingPort, ReservedPort};
-use gridmesh_tests::process::{self, GRIDMESH_PROXY, ManagedProcess, ProxyConfig, ProxyProcess};
+use gridmesh_tests::process::{
+    self, GRIDMESH_CONTROL, GRIDMESH_PROXY, ManagedProcess, ProxyConfig, ProxyProcess,
+};
 
 /// The status the proxy exits with on invalid configuration (EX_USAGE).
 const EXIT_INVALID_CONFIG: i32 = 64;
@@ -318,9 +321,11 @@ async fn missing_file() {
 }
 
 /// The examples run as written: `gridmesh-control` serves `examples/mesh/`
-/// and every example sidecar gets ready on it, binds the listener it asks
-/// for, and dumps the resources it got over xDS. Fixed ports are moved to
-/// free ones (the examples share ports with the demo); nothing else changes.
+/// with its CA, and every example sidecar gets its certificate, gets ready,
+/// binds the listener it asks for, and dumps the resources it got over xDS.
+/// Fixed ports are moved to free ones and the demo's token and bundle
+/// paths to a directory of the test's own (the examples share both with
+/// the demo); nothing else changes.
 #[tokio::test]
 async fn examples_load_and_serve() {
     let examples = process::workspace_root().join("examples");
@@ -343,7 +348,12 @@ async fn examples_load_and_serve() {
         std::fs::write(served.path().join(path.file_name().unwrap()), yaml).unwrap();
     }
     let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
-    let (mut control, xds, _) = process::start_control_plane(served.path(), any, any).await;
+    let ca_dir = served.path().join(".ca");
+    let ca = ca_dir.display().to_string();
+    let args = ["--ca-dir", &ca, "--trust-domain", "gridmesh.local"];
+    let (mut control, xds, _) =
+        process::start_control_plane_with(served.path(), any, any, &args).await;
+    let control_binary = process::binary(GRIDMESH_CONTROL).unwrap();
 
     let mut files: Vec<PathBuf> = std::fs::read_dir(&examples)
         .unwrap()
@@ -364,8 +374,34 @@ async fn examples_load_and_serve() {
             .expect("example sidecars follow the control plane");
         source.address = xds.to_string();
         let wanted = source.listeners.clone();
-        let yaml = serde_json::to_string_pretty(&bootstrap).unwrap();
         let name = file.file_stem().unwrap().to_string_lossy().into_owned();
+        let Some(Source::ControlPlane(cp)) =
+            bootstrap.identity.as_mut().and_then(|i| i.source.as_mut())
+        else {
+            panic!("{name}: example sidecars get their identity from the CA");
+        };
+        // The token the demo would write: for the identity's namespace and
+        // service account.
+        let id = gridmesh_identity::SpiffeId::parse(&cp.spiffe_id).unwrap();
+        let mut path = id.path().split('/').skip(1);
+        let (ns, sa) = (path.nth(1).unwrap(), path.nth(1).unwrap());
+        let out = std::process::Command::new(&control_binary)
+            .arg("token")
+            .arg("--ca-dir")
+            .arg(&ca_dir)
+            .args(["--namespace", ns, "--service-account", sa])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let token = served.path().join(format!(".{name}.token"));
+        std::fs::write(&token, &out.stdout).unwrap();
+        cp.token_file = token.display().to_string();
+        cp.trust_bundle = ca_dir.join("ca-cert.pem").display().to_string();
+        let yaml = serde_json::to_string_pretty(&bootstrap).unwrap();
         let mut proxy =
             ProxyProcess::start(&binary, name.clone(), ProxyConfig::Yaml(yaml), READY_WITHIN)
                 .await

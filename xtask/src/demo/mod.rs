@@ -4,19 +4,23 @@
 //! xDS from `gridmesh-control` serving a copy of `examples/mesh/`:
 //!
 //! ```text
-//!                  gridmesh-control 127.0.0.1:15012 (xDS) <-- examples/mesh/*.yaml
-//!                     |  (delta ADS to every sidecar)
+//!                  gridmesh-control 127.0.0.1:15012 (xDS + CA, TLS) <-- examples/mesh/*.yaml
+//!                     |  (certificates, then delta ADS, to every sidecar)
 //! demo clients --> client sidecar 127.0.0.1:15001 (outbound; routes by authority)
 //!                    |--> block-a sidecar 127.0.0.1:15006 --> sample block "block-a" 127.0.0.1:18080
 //!                    |--> block-b sidecar 127.0.0.1:15106 --> sample block "block-b" 127.0.0.1:18081
 //!                    '--> classifier sidecar 127.0.0.1:15206 --> gridmesh-block 127.0.0.1:18001
 //! ```
 //!
+//! Every sidecar gets its certificate from the control plane's CA (a
+//! bootstrap token the demo writes under /tmp/gridmesh-demo) and the hops
+//! between sidecars are mutual TLS (the blocks' listeners are STRICT).
 //! It sends HTTP/1.1, h2c, gRPC unary and gRPC server-streaming requests
 //! through the client sidecar to the echo blocks, KServe v2 inference calls
 //! to the model server (the test models, built by
 //! `block/models/make_test_models.py`, outputs checked against PyTorch's),
-//! then changes a route in the control plane's
+//! one call the echo blocks' AuthorizationPolicy denies, then changes a
+//! route in the control plane's
 //! directory while requests flow and waits for the client sidecar to serve
 //! it, prints what happened, stops every process with SIGTERM, and succeeds
 //! only if every request did and every process stopped cleanly. Whatever it
@@ -24,6 +28,7 @@
 
 mod inference;
 mod live_change;
+mod security;
 mod summary;
 mod traffic;
 
@@ -144,7 +149,7 @@ pub fn run() -> Result<()> {
     let runtime = tokio::runtime::Runtime::new().context("cannot start the tokio runtime")?;
     runtime.block_on(async {
         tokio::select! {
-            outcome = run_mesh(&programs, &mesh) => outcome,
+            outcome = run_mesh(&programs, &mesh, &bootstraps) => outcome,
             signal = interrupted() => {
                 signal?;
                 bail!("interrupted; every process the demo started was killed")
@@ -269,7 +274,11 @@ impl Mesh {
     }
 }
 
-async fn run_mesh(programs: &Programs<'_>, resources: &Bootstrap) -> Result<()> {
+async fn run_mesh(
+    programs: &Programs<'_>,
+    resources: &Bootstrap,
+    bootstraps: &[Bootstrap],
+) -> Result<()> {
     let mut mesh = Mesh::default();
     for block in &SAMPLE_BLOCKS {
         println!(
@@ -293,9 +302,12 @@ async fn run_mesh(programs: &Programs<'_>, resources: &Bootstrap) -> Result<()> 
     let config_dir = std::env::temp_dir().join(format!("gridmesh-demo-{}", std::process::id()));
     copy_yaml_files(&workspace_root().join(MESH_CONFIG), &config_dir)?;
     println!(
-        "==> starting gridmesh-control on {CONTROL_XDS}, serving {MESH_CONFIG} (copied to {})",
-        config_dir.display()
+        "==> starting gridmesh-control on {CONTROL_XDS}, serving {MESH_CONFIG} (copied to {}), its CA in {}",
+        config_dir.display(),
+        security::CA_DIR
     );
+    // A new CA each run: the tokens and root below are this run's.
+    let _ = std::fs::remove_dir_all(security::SECRETS);
     let config_dir_arg = config_dir.display().to_string();
     let args = [
         "serve",
@@ -305,12 +317,21 @@ async fn run_mesh(programs: &Programs<'_>, resources: &Bootstrap) -> Result<()> 
         CONTROL_XDS,
         "--admin-address",
         CONTROL_ADMIN,
+        "--ca-dir",
+        security::CA_DIR,
+        "--trust-domain",
+        security::TRUST_DOMAIN,
     ];
     let mut control = ManagedProcess::spawn("gridmesh-control", programs.control, args)?;
     control
         .wait_listening(CONTROL_XDS.parse().expect("ip:port"), START_TIMEOUT)
         .await?;
     mesh.control = Some(control);
+    println!(
+        "==> writing each sidecar's bootstrap token under {}",
+        security::SECRETS
+    );
+    security::write_tokens(programs.control, bootstraps)?;
     for sidecar in &SIDECARS {
         println!(
             "==> starting {} with {} (listener {} over xDS{})",
@@ -350,6 +371,14 @@ async fn run_mesh(programs: &Programs<'_>, resources: &Bootstrap) -> Result<()> 
             return Err(error);
         }
     };
+    println!("==> sending a call the echo blocks' authorization policy denies");
+    let denied = match security::denied_call(outbound).await {
+        Ok(denied) => denied,
+        Err(error) => {
+            summary::print_recent_output(&mesh.sidecars);
+            return Err(error);
+        }
+    };
     println!("==> changing the client route in the control plane's directory under load");
     let client_sidecar = mesh
         .sidecars
@@ -365,6 +394,7 @@ async fn run_mesh(programs: &Programs<'_>, resources: &Bootstrap) -> Result<()> 
         }
     };
     let admin_views = summary::AdminViews::fetch(&mesh.sidecars).await;
+    let identities = security::report(&mesh.sidecars).await;
     let failed_requests: u64 = tallies.iter().map(|(_, tally)| tally.failed()).sum::<u64>()
         + inference.tally.failed()
         + change.traffic.failed();
@@ -388,6 +418,11 @@ async fn run_mesh(programs: &Programs<'_>, resources: &Bootstrap) -> Result<()> 
         stopped: &stopped,
     });
     change.print();
+    println!("\nIdentity and policy: every sidecar-to-sidecar hop was mutual TLS.");
+    for line in &identities {
+        println!("  {line}");
+    }
+    println!("  {denied}");
     if failed_requests > 0 {
         bail!("{failed_requests} requests failed");
     }
