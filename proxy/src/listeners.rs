@@ -195,6 +195,7 @@ impl Listeners {
                 Arc::new(Terminator::new(
                     planned.spec.tls_mode,
                     planned.spec.protocol,
+                    planned.spec.protocol_detection_timeout,
                     self.identity.as_ref(),
                 )),
             ));

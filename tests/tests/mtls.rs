@@ -840,3 +840,49 @@ authorizationPolicies:
         assert!(said.contains(expected), "{expected:?} not in\n{said}");
     }
 }
+
+/// A PERMISSIVE AUTO listener waits for a client's first byte only as long
+/// as its protocol detection timeout (not the 10 s handshake timeout): a
+/// protocol where the server speaks first gets its banner promptly.
+#[tokio::test]
+async fn permissive_forwards_a_server_speaks_first_protocol_promptly() {
+    let pki = TestPki::new();
+    let b = pki.workload("b");
+    let banner_server = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let banner_addr = banner_server.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = banner_server.accept().await {
+            let _ = stream.write_all(b"220 ready\r\n").await;
+        }
+    });
+    let sidecar = sidecar(
+        "permissive-tcp",
+        format!(
+            r#"{identity}
+listeners:
+  - {{ name: in, address: "127.0.0.1:0", routeTable: rt, tlsMode: PERMISSIVE, tcpCluster: tcp, protocolDetectionTimeout: 0.2s }}
+routeTables:
+  - name: rt
+    virtualHosts: [{{ name: all, domains: ["*"], routes: [{{ name: all, route: {{ cluster: tcp }} }}] }}]
+clusters: [{{ name: tcp }}]
+endpoints: [{{ cluster: tcp, endpoints: [{{ address: "{banner_addr}" }}] }}]
+"#,
+            identity = b.yaml()
+        ),
+    )
+    .await;
+    let mut client = TcpStream::connect(sidecar.listener_address("in").unwrap())
+        .await
+        .unwrap();
+    let mut banner = [0u8; 11];
+    // Well under the 10 s handshake timeout: 0.2 s for the first byte, 0.2 s
+    // for protocol detection, then the banner.
+    harness::within_for(
+        Duration::from_secs(5),
+        "the banner",
+        client.read_exact(&mut banner),
+    )
+    .await
+    .unwrap();
+    assert_eq!(&banner, b"220 ready\r\n");
+}

@@ -66,6 +66,10 @@ impl HandshakeError {
 pub struct Terminator {
     mode: TlsMode,
     acceptor: Option<TlsAcceptor>,
+    /// PERMISSIVE: how long to wait for the first byte before taking the
+    /// connection as plaintext (the listener's protocol detection timeout,
+    /// so a protocol where the server speaks first is not held longer).
+    first_byte: Duration,
 }
 
 /// A connection after the accept side's TLS step.
@@ -79,7 +83,12 @@ pub struct Terminated {
 impl Terminator {
     /// For a listener with `mode` serving `protocol`. `identity` is there
     /// whenever the mode is not DISABLE (config validation requires it).
-    pub fn new(mode: TlsMode, protocol: Protocol, identity: Option<&Arc<IdentityStore>>) -> Self {
+    pub fn new(
+        mode: TlsMode,
+        protocol: Protocol,
+        first_byte: Duration,
+        identity: Option<&Arc<IdentityStore>>,
+    ) -> Self {
         let acceptor = match (mode, identity) {
             (TlsMode::Disable, _) | (_, None) => None,
             (_, Some(store)) => {
@@ -94,7 +103,11 @@ impl Terminator {
                 ))
             }
         };
-        Terminator { mode, acceptor }
+        Terminator {
+            mode,
+            acceptor,
+            first_byte,
+        }
     }
 
     /// Whether this listener terminates TLS at all.
@@ -117,7 +130,7 @@ impl Terminator {
         };
         if self.mode == TlsMode::Permissive {
             let mut first = [0u8; 1];
-            let peeked = tokio::time::timeout(HANDSHAKE_TIMEOUT, stream.peek(&mut first)).await;
+            let peeked = tokio::time::timeout(self.first_byte, stream.peek(&mut first)).await;
             if !matches!(peeked, Ok(Ok(1))) || first[0] != TLS_HANDSHAKE_RECORD {
                 return Ok(plain(stream));
             }
