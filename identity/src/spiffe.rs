@@ -65,6 +65,15 @@ impl SpiffeId {
         ))
     }
 
+    /// The namespace and service account of a `.../ns/<ns>/sa/<sa>` ID
+    /// (the inverse of [`SpiffeId::for_workload`]).
+    pub fn workload(&self) -> Option<(&str, &str)> {
+        let rest = self.path().strip_prefix("/ns/")?;
+        let (namespace, rest) = rest.split_once('/')?;
+        let service_account = rest.strip_prefix("sa/")?;
+        (!service_account.contains('/')).then_some((namespace, service_account))
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -124,12 +133,13 @@ mod tests {
         assert_eq!(id.path(), "/ns/blocks/sa/classifier");
         let td = SpiffeId::parse("spiffe://example.org").unwrap();
         assert_eq!(td.path(), "");
-        assert_eq!(
-            SpiffeId::for_workload("td", "ns1", "sa-1")
-                .unwrap()
-                .as_str(),
-            "spiffe://td/ns/ns1/sa/sa-1"
-        );
+        let workload = SpiffeId::for_workload("td", "ns1", "sa-1").unwrap();
+        assert_eq!(workload.as_str(), "spiffe://td/ns/ns1/sa/sa-1");
+        assert_eq!(workload.workload(), Some(("ns1", "sa-1")));
+        assert_eq!(id.workload(), Some(("blocks", "classifier")));
+        assert_eq!(td.workload(), None);
+        let deeper = SpiffeId::parse("spiffe://td/ns/a/sa/b/c").unwrap();
+        assert_eq!(deeper.workload(), None);
     }
 
     #[test]

@@ -726,6 +726,38 @@ pub async fn start_control_plane_with(
     (control, xds, admin)
 }
 
+/// A bootstrap token for `id` (`spiffe://<td>/ns/<ns>/sa/<sa>`) from the
+/// real `gridmesh-control token` (`control`), signed with the key in `ca_dir`.
+pub fn bootstrap_token(
+    control: &Path,
+    ca_dir: &Path,
+    id: &gridmesh_identity::SpiffeId,
+) -> Result<String> {
+    let (namespace, service_account) = id
+        .workload()
+        .with_context(|| format!("{id} is not spiffe://<td>/ns/<ns>/sa/<sa>"))?;
+    let out = std::process::Command::new(control)
+        .arg("token")
+        .arg("--ca-dir")
+        .arg(ca_dir)
+        .args(["--trust-domain", id.trust_domain()])
+        .args([
+            "--namespace",
+            namespace,
+            "--service-account",
+            service_account,
+        ])
+        .output()
+        .context("cannot run gridmesh-control token")?;
+    if !out.status.success() {
+        bail!(
+            "gridmesh-control token: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
 /// Log text without terminal colour codes.
 pub fn strip_ansi(text: &str) -> String {
     let mut out = String::with_capacity(text.len());

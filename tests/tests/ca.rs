@@ -69,21 +69,10 @@ impl Control {
     /// written where a sidecar reads it.
     fn token_file(&self, service_account: &str) -> PathBuf {
         let binary = process::binary(GRIDMESH_CONTROL).unwrap();
-        let out = std::process::Command::new(binary)
-            .arg("token")
-            .arg("--ca-dir")
-            .arg(&self.ca_dir)
-            .args(["--trust-domain", TRUST_DOMAIN, "--namespace", "test"])
-            .args(["--service-account", service_account])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let id = gridmesh_identity::SpiffeId::parse(&id(service_account)).unwrap();
+        let token = process::bootstrap_token(&binary, &self.ca_dir, &id).unwrap();
         let path = self.config.path().join(format!(".token-{service_account}"));
-        std::fs::write(&path, &out.stdout).unwrap();
+        std::fs::write(&path, token).unwrap();
         path
     }
 }

@@ -383,22 +383,9 @@ async fn examples_load_and_serve() {
         // The token the demo would write: for the identity's namespace and
         // service account.
         let id = gridmesh_identity::SpiffeId::parse(&cp.spiffe_id).unwrap();
-        let mut path = id.path().split('/').skip(1);
-        let (ns, sa) = (path.nth(1).unwrap(), path.nth(1).unwrap());
-        let out = std::process::Command::new(&control_binary)
-            .arg("token")
-            .arg("--ca-dir")
-            .arg(&ca_dir)
-            .args(["--namespace", ns, "--service-account", sa])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
         let token = served.path().join(format!(".{name}.token"));
-        std::fs::write(&token, &out.stdout).unwrap();
+        let text = process::bootstrap_token(&control_binary, &ca_dir, &id).unwrap();
+        std::fs::write(&token, text).unwrap();
         cp.token_file = token.display().to_string();
         cp.trust_bundle = ca_dir.join("ca-cert.pem").display().to_string();
         let yaml = serde_json::to_string_pretty(&bootstrap).unwrap();

@@ -11,7 +11,7 @@ use gridmesh_identity::SpiffeId;
 use gridmesh_proto::config::Bootstrap;
 use gridmesh_proto::config::identity::Source;
 use gridmesh_tests::harness;
-use gridmesh_tests::process::ProxyProcess;
+use gridmesh_tests::process::{self, ProxyProcess};
 use gridmesh_tests::prometheus;
 
 /// Where the example bootstraps expect the CA's root and their tokens.
@@ -32,39 +32,14 @@ pub fn write_tokens(control: &Path, bootstraps: &[Bootstrap]) -> Result<()> {
             bail!("an example sidecar has no control-plane identity");
         };
         let id = SpiffeId::parse(&cp.spiffe_id)?;
-        let (namespace, service_account) = namespace_and_account(&id)
-            .with_context(|| format!("{id} is not spiffe://<td>/ns/<ns>/sa/<sa>"))?;
-        let out = std::process::Command::new(control)
-            .arg("token")
-            .args(["--ca-dir", CA_DIR, "--trust-domain", TRUST_DOMAIN])
-            .args([
-                "--namespace",
-                namespace,
-                "--service-account",
-                service_account,
-            ])
-            .output()
-            .context("cannot run gridmesh-control token")?;
-        if !out.status.success() {
-            bail!(
-                "gridmesh-control token: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
+        let token = process::bootstrap_token(control, Path::new(CA_DIR), &id)?;
         let path = PathBuf::from(&cp.token_file);
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
         }
-        std::fs::write(&path, &out.stdout)
-            .with_context(|| format!("cannot write {}", path.display()))?;
+        std::fs::write(&path, token).with_context(|| format!("cannot write {}", path.display()))?;
     }
     Ok(())
-}
-
-fn namespace_and_account(id: &SpiffeId) -> Option<(&str, &str)> {
-    let rest = id.path().strip_prefix("/ns/")?;
-    let (namespace, rest) = rest.split_once('/')?;
-    Some((namespace, rest.strip_prefix("sa/")?))
 }
 
 /// Sends one request the echo blocks' DENY policy matches; it must come
