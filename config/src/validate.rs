@@ -216,17 +216,6 @@ impl Checker {
         self.at = Some(ResourceAt { kind, index });
     }
 
-    /// Starts checking a resource kind that only the bootstrap carries
-    /// (no xDS position to report).
-    fn enter_static(&mut self, kind: &str, index: usize, name: &str) {
-        self.resource = if name.is_empty() {
-            format!("{kind}[{index}]")
-        } else {
-            format!("{kind} {name:?}")
-        };
-        self.at = None;
-    }
-
     fn problem(&mut self, field: impl Into<String>, message: impl Into<String>) {
         self.problems.push(Problem {
             resource: self.resource.clone(),
@@ -427,11 +416,6 @@ fn build(
             ("drainTimeout", bootstrap.drain_timeout.is_some()),
             ("xds", bootstrap.xds.is_some()),
             ("identity", bootstrap.identity.is_some()),
-            // Not a resource kind the control plane serves yet.
-            (
-                "authorizationPolicies",
-                !bootstrap.authorization_policies.is_empty(),
-            ),
         ];
         for (field, _) in local.iter().filter(|(_, set)| *set) {
             c.problem(
@@ -566,7 +550,7 @@ fn authorization(
     let mut names = HashSet::new();
     let mut compiled = Vec::new();
     for (i, p) in policies.iter().enumerate() {
-        c.enter_static("authorizationPolicy", i, &p.name);
+        c.enter(Kind::AuthorizationPolicy, i, &p.name);
         c.unique(&mut names, "name", &p.name);
         let Ok(action) = Action::try_from(p.action) else {
             c.problem("action", format!("unknown value {}", p.action));

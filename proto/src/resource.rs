@@ -15,6 +15,7 @@ use crate::config::Bootstrap;
 pub enum Kind {
     Cluster,
     Endpoints,
+    AuthorizationPolicy,
     Listener,
     RouteTable,
 }
@@ -22,10 +23,14 @@ pub enum Kind {
 impl Kind {
     /// The order resources are pushed in (the xDS ordering rule): what is
     /// referred to arrives before what refers to it, so a client never sees
-    /// a route to a cluster it does not know yet. Removals go in reverse.
-    pub const PUSH_ORDER: [Kind; 4] = [
+    /// a route to a cluster it does not know yet. Authorization policies
+    /// come before the listeners they select, so that a new listener never
+    /// serves a request its policies would have denied. Removals go in
+    /// reverse.
+    pub const PUSH_ORDER: [Kind; 5] = [
         Kind::Cluster,
         Kind::Endpoints,
+        Kind::AuthorizationPolicy,
         Kind::Listener,
         Kind::RouteTable,
     ];
@@ -34,6 +39,7 @@ impl Kind {
         match self {
             Kind::Cluster => "type.googleapis.com/gridmesh.v1.Cluster",
             Kind::Endpoints => "type.googleapis.com/gridmesh.v1.Endpoints",
+            Kind::AuthorizationPolicy => "type.googleapis.com/gridmesh.v1.AuthorizationPolicy",
             Kind::Listener => "type.googleapis.com/gridmesh.v1.Listener",
             Kind::RouteTable => "type.googleapis.com/gridmesh.v1.RouteTable",
         }
@@ -48,6 +54,7 @@ impl Kind {
         match self {
             Kind::Cluster => "cluster",
             Kind::Endpoints => "endpoints",
+            Kind::AuthorizationPolicy => "authorizationPolicy",
             Kind::Listener => "listener",
             Kind::RouteTable => "routeTable",
         }
@@ -60,6 +67,9 @@ impl Kind {
         match self {
             Kind::Cluster => set.clusters.iter().map(|r| r.name.as_str()).collect(),
             Kind::Endpoints => set.endpoints.iter().map(|r| r.cluster.as_str()).collect(),
+            Kind::AuthorizationPolicy => (set.authorization_policies.iter())
+                .map(|r| r.name.as_str())
+                .collect(),
             Kind::Listener => set.listeners.iter().map(|r| r.name.as_str()).collect(),
             Kind::RouteTable => set.route_tables.iter().map(|r| r.name.as_str()).collect(),
         }
@@ -85,6 +95,11 @@ impl Kind {
                 .endpoints
                 .iter()
                 .map(|r| packed(url, &r.cluster, r))
+                .collect(),
+            Kind::AuthorizationPolicy => set
+                .authorization_policies
+                .iter()
+                .map(|r| packed(url, &r.name, r))
                 .collect(),
             Kind::Listener => set
                 .listeners
@@ -120,6 +135,11 @@ impl Kind {
                 set.endpoints.push(r);
                 set.endpoints.last().map(|r| r.cluster.clone())
             }
+            Kind::AuthorizationPolicy => {
+                let r = Message::decode(bytes)?;
+                set.authorization_policies.push(r);
+                set.authorization_policies.last().map(|r| r.name.clone())
+            }
             Kind::Listener => {
                 let r = Message::decode(bytes)?;
                 set.listeners.push(r);
@@ -139,6 +159,7 @@ impl Kind {
         match self {
             Kind::Cluster => set.clusters.len(),
             Kind::Endpoints => set.endpoints.len(),
+            Kind::AuthorizationPolicy => set.authorization_policies.len(),
             Kind::Listener => set.listeners.len(),
             Kind::RouteTable => set.route_tables.len(),
         }
@@ -165,7 +186,7 @@ pub enum UnpackError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{Cluster, Endpoints};
+    use crate::config::{AuthorizationPolicy, Cluster, Endpoints};
 
     #[test]
     fn packs_and_unpacks_every_kind_by_name() {
@@ -176,6 +197,10 @@ mod tests {
             }],
             endpoints: vec![Endpoints {
                 cluster: "a".into(),
+                ..Default::default()
+            }],
+            authorization_policies: vec![AuthorizationPolicy {
+                name: "p".into(),
                 ..Default::default()
             }],
             ..Default::default()

@@ -70,21 +70,20 @@ impl TestPki {
         self.write(name, id, &[leaf.as_ref()], &key, &self.bundle_pem())
     }
 
-    /// A fresh SVID (new key, new certificate) for the same identity,
-    /// written over `files` the way cert-manager and SPIRE's helper do it:
-    /// each file written aside and renamed into place.
+    /// A fresh SVID (new key, new certificate) from this CA for the same
+    /// identity, written over `files` (which another CA may have issued: a
+    /// root rotation).
     pub fn renew(&self, files: &WorkloadFiles) {
         let key = KeyPair::generate().unwrap();
         let chain = self.ca.issue(&files.id, &key, DAY).unwrap();
         let chain: String = chain.iter().map(|der| pem("CERTIFICATE", der)).collect();
-        for (path, text) in [
-            (&files.private_key, pem("PRIVATE KEY", &key.serialize_der())),
-            (&files.certificate, chain),
-        ] {
-            let aside = path.with_extension("new");
-            std::fs::write(&aside, text).unwrap();
-            std::fs::rename(&aside, path).unwrap();
-        }
+        replace(&files.private_key, pem("PRIVATE KEY", &key.serialize_der()));
+        replace(&files.certificate, chain);
+    }
+
+    /// Writes `bundle_pem` over the trust bundle of `files`.
+    pub fn replace_bundle(files: &WorkloadFiles, bundle_pem: &str) {
+        replace(&files.trust_bundle, bundle_pem.to_string());
     }
 
     /// Files for `name` holding exactly these: for sets that are wrong on
@@ -116,6 +115,14 @@ impl TestPki {
     pub fn bundle_pem(&self) -> String {
         pem("CERTIFICATE", self.ca.certificate())
     }
+}
+
+/// Replaces a file the way cert-manager and SPIRE's helper do: written
+/// aside and renamed into place, so a reader never sees half of it.
+fn replace(path: &Path, text: String) {
+    let aside = path.with_extension("new");
+    std::fs::write(&aside, text).unwrap();
+    std::fs::rename(&aside, path).unwrap();
 }
 
 /// Adds a DNS SAN, for clients that verify a host name (curl, grpcio).

@@ -171,7 +171,7 @@ impl ScriptStream {
             .flatten()
     }
 
-    /// The four subscription requests a stream opens with.
+    /// The subscription requests a stream opens with, one per kind.
     pub async fn subscriptions(&mut self) -> Vec<DeltaDiscoveryRequest> {
         let mut requests = Vec::new();
         for _ in Kind::PUSH_ORDER {

@@ -280,3 +280,69 @@ async fn a_ca_outage_across_a_renewal_leaves_the_sidecar_serving_on_its_certific
     .await;
     load.finish_without_failures(20).await;
 }
+
+/// Authorization policies written to the control plane's directory reach
+/// the block's sidecar over xDS and apply to the next request, without a
+/// restart; removing them lifts them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authorization_policies_from_the_control_plane_apply_without_a_restart() {
+    let block = upstream("block").await;
+    let control = Control::start().await;
+    let (inbound, outbound) = mesh(&control, "3600s", block.local_addr()).await;
+    let out = outbound.listener_address("out").unwrap();
+    let status = async |path: &str| {
+        let mut conn = gridmesh_tests::harness::http1_client().connect(out).await;
+        let reply = conn.send(gridmesh_tests::harness::get("block", path)).await;
+        reply.map(|r| r.status().as_u16()).unwrap_or(0)
+    };
+    let write = |text: &str| {
+        let aside = control.config.path().join(".policies.yaml.new");
+        std::fs::write(&aside, text).unwrap();
+        std::fs::rename(&aside, control.config.path().join("policies.yaml")).unwrap();
+    };
+    assert_eq!(status("/admin/reset").await, 200);
+
+    let deny = format!(
+        r#"authorizationPolicies:
+  - name: deny-admin
+    listeners: [in]
+    action: DENY
+    rules: [{{ peers: [{{ exact: "{}" }}], requests: [{{ prefix: /admin }}] }}]
+"#,
+        id("client")
+    );
+    write(&deny);
+    until(
+        "the DENY policy applies",
+        Duration::from_secs(10),
+        async || status("/admin/reset").await == 403,
+    )
+    .await;
+    assert_eq!(status("/models").await, 200, "only /admin is denied");
+    let denied = [("listener", "in"), ("policy", "deny-admin")];
+    assert!(metric(&inbound, "gridmesh_authorization_denied_total", &denied).await >= 1.0);
+
+    // An ALLOW policy for another caller: everything else is denied too.
+    write(&format!(
+        r#"{deny}  - name: only-other
+    listeners: [in]
+    rules: [{{ peers: [{{ exact: "{}" }}] }}]
+"#,
+        id("other")
+    ));
+    until(
+        "the ALLOW policy applies",
+        Duration::from_secs(10),
+        async || status("/models").await == 403,
+    )
+    .await;
+
+    std::fs::remove_file(control.config.path().join("policies.yaml")).unwrap();
+    until(
+        "the policies are lifted",
+        Duration::from_secs(10),
+        async || status("/admin/reset").await == 200,
+    )
+    .await;
+    assert_eq!(status("/models").await, 200);
+}

@@ -8,10 +8,11 @@ use std::process::Output;
 use std::sync::Arc;
 use std::time::Duration;
 
-use gridmesh_identity::{Credentials, IdentityStore, SpiffeId, SvidInfo};
+use gridmesh_identity::{Credentials, IdentityStore, SpiffeId, SvidInfo, TrustBundle};
 use gridmesh_tests::harness::{
     self, RecordingUpstream, h2c_client, http1_client, recording_upstream,
 };
+use gridmesh_tests::load::Load;
 use gridmesh_tests::pki::{TestPki, WorkloadFiles, with_dns_name};
 use gridmesh_tests::process::{self, GRIDMESH_PROXY, ProxyConfig, ProxyProcess};
 use gridmesh_tests::prometheus;
@@ -256,16 +257,16 @@ async fn permissive_takes_mtls_and_plaintext_and_only_mtls_names_a_caller() {
 
 // ------------------------------------------------------------ refusals
 
-/// A TLS client presenting `credentials` (checked or not) and trusting the
-/// test CA; the handshake's outcome as the client sees it.
+/// A TLS client presenting `credentials` (checked or not) and trusting
+/// `bundle`; the handshake's outcome as the client sees it.
 async fn tls_client(
-    pki: &TestPki,
+    bundle: TrustBundle,
     credentials: Credentials,
     server: SocketAddr,
     expected: &SpiffeId,
 ) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
     let store = IdentityStore::new();
-    store.install(credentials, pki.ca.bundle().unwrap());
+    store.install(credentials, bundle);
     let config = store.client_config(expected.clone(), &[b"http/1.1"]);
     let stream = TcpStream::connect(server).await?;
     let connector = tokio_rustls::TlsConnector::from(config);
@@ -382,7 +383,7 @@ async fn strict_refuses_every_bad_client_with_a_reason_and_serves_the_rest() {
         (other_ca, "untrusted"),
     ];
     for (credentials, reason) in cases {
-        let attempt = tls_client(&pki, credentials, port, &b.id).await;
+        let attempt = tls_client(pki.ca.bundle().unwrap(), credentials, port, &b.id).await;
         assert!(attempt.is_err(), "{reason}: the handshake was accepted");
         wait_metric(&inbound, HANDSHAKES, &handshakes(reason), 1.0).await;
         wait_logged(&inbound, &format!("reason={reason}")).await;
@@ -409,7 +410,9 @@ async fn strict_refuses_every_bad_client_with_a_reason_and_serves_the_rest() {
         .issue_with_key(&TestPki::id("a"), Duration::from_secs(3600))
         .unwrap();
     // tls_client read the start of the answer, so the block has the request.
-    tls_client(&pki, good, port, &b.id).await.unwrap();
+    tls_client(pki.ca.bundle().unwrap(), good, port, &b.id)
+        .await
+        .unwrap();
     assert_eq!(
         block.count(),
         1,
@@ -680,6 +683,100 @@ async fn rewritten_identity_files_are_presented_to_the_next_connection() {
     assert!(!before.is_empty() && !after.is_empty());
     assert_ne!(before, after, "the renewed certificate is presented");
     assert_eq!(block.count(), 2, "both connections were served");
+}
+
+/// How many certificate sets the sidecar has installed.
+async fn installed(proxy: &ProxyProcess) -> f64 {
+    let installed = [("result", "installed")];
+    metric(proxy, "gridmesh_identity_updates_total", &installed)
+        .await
+        .unwrap_or_else(|| panic!("no identity updates metric"))
+}
+
+/// Waits until the sidecar has installed a certificate set after the
+/// `before`th (whatever refusals a half-written rotation caused).
+async fn wait_installed(proxy: &ProxyProcess, before: f64) {
+    let waited = harness::within_for(Duration::from_secs(10), "an installed update", async {
+        while installed(proxy).await <= before {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    waited.await;
+}
+
+/// Credentials read from a workload's files, as a third-party client.
+fn credentials(files: &WorkloadFiles, bundle: &TrustBundle) -> Credentials {
+    let chain = std::fs::read(&files.certificate).unwrap();
+    let key = std::fs::read(&files.private_key).unwrap();
+    Credentials::from_pem(&chain, &key, bundle).unwrap()
+}
+
+/// A root rotation as operators do it: both roots trusted everywhere
+/// first, then each workload moved to the new root, then the old root
+/// dropped. Traffic through the mesh never fails; fresh handshakes work in
+/// the mixed state (a caller on the old root, the block on the new) and,
+/// at the end, only the new root is trusted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_root_rotation_with_overlap_fails_no_request() {
+    let (old, new) = (TestPki::new(), TestPki::new());
+    let (b, caller) = (old.workload("b"), old.workload("client"));
+    // A third party's certificate from the old root, in files the
+    // rotation leaves alone.
+    let caller_then = old.workload("third-party");
+    let StrictBlock {
+        block: _block,
+        inbound,
+        port,
+    } = strict_block(&b).await;
+    let first = outbound(&caller, port, &b.id).await;
+    let load = Load::start(first.listener_address("out").unwrap());
+    let new_only = || new.ca.bundle().unwrap();
+
+    let both = old.bundle_pem() + &new.bundle_pem();
+    for (proxy, files) in [(&inbound, &b), (&first, &caller)] {
+        let before = installed(proxy).await;
+        TestPki::replace_bundle(files, &both);
+        wait_installed(proxy, before).await;
+    }
+
+    // The block moves first: callers still on the old root reach it.
+    let before = installed(&inbound).await;
+    new.renew(&b);
+    wait_installed(&inbound, before).await;
+    let both_bundle = TrustBundle::from_pem(both.as_bytes()).unwrap();
+    let old_caller = || credentials(&caller_then, &both_bundle);
+    tls_client(new_only(), old_caller(), port, &b.id)
+        .await
+        .expect("a caller on the old root, the block on the new");
+    let fresh = outbound(&caller, port, &b.id).await;
+    let reply = harness::http1_client()
+        .connect(fresh.listener_address("out").unwrap())
+        .await
+        .send(harness::get("block", "/mixed"))
+        .await
+        .unwrap();
+    assert_eq!(
+        reply.status(),
+        200,
+        "a sidecar handshake in the mixed state"
+    );
+
+    // Then the caller, then the old root goes.
+    let before = installed(&first).await;
+    new.renew(&caller);
+    wait_installed(&first, before).await;
+    let only_new = new.bundle_pem();
+    for (proxy, files) in [(&inbound, &b), (&first, &caller)] {
+        let before = installed(proxy).await;
+        TestPki::replace_bundle(files, &only_new);
+        wait_installed(proxy, before).await;
+    }
+    let refused = tls_client(new_only(), old_caller(), port, &b.id).await;
+    assert!(refused.is_err(), "the old root is no longer trusted");
+    tls_client(new_only(), credentials(&caller, &new_only()), port, &b.id)
+        .await
+        .expect("a caller on the new root");
+    load.finish_without_failures(20).await;
 }
 
 /// The first certificate `openssl s_client -showcerts` printed.

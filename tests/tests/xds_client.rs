@@ -134,7 +134,7 @@ async fn subscribes_to_every_kind_in_order_with_the_node_on_the_first_request_on
     let expected: Vec<&str> = Kind::PUSH_ORDER.iter().map(|k| k.type_url()).collect();
     assert_eq!(
         urls, expected,
-        "clusters, endpoints, listeners, route tables"
+        "clusters, endpoints, authorization policies, listeners, route tables"
     );
     let node = requests[0]
         .node
@@ -194,7 +194,7 @@ async fn ready_only_once_every_kind_has_answered_then_traffic_flows_over_the_xds
         assert!(ack.node.is_none() && ack.resource_names_subscribe.is_empty());
         assert!(ack.initial_resource_versions.is_empty());
         let ready = proxy.admin_get("/ready").await.0;
-        if kind == Kind::RouteTable {
+        if Some(&kind) == Kind::PUSH_ORDER.last() {
             assert_eq!(ready, StatusCode::OK, "every kind has answered");
         } else {
             assert_eq!(ready, StatusCode::SERVICE_UNAVAILABLE, "after {kind}");
@@ -218,7 +218,8 @@ async fn ready_waits_for_kinds_the_control_plane_has_nothing_of() {
     let proxy = sidecar(&cp, "").await;
     let mut stream = cp.next_stream().await;
     stream.subscriptions().await;
-    for kind in [Kind::Cluster, Kind::Endpoints, Kind::Listener] {
+    let (last, first) = Kind::PUSH_ORDER.split_last().expect("kinds");
+    for &kind in first {
         let nonce = stream.push(kind, Vec::new(), &[]);
         stream.ack(&nonce).await;
     }
@@ -226,7 +227,7 @@ async fn ready_waits_for_kinds_the_control_plane_has_nothing_of() {
         proxy.admin_get("/ready").await.0,
         StatusCode::SERVICE_UNAVAILABLE
     );
-    let nonce = stream.push(Kind::RouteTable, Vec::new(), &[]);
+    let nonce = stream.push(*last, Vec::new(), &[]);
     stream.ack(&nonce).await;
     assert_eq!(proxy.admin_get("/ready").await.0, StatusCode::OK);
 }

@@ -66,7 +66,7 @@ pub struct Snapshot {
     /// The files it was read from.
     pub files: Vec<String>,
     /// In `Kind::PUSH_ORDER` order.
-    kinds: [Resources; 4],
+    kinds: [Resources; Kind::PUSH_ORDER.len()],
 }
 
 impl Snapshot {

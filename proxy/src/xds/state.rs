@@ -483,6 +483,7 @@ fn retain(set: &mut Bootstrap, kind: Kind, keep: impl Fn(&str) -> bool) {
     match kind {
         Kind::Cluster => set.clusters.retain(|r| keep(&r.name)),
         Kind::Endpoints => set.endpoints.retain(|r| keep(&r.cluster)),
+        Kind::AuthorizationPolicy => set.authorization_policies.retain(|r| keep(&r.name)),
         Kind::Listener => set.listeners.retain(|r| keep(&r.name)),
         Kind::RouteTable => set.route_tables.retain(|r| keep(&r.name)),
     }
@@ -501,6 +502,11 @@ fn upsert(set: &mut Bootstrap, kind: Kind, name: &str, from: &Bootstrap) {
     match kind {
         Kind::Cluster => put(&mut set.clusters, &from.clusters, |r| r.name == name),
         Kind::Endpoints => put(&mut set.endpoints, &from.endpoints, |r| r.cluster == name),
+        Kind::AuthorizationPolicy => put(
+            &mut set.authorization_policies,
+            &from.authorization_policies,
+            |r| r.name == name,
+        ),
         Kind::Listener => put(&mut set.listeners, &from.listeners, |r| r.name == name),
         Kind::RouteTable => put(&mut set.route_tables, &from.route_tables, |r| {
             r.name == name
@@ -515,12 +521,15 @@ fn merge(into: &mut Bootstrap, from: &Bootstrap) {
         route_tables,
         clusters,
         endpoints,
+        authorization_policies,
         ..
     } = from;
     into.listeners.extend(listeners.iter().cloned());
     into.route_tables.extend(route_tables.iter().cloned());
     into.clusters.extend(clusters.iter().cloned());
     into.endpoints.extend(endpoints.iter().cloned());
+    into.authorization_policies
+        .extend(authorization_policies.iter().cloned());
 }
 
 fn describe(problems: &[config::Problem]) -> String {
@@ -1036,6 +1045,10 @@ listeners:
   - { name: l, address: "127.0.0.1:0", routeTable: rt }
   - { name: m, address: "127.0.0.1:0", routeTable: rt2 }
   - { name: n, address: "127.0.0.1:0", routeTable: missing }
+authorizationPolicies:
+  - { name: deny-admin, listeners: [l], action: DENY, rules: [{ requests: [{ prefix: /admin }] }] }
+  - { name: allow-mesh, rules: [{ peers: [{ trustDomain: gridmesh.test }] }] }
+  - { name: bad-peer, rules: [{ peers: [{ exact: "not a spiffe id" }] }] }
 "#;
 
         #[derive(Debug, Clone)]
@@ -1059,7 +1072,18 @@ listeners:
                 prop::collection::vec((any::<usize>(), damage()), 0..4),
                 prop::collection::vec(
                     prop::sample::select(vec![
-                        "up", "spare", "bad", "gone", "rt", "rt2", "rt3", "l", "m", "x",
+                        "up",
+                        "spare",
+                        "bad",
+                        "gone",
+                        "rt",
+                        "rt2",
+                        "rt3",
+                        "l",
+                        "m",
+                        "x",
+                        "deny-admin",
+                        "bad-peer",
                     ])
                     .prop_map(str::to_string),
                     0..3,
@@ -1101,8 +1125,9 @@ listeners:
                 .iter()
                 .map(|t| (&t.name, &t.virtual_hosts))
                 .collect();
+            let authorization: BTreeMap<_, _> = snapshot.authorization.iter().collect();
             format!(
-                "{:?}\n{tables:?}\n{:?}",
+                "{:?}\n{tables:?}\n{:?}\n{authorization:?}",
                 snapshot.clusters, snapshot.listeners
             )
         }

@@ -98,7 +98,7 @@ pub fn load(contents: &Contents, dir: &Path) -> Result<Loaded, Rejected> {
     let mut merged = Bootstrap::default();
     // For each kind (in `Kind::PUSH_ORDER` slots), the file index of each
     // resource in the merged list, to map validation problems back.
-    let mut owners: [Vec<usize>; 4] = Default::default();
+    let mut owners = Kind::PUSH_ORDER.map(|_| Vec::new());
     for (index, (name, text)) in contents.files.iter().enumerate() {
         let text = match text {
             Ok(text) => text,
@@ -144,6 +144,9 @@ pub fn load(contents: &Contents, dir: &Path) -> Result<Loaded, Rejected> {
         merged.endpoints.extend(file.endpoints);
         merged.listeners.extend(file.listeners);
         merged.route_tables.extend(file.route_tables);
+        merged
+            .authorization_policies
+            .extend(file.authorization_policies);
     }
     if problems.is_empty()
         && let Err(e) = validate_served(merged.clone(), &dir.display().to_string())

@@ -195,3 +195,54 @@ async fn a_configmap_style_mount_is_followed() {
     let r = client.recv().await;
     assert_eq!(removed(&r), ["b"]);
 }
+
+#[tokio::test]
+async fn authorization_policies_are_served_as_their_own_kind_and_a_bad_one_is_blamed_on_its_file() {
+    use gridmesh_proto::config::AuthorizationPolicy;
+    use gridmesh_proto::resource::Kind;
+    use prost::Message;
+
+    const POLICY: &str = r#"
+authorizationPolicies:
+  - name: deny-admin
+    listeners: [block-a-inbound]
+    action: DENY
+    rules: [{ requests: [{ prefix: /admin }] }]
+"#;
+    let h = Harness::start(&[("policies.yaml", POLICY)]).await;
+    let version = h.status().await.config.version;
+    let mut client = h.delta("node-1").await;
+    let url = Kind::AuthorizationPolicy.type_url();
+    client.subscribe(url, &[]);
+    let r = client.recv_acked(1).await.remove(0);
+    assert_eq!(r.type_url, url);
+    assert_eq!(names(&r), ["deny-admin"]);
+    let any = r.resources[0].resource.as_ref().expect("a resource");
+    assert_eq!(any.type_url, url);
+    let policy = AuthorizationPolicy::decode(any.value.as_ref()).unwrap();
+    assert_eq!(policy.listeners, ["block-a-inbound"]);
+    assert_eq!(policy.rules.len(), 1);
+
+    // A peer that is not a SPIFFE ID: refused, located, nothing pushed.
+    h.write(
+        "policies.yaml",
+        &POLICY.replace("requests:", "peers: [{ exact: \"block-b\" }], requests:"),
+    );
+    let p = rejected(&h).await;
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert_eq!(
+        (p[0].0.as_str(), p[0].1.as_str(), p[0].2.as_str()),
+        (
+            "policies.yaml",
+            "authorizationPolicy \"deny-admin\"",
+            "rules[0].peers[0].exact"
+        )
+    );
+    client.expect_quiet().await;
+    assert_eq!(h.status().await.config.version, version);
+
+    // Removed: the removal is pushed.
+    h.remove("policies.yaml");
+    let r = client.recv().await;
+    assert_eq!(r.removed_resources, ["deny-admin"]);
+}

@@ -208,7 +208,8 @@ impl DeltaClient {
         });
     }
 
-    /// Subscribes to the wildcard of all four types, in push order.
+    /// Subscribes to the wildcard of the four routing kinds (C, E, L, R), in
+    /// push order: what most tests serve.
     pub fn subscribe_all(&mut self) {
         for url in [C, E, L, R] {
             self.subscribe(url, &[]);
