@@ -144,6 +144,11 @@ fn run(args: Args) -> Result<()> {
                 .keys()
                 .flat_map(|&proxy| [Target::through(proxy, 1), Target::through(proxy, 2)]),
         )
+        .chain(
+            binaries
+                .contains_key(&ProxyKind::Gridmesh)
+                .then_some(Target::GRIDMESH_MTLS),
+        )
         .collect();
 
     let placement = Placement::choose()?;
@@ -201,6 +206,7 @@ fn selected_scenarios(mut only: Vec<Scenario>) -> Vec<Scenario> {
             Scenario::GrpcUnary,
             Scenario::GrpcStream,
             Scenario::Memory,
+            Scenario::Connections,
         ];
     }
     only.sort();

@@ -6,15 +6,16 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use bytes::Bytes;
 use futures_util::future::try_join_all;
+use futures_util::{StreamExt, TryStreamExt};
 
 use crate::cgroup::TargetCgroup;
-use crate::load::clients::{Exchange, GrpcUnaryEcho, Http1Echo, grpc_channel};
+use crate::load::clients::{Exchange, GrpcUnaryEcho, Http1Echo, NewConnectionEcho, grpc_channel};
 use crate::load::{closed_loop, fixed_rate, streams};
 use crate::machine::IdleSpinner;
 use crate::procfs::BackgroundLoad;
 use crate::results::{Figure, Results, Scenario};
 use crate::settings::Settings;
-use crate::targets::{RunningTarget, Target};
+use crate::targets::{ProxyKind, RunningTarget, Target};
 
 const MIB: f64 = 1024.0 * 1024.0;
 /// Streams measured before the timed ones, to warm connections and caches.
@@ -87,6 +88,7 @@ impl Measurement<'_> {
             }
             Scenario::GrpcStream => self.stream(processes).await,
             Scenario::Memory => self.memory_with_open_streams(processes).await,
+            Scenario::Connections => self.connections(processes).await,
         }
     }
 
@@ -248,6 +250,69 @@ impl Measurement<'_> {
         .await?;
         self.record_memory(Figure::PssOpenStreamsMib, processes);
         drop(open);
+        Ok(())
+    }
+
+    /// New connections to the inbound hop as fast as they are answered,
+    /// then memory with many held open. Measured for gridmesh (plaintext
+    /// and mTLS) and the direct path (the load generator's own ceiling).
+    async fn connections(&mut self, processes: Option<&TargetCgroup>) -> Result<()> {
+        if self.target.proxy.is_some_and(|p| p != ProxyKind::Gridmesh) {
+            return Ok(());
+        }
+        let settings = self.settings;
+        let (inbound, tls) = (self.running.inbound, self.running.inbound_tls.clone());
+        let exchanges = (0..settings.connection_concurrency)
+            .map(|_| NewConnectionEcho {
+                address: inbound,
+                payload: self.payload(),
+                tls: tls.clone(),
+            })
+            .collect();
+        let (_, exchanges) = closed_loop::run(exchanges, settings.warmup).await;
+        let cpu_before = cpu_time(processes)?;
+        let (outcome, _) = closed_loop::run(exchanges, settings.max_throughput_duration).await;
+        let cpu = cpu_used_since(processes, cpu_before)?;
+        let elapsed = outcome.elapsed.as_secs_f64();
+        let scenario = Scenario::Connections;
+        self.record(
+            scenario,
+            Figure::ConnectionsPerS,
+            outcome.completed as f64 / elapsed,
+        );
+        if let (Some(cpu), true) = (cpu, outcome.completed > 0) {
+            let cpu = cpu.as_secs_f64();
+            let per_connection = cpu / outcome.completed as f64;
+            self.record(scenario, Figure::CpuUsPerConnection, per_connection * 1e6);
+            self.record(scenario, Figure::ConnectionsPerCoreS, 1.0 / per_connection);
+            self.record(scenario, Figure::ProxyCoreBusyAtMax, cpu / elapsed);
+        }
+        self.results
+            .record_errors(self.target, scenario, outcome.errors);
+
+        let Some(processes) = processes else {
+            return Ok(());
+        };
+        let before = processes.pss_bytes()?;
+        // A few at a time, as the closed loop: the inbound hop's pool to
+        // the upstream stays as small as in the other scenarios.
+        let open: Vec<Http1Echo> = futures_util::stream::iter(0..settings.open_connections)
+            .map(|_| async {
+                let mut connection =
+                    Http1Echo::connect_with(inbound, self.payload(), tls.clone()).await?;
+                connection.exchange().await?;
+                anyhow::Ok(connection)
+            })
+            .buffer_unordered(settings.connection_concurrency)
+            .try_collect()
+            .await?;
+        let after = processes.pss_bytes()?;
+        self.record(scenario, Figure::PssOpenConnectionsMib, after as f64 / MIB);
+        self.record(
+            scenario,
+            Figure::KibPerOpenConnection,
+            (after as f64 - before as f64) / 1024.0 / open.len() as f64,
+        );
         Ok(())
     }
 }

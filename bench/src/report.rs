@@ -59,6 +59,7 @@ pub struct TargetRow {
     pub label: String,
     pub proxy: Option<ProxyKind>,
     pub hops: u8,
+    pub mtls: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -178,6 +179,7 @@ impl Report {
                     label: target.to_string(),
                     proxy: target.proxy,
                     hops: target.hops,
+                    mtls: target.mtls,
                 })
                 .collect(),
             figures,
@@ -282,7 +284,7 @@ impl RatioFigure {
                 figures.push(RatioFigure::Absolute(Figure::MaxRequestsPerS))
             }
             Scenario::GrpcStream => figures.push(RatioFigure::Absolute(Figure::MessagesPerS)),
-            Scenario::Memory => {}
+            Scenario::Memory | Scenario::Connections => {}
         }
         figures
     }

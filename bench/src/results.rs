@@ -23,6 +23,10 @@ pub enum Scenario {
     /// the load runs.
     #[value(alias = "rss")]
     Memory,
+    /// Connection setup (a new connection per HTTP/1.1 request, with a full
+    /// handshake on mTLS targets) and memory with 1,000 connections open,
+    /// at the inbound hop.
+    Connections,
 }
 
 impl Scenario {
@@ -32,6 +36,7 @@ impl Scenario {
             Scenario::GrpcUnary => "gRPC unary 1 KiB",
             Scenario::GrpcStream => "gRPC server stream",
             Scenario::Memory => "proxy memory (PSS)",
+            Scenario::Connections => "HTTP/1.1 new connections, and 1,000 open, at the inbound hop",
         }
     }
 }
@@ -62,6 +67,17 @@ pub enum Figure {
     PssIdleMib,
     PssOpenStreamsMib,
     PssAfterLoadMib,
+    /// Closed loop, one request per new connection (a full handshake each
+    /// on mTLS targets).
+    ConnectionsPerS,
+    /// Proxy CPU per new connection, and its inverse: how many a core could
+    /// set up per second.
+    CpuUsPerConnection,
+    ConnectionsPerCoreS,
+    /// PSS with 1,000 connections open (each served one request), and
+    /// what each added.
+    PssOpenConnectionsMib,
+    KibPerOpenConnection,
 }
 
 impl Figure {
@@ -81,6 +97,11 @@ impl Figure {
             Figure::PssIdleMib => "idle MiB",
             Figure::PssOpenStreamsMib => "open-streams MiB",
             Figure::PssAfterLoadMib => "after-load MiB",
+            Figure::ConnectionsPerS => "conn/s",
+            Figure::CpuUsPerConnection => "CPU us/conn",
+            Figure::ConnectionsPerCoreS => "conn/s per core",
+            Figure::PssOpenConnectionsMib => "1,000 open MiB",
+            Figure::KibPerOpenConnection => "KiB/open conn",
         }
     }
 
@@ -94,6 +115,10 @@ impl Figure {
             Figure::MessagesPerS => "msg/s",
             Figure::CpuNsPerMessage => "ns",
             Figure::PssIdleMib | Figure::PssOpenStreamsMib | Figure::PssAfterLoadMib => "MiB",
+            Figure::ConnectionsPerS | Figure::ConnectionsPerCoreS => "conn/s",
+            Figure::CpuUsPerConnection => "us",
+            Figure::PssOpenConnectionsMib => "MiB",
+            Figure::KibPerOpenConnection => "KiB",
         }
     }
 }

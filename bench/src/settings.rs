@@ -30,6 +30,10 @@ pub struct Settings {
     /// (100 each: HAProxy's default per-connection limit).
     pub open_streams: u32,
     pub open_stream_connections: u32,
+    /// Connections: new connections set up at once in the closed loop,
+    /// and connections held open for the memory figure.
+    pub connection_concurrency: usize,
+    pub open_connections: usize,
 }
 
 impl Settings {
@@ -49,6 +53,8 @@ impl Settings {
             streams_per_round: 5,
             open_streams: 1_000,
             open_stream_connections: 10,
+            connection_concurrency: 16,
+            open_connections: 1_000,
         }
     }
 

@@ -2,11 +2,13 @@
 //! direct, or through one or two hops of a proxy (client -> outbound ->
 //! inbound -> upstream), each hop a real process pinned to the proxy core and
 //! configured as a comparable minimal reverse proxy: one worker, no access
-//! log, no timeouts that could cut a stream.
+//! log, no timeouts that could cut a stream. gridmesh's two hops also run
+//! with mTLS between them, as a mesh does.
 
 mod envoy;
 mod gridmesh;
 mod haproxy;
+mod mtls;
 mod nginx;
 mod process;
 
@@ -21,7 +23,9 @@ use bytes::Bytes;
 use serde::Serialize;
 
 use crate::cgroup::TargetCgroup;
-use crate::load::clients::{Exchange, GrpcUnaryEcho, Http1Echo, grpc_channel};
+use crate::load::clients::{Exchange, GrpcUnaryEcho, Http1Echo, TlsClient, grpc_channel};
+use mtls::HopIdentity;
+use mtls::MeshPki;
 use process::PinnedProcess;
 
 /// Envoy needs a second or two to start; a proxy not serving after this is broken.
@@ -84,28 +88,44 @@ pub struct Target {
     /// `None`: straight to the upstream.
     pub proxy: Option<ProxyKind>,
     pub hops: u8,
+    /// Mutual TLS between the hops (gridmesh only): the inbound hop's
+    /// listener is STRICT and the outbound hop verifies its SPIFFE ID.
+    pub mtls: bool,
 }
 
 impl Target {
     pub const DIRECT: Target = Target {
         proxy: None,
         hops: 0,
+        mtls: false,
     };
 
     pub fn through(proxy: ProxyKind, hops: u8) -> Self {
         Self {
             proxy: Some(proxy),
             hops,
+            mtls: false,
         }
     }
+
+    /// Two gridmesh hops speaking mTLS to each other.
+    pub const GRIDMESH_MTLS: Target = Target {
+        proxy: Some(ProxyKind::Gridmesh),
+        hops: 2,
+        mtls: true,
+    };
 }
 
 impl fmt::Display for Target {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.proxy {
-            None => f.write_str("direct"),
-            Some(proxy) => write!(f, "{} x{}", proxy.name(), self.hops),
+            None => f.write_str("direct")?,
+            Some(proxy) => write!(f, "{} x{}", proxy.name(), self.hops)?,
         }
+        if self.mtls {
+            f.write_str(" mTLS")?;
+        }
+        Ok(())
     }
 }
 
@@ -120,14 +140,24 @@ pub struct HopPlan {
     pub admin: SocketAddr,
     /// Configuration, logs and temporary files.
     pub dir: PathBuf,
+    /// Its certificate and what it expects of its peers (mTLS targets).
+    pub identity: Option<HopIdentity>,
 }
 
 /// A target whose hops are all up and serving both protocols end to end.
 pub struct RunningTarget {
     pub entry: Entry,
+    /// The hop next to the upstream (the upstream itself for the direct
+    /// path): where connection setup is measured.
+    pub inbound: SocketAddr,
+    /// How the load generator gets through the inbound hop's STRICT
+    /// listener itself (mTLS targets).
+    pub inbound_tls: Option<TlsClient>,
     hops: Vec<PinnedProcess>,
     /// Every hop's processes; `None` for the direct path.
     cgroup: Option<TargetCgroup>,
+    /// The certificates' files live as long as the hops.
+    _pki: Option<MeshPki>,
 }
 
 impl RunningTarget {
@@ -146,35 +176,49 @@ impl RunningTarget {
         };
         let mut hops = Vec::new();
         let mut cgroup = None;
+        let mut inbound = upstream;
+        let pki = target.mtls.then(MeshPki::new).transpose()?;
+        let inbound_tls = pki.as_ref().map(MeshPki::load_generator).transpose()?;
         if let Some(proxy) = target.proxy {
+            let mtls = if target.mtls { "-mtls" } else { "" };
             let group = cgroup.insert(TargetCgroup::create(&format!(
-                "{}-x{}",
+                "{}-x{}{mtls}",
                 proxy.name(),
                 target.hops
             ))?);
             let binary = binary.with_context(|| format!("no {} binary", proxy.name()))?;
             for index in (1..=target.hops).rev() {
+                let forwards_to_upstream = index == target.hops;
                 let plan = HopPlan {
-                    name: format!("{}-hop{index}-of-{}", proxy.name(), target.hops),
+                    name: format!("{}-hop{index}-of-{}{mtls}", proxy.name(), target.hops),
                     listen: proxy.listen_entry()?,
                     forward_to: next,
-                    forwards_to_upstream: index == target.hops,
+                    forwards_to_upstream,
                     admin: free_local_address()?,
                     dir: dir.to_owned(),
+                    identity: pki.as_ref().map(|pki| pki.hop(index, forwards_to_upstream)),
                 };
+                if forwards_to_upstream {
+                    inbound = plan.listen.http1;
+                }
                 let log = dir.join(format!("{}.log", plan.name));
                 let command = proxy.command(binary, &plan)?;
                 let mut process =
                     PinnedProcess::spawn(&plan.name, command, proxy_core, group, &log)?;
-                wait_until_serving(plan.listen, &mut process).await?;
+                // A STRICT hop takes mTLS only: probed as the load generator.
+                let probe_tls = inbound_tls.as_ref().filter(|_| forwards_to_upstream);
+                wait_until_serving(plan.listen, probe_tls, &mut process).await?;
                 next = plan.listen;
                 hops.push(process);
             }
         }
         Ok(Self {
             entry: next,
+            inbound,
+            inbound_tls,
             hops,
             cgroup,
+            _pki: pki,
         })
     }
 
@@ -192,8 +236,14 @@ impl RunningTarget {
     }
 }
 
-/// Polls until an HTTP/1.1 and a gRPC request through `entry` both succeed.
-async fn wait_until_serving(entry: Entry, process: &mut PinnedProcess) -> Result<()> {
+/// Polls until an HTTP/1.1 and a gRPC request through `entry` both succeed
+/// (an HTTP/1.1 request over mTLS, with `tls`: the gRPC path through a
+/// STRICT hop is proved by the probe of the hop in front of it).
+async fn wait_until_serving(
+    entry: Entry,
+    tls: Option<&TlsClient>,
+    process: &mut PinnedProcess,
+) -> Result<()> {
     let deadline = Instant::now() + READY_TIMEOUT;
     loop {
         if let Some(status) = process.exit_status() {
@@ -203,7 +253,7 @@ async fn wait_until_serving(entry: Entry, process: &mut PinnedProcess) -> Result
                 process.log_tail()
             );
         }
-        let attempt = probe(entry).await;
+        let attempt = probe(entry, tls).await;
         match attempt {
             Ok(()) => return Ok(()),
             Err(error) if Instant::now() >= deadline => {
@@ -218,13 +268,16 @@ async fn wait_until_serving(entry: Entry, process: &mut PinnedProcess) -> Result
     }
 }
 
-async fn probe(entry: Entry) -> Result<()> {
+async fn probe(entry: Entry, tls: Option<&TlsClient>) -> Result<()> {
     let payload = Bytes::from_static(b"ready?");
-    Http1Echo::connect(entry.http1, payload.clone())
+    Http1Echo::connect_with(entry.http1, payload.clone(), tls.cloned())
         .await?
         .exchange()
         .await
         .context("HTTP/1.1")?;
+    if tls.is_some() {
+        return Ok(());
+    }
     let channel = grpc_channel(entry.grpc).await?;
     GrpcUnaryEcho::new(channel, payload)
         .exchange()

@@ -81,10 +81,10 @@ impl Range {
     }
 }
 
-/// One requirement: gridmesh's figure must not exceed `bound`.
+/// One requirement: a gridmesh target's figure must not exceed `bound`.
 struct Requirement {
     scenario: Scenario,
-    hops: u8,
+    subject: Target,
     figure: PerHop,
     bound: Bound,
     strict: bool,
@@ -92,7 +92,9 @@ struct Requirement {
 
 enum Bound {
     Absolute(f64),
-    TimesPeer(f64, ProxyKind),
+    /// A factor of another target's figure (a peer's, or gridmesh's own
+    /// without mTLS).
+    Times(f64, Target),
 }
 
 pub fn evaluate(scenarios: &[Scenario], per_hop: &[PerHopRow]) -> Vec<Check> {
@@ -106,65 +108,88 @@ pub fn evaluate(scenarios: &[Scenario], per_hop: &[PerHopRow]) -> Vec<Check> {
 fn requirements() -> Vec<Requirement> {
     let mut requirements = Vec::new();
     for hops in [1, 2] {
+        let gridmesh = Target::through(ProxyKind::Gridmesh, hops);
+        let envoy = Target::through(ProxyKind::Envoy, hops);
+        let haproxy = Target::through(ProxyKind::Haproxy, hops);
         for scenario in [Scenario::Http1, Scenario::GrpcUnary] {
             for figure in [PerHop::AddedP50Us, PerHop::AddedP99Us] {
                 requirements.push(Requirement::at_most(
                     scenario,
-                    hops,
+                    gridmesh,
                     figure,
-                    Bound::TimesPeer(0.7, ProxyKind::Envoy),
+                    Bound::Times(0.7, envoy),
                 ));
                 requirements.push(Requirement::at_most(
                     scenario,
-                    hops,
+                    gridmesh,
                     figure,
-                    Bound::TimesPeer(1.0, ProxyKind::Haproxy),
+                    Bound::Times(1.0, haproxy),
                 ));
             }
             let cpu = PerHop::CpuUsPerRequest;
             requirements.push(Requirement::at_most(
                 scenario,
-                hops,
+                gridmesh,
                 cpu,
-                Bound::TimesPeer(0.5, ProxyKind::Envoy),
+                Bound::Times(0.5, envoy),
             ));
             requirements.push(Requirement::at_most(
                 scenario,
-                hops,
+                gridmesh,
                 cpu,
-                Bound::TimesPeer(1.0, ProxyKind::Haproxy),
+                Bound::Times(1.0, haproxy),
             ));
         }
         requirements.push(Requirement {
             strict: true,
             ..Requirement::at_most(
                 Scenario::GrpcStream,
-                hops,
+                gridmesh,
                 PerHop::AddedUsPerStreamMessage,
                 Bound::Absolute(5.0),
             )
         });
     }
+    let one_hop = Target::through(ProxyKind::Gridmesh, 1);
     requirements.push(Requirement::at_most(
         Scenario::Memory,
-        1,
+        one_hop,
         PerHop::PssIdleMib,
         Bound::Absolute(20.0),
     ));
     requirements.push(Requirement::at_most(
         Scenario::Memory,
-        1,
+        one_hop,
         PerHop::PssOpenStreamsMib,
         Bound::Absolute(50.0),
+    ));
+    // mTLS between the two hops against the same two hops in plaintext.
+    let plaintext = Target::through(ProxyKind::Gridmesh, 2);
+    for scenario in [Scenario::Http1, Scenario::GrpcUnary] {
+        for (figure, factor) in [(PerHop::AddedP50Us, 1.15), (PerHop::CpuUsPerRequest, 1.3)] {
+            requirements.push(Requirement::at_most(
+                scenario,
+                Target::GRIDMESH_MTLS,
+                figure,
+                Bound::Times(factor, plaintext),
+            ));
+        }
+    }
+    // >= 2,000 full handshakes per second on one core.
+    requirements.push(Requirement::at_most(
+        Scenario::Connections,
+        Target::GRIDMESH_MTLS,
+        PerHop::CpuUsPerConnection,
+        Bound::Absolute(500.0),
     ));
     requirements
 }
 
 impl Requirement {
-    fn at_most(scenario: Scenario, hops: u8, figure: PerHop, bound: Bound) -> Self {
+    fn at_most(scenario: Scenario, subject: Target, figure: PerHop, bound: Bound) -> Self {
         Self {
             scenario,
-            hops,
+            subject,
             figure,
             bound,
             strict: false,
@@ -175,15 +200,15 @@ impl Requirement {
         let range = |target: Target| {
             find_per_hop(per_hop, &target.to_string(), self.scenario, self.figure).map(Range::of)
         };
-        let gridmesh = range(Target::through(ProxyKind::Gridmesh, self.hops));
+        let gridmesh = range(self.subject);
         let (limit, bound_text) = match self.bound {
             Bound::Absolute(limit) => (Some(Range::point(limit)), format!("{limit}")),
-            Bound::TimesPeer(factor, peer) => (
-                range(Target::through(peer, self.hops))
-                    // A peer that measured as adding nothing (noise) is no yardstick.
-                    .filter(|peer| peer.min > 0.0)
-                    .map(|peer| peer.times(factor)),
-                format!("{factor}x {}", peer.name()),
+            Bound::Times(factor, other) => (
+                range(other)
+                    // A target that measured as adding nothing (noise) is no yardstick.
+                    .filter(|other| other.min > 0.0)
+                    .map(|other| other.times(factor)),
+                format!("{factor}x {other}"),
             ),
         };
         let verdict = match (gridmesh, limit) {
@@ -193,9 +218,9 @@ impl Requirement {
         let comparison = if self.strict { "<" } else { "<=" };
         Check {
             requirement: format!(
-                "{} x{}: {} {comparison} {bound_text}",
+                "{} {}: {} {comparison} {bound_text}",
                 self.scenario.title(),
-                self.hops,
+                self.subject,
                 self.figure.label()
             ),
             gridmesh,

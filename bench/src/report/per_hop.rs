@@ -24,6 +24,10 @@ pub enum PerHop {
     PssIdleMib,
     PssOpenStreamsMib,
     PssAfterLoadMib,
+    /// Connection setup and held connections cross the inbound hop only:
+    /// not divided by the target's hops.
+    CpuUsPerConnection,
+    KibPerOpenConnection,
 }
 
 impl PerHop {
@@ -39,6 +43,8 @@ impl PerHop {
             PerHop::PssIdleMib => "idle MiB/hop",
             PerHop::PssOpenStreamsMib => "open-streams MiB/hop",
             PerHop::PssAfterLoadMib => "after-load MiB/hop",
+            PerHop::CpuUsPerConnection => "CPU us/conn",
+            PerHop::KibPerOpenConnection => "KiB/open conn",
         }
     }
 
@@ -61,6 +67,7 @@ impl PerHop {
                 PerHop::PssOpenStreamsMib,
                 PerHop::PssAfterLoadMib,
             ],
+            Scenario::Connections => &[PerHop::CpuUsPerConnection, PerHop::KibPerOpenConnection],
         }
     }
 
@@ -78,6 +85,8 @@ impl PerHop {
             PerHop::PssIdleMib => (Figure::PssIdleMib, false),
             PerHop::PssOpenStreamsMib => (Figure::PssOpenStreamsMib, false),
             PerHop::PssAfterLoadMib => (Figure::PssAfterLoadMib, false),
+            PerHop::CpuUsPerConnection => (Figure::CpuUsPerConnection, false),
+            PerHop::KibPerOpenConnection => (Figure::KibPerOpenConnection, false),
         }
     }
 
@@ -95,7 +104,10 @@ impl PerHop {
         let (figure, relative_to_direct) = self.source();
         let rounds = results.rounds(target, scenario, figure)?;
         let direct = results.rounds(Target::DIRECT, scenario, figure);
-        let hops = f64::from(target.hops);
+        let hops = match self {
+            PerHop::CpuUsPerConnection | PerHop::KibPerOpenConnection => 1.0,
+            _ => f64::from(target.hops),
+        };
         let scale = if self == PerHop::AddedUsPerStreamMessage {
             1e3 / f64::from(stream_messages)
         } else {

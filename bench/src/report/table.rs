@@ -47,6 +47,14 @@ impl Column {
                 Measured(Figure::PssOpenStreamsMib),
                 Measured(Figure::PssAfterLoadMib),
             ],
+            Scenario::Connections => &[
+                Measured(Figure::ConnectionsPerS),
+                Measured(Figure::ProxyCoreBusyAtMax),
+                Measured(Figure::CpuUsPerConnection),
+                Measured(Figure::ConnectionsPerCoreS),
+                Measured(Figure::PssOpenConnectionsMib),
+                Measured(Figure::KibPerOpenConnection),
+            ],
         }
     }
 }

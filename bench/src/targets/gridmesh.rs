@@ -1,14 +1,16 @@
 //! gridmesh as a hop: `gridmesh-proxy --config <bootstrap>` with one worker,
 //! one AUTO listener (HTTP/1.1 and h2c alike) routing everything to one
-//! cluster whose upstream protocol follows the downstream one.
+//! cluster whose upstream protocol follows the downstream one. With an
+//! identity, the inbound hop's listener is STRICT and the outbound hop's
+//! cluster expects the inbound hop's SPIFFE ID: mTLS between them.
 
 use std::path::Path;
 use std::process::Command;
 
 use anyhow::Result;
 use gridmesh_proto::config::{
-    Admin, Bootstrap, Cluster, Endpoint, Endpoints, Listener, Route, RouteAction, RouteTable,
-    VirtualHost, listener, route_action,
+    Admin, Bootstrap, Cluster, Endpoint, Endpoints, Identity, IdentityFiles, Listener, Route,
+    RouteAction, RouteTable, VirtualHost, identity, listener, route_action,
 };
 
 use super::HopPlan;
@@ -34,6 +36,11 @@ fn bootstrap(hop: &HopPlan) -> Bootstrap {
     } else {
         listener::Direction::Outbound
     };
+    let identity = hop.identity.as_ref();
+    let tls_mode = match identity {
+        Some(hop) if hop.strict => listener::TlsMode::Strict,
+        _ => listener::TlsMode::Disable,
+    };
     Bootstrap {
         admin: Some(Admin {
             address: hop.admin.to_string(),
@@ -43,6 +50,7 @@ fn bootstrap(hop: &HopPlan) -> Bootstrap {
             address: hop.listen.http1.to_string(),
             direction: direction.into(),
             route_table: ROUTE_TABLE.into(),
+            tls_mode: tls_mode.into(),
             ..Default::default()
         }],
         route_tables: vec![RouteTable {
@@ -64,6 +72,10 @@ fn bootstrap(hop: &HopPlan) -> Bootstrap {
         }],
         clusters: vec![Cluster {
             name: CLUSTER.into(),
+            identity: identity
+                .and_then(|hop| hop.upstream.as_ref())
+                .map(ToString::to_string)
+                .unwrap_or_default(),
             ..Default::default()
         }],
         endpoints: vec![Endpoints {
@@ -79,7 +91,13 @@ fn bootstrap(hop: &HopPlan) -> Bootstrap {
             nanos: 0,
         }),
         xds: None,
-        identity: None,
+        identity: identity.map(|hop| Identity {
+            source: Some(identity::Source::Files(IdentityFiles {
+                certificate: hop.files.certificate.display().to_string(),
+                private_key: hop.files.private_key.display().to_string(),
+                trust_bundle: hop.files.trust_bundle.display().to_string(),
+            })),
+        }),
         authorization_policies: Vec::new(),
     }
 }
