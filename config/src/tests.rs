@@ -392,6 +392,7 @@ fn bootstrap() -> impl Strategy<Value = Bootstrap> {
             })),
         })),
         prop::collection::vec(authorization_policy(), 0..3),
+        proptest::option::of(tracing()),
     )
         .prop_map(
             |(
@@ -403,6 +404,7 @@ fn bootstrap() -> impl Strategy<Value = Bootstrap> {
                 drain_timeout,
                 identity,
                 authorization_policies,
+                tracing,
             )| {
                 Bootstrap {
                     admin,
@@ -414,6 +416,36 @@ fn bootstrap() -> impl Strategy<Value = Bootstrap> {
                     xds: None,
                     identity,
                     authorization_policies,
+                    tracing,
+                }
+            },
+        )
+}
+
+fn tracing() -> impl Strategy<Value = pb::Tracing> {
+    (
+        prop::sample::select(vec![
+            "http://collector:4317",
+            "https://c:4318/v1/traces",
+            "collector:4317",
+            "",
+        ]),
+        enum_number(2),
+        proptest::option::of(prop::sample::select(vec![-0.5, 0.0, 0.01, 0.5, 1.0, 1.5])),
+        small_u32(),
+        duration(),
+        proptest::option::of(header_name()),
+    )
+        .prop_map(
+            |(endpoint, protocol, sampling_ratio, max_queue_size, export_timeout, header)| {
+                pb::Tracing {
+                    endpoint: endpoint.into(),
+                    protocol,
+                    headers: header.into_iter().map(|h| (h, "v".into())).collect(),
+                    sampling_ratio,
+                    resource_attributes: [("service.name".into(), "fuzz".into())].into(),
+                    max_queue_size,
+                    export_timeout,
                 }
             },
         )
@@ -622,6 +654,79 @@ fn the_xds_address_must_be_host_and_port() {
         let result = build_snapshot(b, "xds.yaml");
         assert_eq!(result.is_ok(), valid, "{address:?}: {:?}", result.err());
     }
+}
+
+#[test]
+fn tracing_settings_are_checked_and_defaulted() {
+    let tracing = |yaml: &str| {
+        let text = format!("tracing: {yaml}");
+        let mut b = good();
+        b.tracing = crate::parse_bootstrap(&text, "t.yaml")
+            .unwrap_or_else(|e| panic!("{e}"))
+            .tracing;
+        build_snapshot(b, "t.yaml")
+    };
+    let settings = tracing(r#"{ endpoint: "http://collector:4317" }"#)
+        .unwrap()
+        .tracing
+        .unwrap();
+    assert_eq!(settings.sampling_ratio, 0.01);
+    assert_eq!(settings.max_queue, 2048);
+    assert_eq!(settings.export_timeout, std::time::Duration::from_secs(10));
+    let settings = tracing(
+        r#"{ endpoint: "http://c:4318/v1/traces", protocol: HTTP_PROTOBUF, samplingRatio: 0, maxQueueSize: 8, exportTimeout: 1s, headers: { x-key: v } }"#,
+    )
+    .unwrap()
+    .tracing
+    .unwrap();
+    assert_eq!(
+        (
+            settings.protocol,
+            settings.sampling_ratio,
+            settings.max_queue
+        ),
+        (gridmesh_telemetry::OtlpProtocol::HttpProtobuf, 0.0, 8)
+    );
+    for (yaml, field) in [
+        (r#"{ endpoint: "collector:4317" }"#, "tracing.endpoint"),
+        (r#"{ endpoint: "" }"#, "tracing.endpoint"),
+        (r#"{ endpoint: "grpc://c:4317" }"#, "tracing.endpoint"),
+        (
+            r#"{ endpoint: "http://c:4317", samplingRatio: 1.5 }"#,
+            "tracing.samplingRatio",
+        ),
+        (
+            r#"{ endpoint: "http://c:4317", samplingRatio: -0.1 }"#,
+            "tracing.samplingRatio",
+        ),
+        (
+            r#"{ endpoint: "http://c:4317", exportTimeout: 0s }"#,
+            "tracing.exportTimeout",
+        ),
+        (
+            r#"{ endpoint: "http://c:4317", headers: { X-Key: v } }"#,
+            "tracing.headers.X-Key",
+        ),
+        (
+            r#"{ endpoint: "http://c:4317", headers: { "a b": v } }"#,
+            "tracing.headers.a b",
+        ),
+    ] {
+        let error = tracing(yaml).unwrap_err();
+        let fields: Vec<_> = error.problems.iter().map(|p| p.field.as_str()).collect();
+        assert_eq!(fields, [field], "{yaml}: {error}");
+    }
+    // A control plane serves resources, not a sidecar's tracing.
+    let mut b = good();
+    b.tracing = Some(pb::Tracing {
+        endpoint: "http://c:4317".into(),
+        ..Default::default()
+    });
+    let error = validate_served(b, "served.yaml").unwrap_err();
+    assert!(
+        error.problems.iter().any(|p| p.field == "tracing"),
+        "{error}"
+    );
 }
 
 /// No regression files: a failure prints its minimal input, which belongs

@@ -28,6 +28,9 @@ use crate::route::{
 use gridmesh_identity::{IdentityFiles, SpiffeId};
 pub use gridmesh_proto::config::listener::DownstreamProtocol as Protocol;
 pub use gridmesh_proto::config::listener::TlsMode;
+use gridmesh_telemetry::settings::{
+    DEFAULT_EXPORT_TIMEOUT, DEFAULT_MAX_QUEUE, DEFAULT_SAMPLING_RATIO, OtlpProtocol, TraceSettings,
+};
 
 const DEFAULT_ADMIN: &str = "127.0.0.1:15000";
 const DEFAULT_DRAIN: Duration = Duration::from_secs(30);
@@ -79,6 +82,8 @@ pub struct Snapshot {
     pub authorization: HashMap<String, Arc<ListenerAuthz>>,
     /// Where this workload's certificate comes from; `None`: plaintext only.
     pub identity: Option<IdentitySource>,
+    /// Where spans go; `None`: no spans (trace context still forwarded).
+    pub tracing: Option<TraceSettings>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -416,6 +421,7 @@ fn build(
             ("drainTimeout", bootstrap.drain_timeout.is_some()),
             ("xds", bootstrap.xds.is_some()),
             ("identity", bootstrap.identity.is_some()),
+            ("tracing", bootstrap.tracing.is_some()),
         ];
         for (field, _) in local.iter().filter(|(_, set)| *set) {
             c.problem(
@@ -517,6 +523,7 @@ fn build(
     );
 
     let authorization = authorization(&mut c, &bootstrap.authorization_policies, &listeners);
+    let tracing = bootstrap.tracing.as_ref().and_then(|t| tracing(&mut c, t));
 
     if !c.problems.is_empty() {
         return Err(ConfigError {
@@ -535,6 +542,63 @@ fn build(
         clusters,
         authorization,
         identity,
+        tracing,
+    })
+}
+
+/// The bootstrap's `tracing` section.
+fn tracing(c: &mut Checker, t: &pb::Tracing) -> Option<TraceSettings> {
+    use pb::tracing::Protocol;
+    let protocol = match Protocol::try_from(t.protocol) {
+        Ok(Protocol::Grpc) => OtlpProtocol::Grpc,
+        Ok(Protocol::HttpProtobuf) => OtlpProtocol::HttpProtobuf,
+        Err(_) => {
+            c.problem("tracing.protocol", format!("unknown value {}", t.protocol));
+            return None;
+        }
+    };
+    // The exporter would take a URL without a scheme as https.
+    match t.endpoint.parse::<http::Uri>() {
+        Ok(uri) if matches!(uri.scheme_str(), Some("http" | "https")) && uri.host().is_some() => {}
+        _ => c.problem(
+            "tracing.endpoint",
+            format!(
+                "{:?} is not an http:// or https:// URL (e.g. \"http://collector:4317\")",
+                t.endpoint
+            ),
+        ),
+    }
+    let sampling_ratio = t.sampling_ratio.unwrap_or(DEFAULT_SAMPLING_RATIO);
+    if !(0.0..=1.0).contains(&sampling_ratio) {
+        c.problem(
+            "tracing.samplingRatio",
+            format!("{sampling_ratio} is not between 0 and 1"),
+        );
+    }
+    for (name, value) in &t.headers {
+        let valid = http::HeaderName::from_bytes(name.as_bytes()).is_ok()
+            && http::HeaderValue::from_str(value).is_ok();
+        if !valid || name.bytes().any(|b| b.is_ascii_uppercase()) {
+            c.problem(
+                format!("tracing.headers.{name}"),
+                "not a valid lower-case header name and value",
+            );
+        }
+    }
+    let export_timeout = c
+        .positive("tracing.exportTimeout", t.export_timeout.as_ref())
+        .unwrap_or(DEFAULT_EXPORT_TIMEOUT);
+    Some(TraceSettings {
+        endpoint: t.endpoint.clone(),
+        protocol,
+        headers: t.headers.clone().into_iter().collect(),
+        sampling_ratio,
+        resource: t.resource_attributes.clone().into_iter().collect(),
+        max_queue: match t.max_queue_size {
+            0 => DEFAULT_MAX_QUEUE,
+            n => n as usize,
+        },
+        export_timeout,
     })
 }
 

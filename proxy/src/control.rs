@@ -8,15 +8,21 @@ use std::sync::Arc;
 use crate::shared::Shared;
 use crate::{admin, xds};
 
+/// The control thread's runtime, made before the thread starts so that
+/// work meant for it (span export) can be given its handle first.
+pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+}
+
 pub fn spawn(
+    runtime: tokio::runtime::Runtime,
     admin_listener: std::net::TcpListener,
     shared: Arc<Shared>,
     xds: Option<xds::Client>,
 ) -> std::io::Result<()> {
     admin_listener.set_nonblocking(true)?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
     std::thread::Builder::new()
         .name("gridmesh-control".into())
         .spawn(move || {

@@ -11,6 +11,7 @@ use crate::drain::Drain;
 use crate::filter::Filters;
 use crate::metrics::ListenerMetrics;
 use crate::transport::{Observed, ReadObserver};
+use gridmesh_telemetry::Tracing;
 
 /// What every connection and request of one listener shares.
 pub struct ListenerContext {
@@ -25,6 +26,8 @@ pub struct ListenerContext {
     pub replaced: AtomicBool,
     /// The filters every request of this listener passes through.
     pub filters: Filters,
+    /// Spans of its requests, when the bootstrap configures tracing.
+    pub tracing: Option<Tracing>,
 }
 
 impl ListenerContext {

@@ -33,6 +33,7 @@ mod runtime;
 mod server;
 mod shared;
 mod tcp;
+mod trace;
 mod transport;
 mod xds;
 
@@ -89,6 +90,10 @@ pub enum StartError {
     },
     #[error("cannot follow the identity files: {0}")]
     Identity(#[from] gridmesh_identity::files::FilesError),
+    #[error("cannot start the control thread: {0}")]
+    Control(std::io::Error),
+    #[error("cannot start tracing: {0}")]
+    Tracing(#[from] gridmesh_telemetry::TracingError),
 }
 
 /// A running proxy.
@@ -120,6 +125,12 @@ impl ProxyBuilder {
     pub async fn start(self) -> Result<Proxy, StartError> {
         let ProxyBuilder { snapshot, filters } = self;
         let metrics = Metrics::default();
+        let control_runtime = control::runtime().map_err(StartError::Control)?;
+        let tracing = snapshot
+            .tracing
+            .as_ref()
+            .map(|settings| trace::start(settings, &metrics.registry, control_runtime.handle()))
+            .transpose()?;
         let identity = match snapshot.identity.clone() {
             Some(source) => Some(identity::start(
                 source,
@@ -132,6 +143,7 @@ impl ProxyBuilder {
             Handle::current(),
             Filters::new(filters),
             identity.as_ref().map(|i| i.store.clone()),
+            tracing,
         );
         let resolver = Mutex::new(None);
         let admin_error = |source| StartError::Admin {
@@ -162,9 +174,11 @@ impl ProxyBuilder {
         // Without a control plane, the bootstrap is the complete config.
         let ready = xds.is_none();
         let (shared, plan) = Shared::new(staged, listeners, metrics, resolver, ready, identity);
-        control::spawn(admin, shared.clone(), xds).map_err(|source| StartError::Admin {
-            addr: admin_addr,
-            source,
+        control::spawn(control_runtime, admin, shared.clone(), xds).map_err(|source| {
+            StartError::Admin {
+                addr: admin_addr,
+                source,
+            }
         })?;
         shared.start_listeners(plan, drain_timeout);
 

@@ -32,6 +32,7 @@ use crate::server;
 use crate::transport::Terminator;
 use gridmesh_config::ListenerSpec;
 use gridmesh_identity::IdentityStore;
+use gridmesh_telemetry::Tracing;
 
 /// Pending connections the kernel queues per listener.
 const BACKLOG: u32 = 1024;
@@ -55,6 +56,8 @@ pub struct Listeners {
     pub connections: TaskTracker,
     /// What listeners with a TLS mode present and verify peers with.
     identity: Option<Arc<IdentityStore>>,
+    /// Spans of every listener's requests, when tracing is configured.
+    tracing: Option<Tracing>,
 }
 
 struct Active {
@@ -82,6 +85,7 @@ impl Listeners {
         data_plane: Handle,
         filters: Filters,
         identity: Option<Arc<IdentityStore>>,
+        tracing: Option<Tracing>,
     ) -> Listeners {
         Listeners {
             data_plane,
@@ -89,6 +93,7 @@ impl Listeners {
             active: Mutex::new(Vec::new()),
             connections: TaskTracker::new(),
             identity,
+            tracing,
         }
     }
 
@@ -185,6 +190,7 @@ impl Listeners {
                 drain: Drain::default(),
                 replaced: AtomicBool::new(false),
                 filters: self.filters.clone(),
+                tracing: self.tracing.clone(),
             });
             self.data_plane.spawn(server::accept_loop(
                 planned.socket.clone(),

@@ -38,6 +38,7 @@ use crate::filter::{Direction, FilterStack};
 use crate::grpc;
 use crate::headers;
 use crate::runtime::Runtime;
+use crate::trace::RequestTrace;
 use crate::transport::ConnectionContext;
 use gridmesh_config::authz::{Denial, ListenerAuthz};
 use gridmesh_config::route::Route;
@@ -56,12 +57,30 @@ pub async fn serve(
     let grpc = grpc::is_grpc(req.headers());
     let http1 = req.version() < Version::HTTP_2;
     let filters = listener.filters.for_request(&context);
+    let mut trace = (listener.tracing.as_ref())
+        .map(|tracing| RequestTrace::start(tracing, &listener.name, &req, &context, grpc));
     req.extensions_mut().insert(context);
-    let mut rsp = match forward(runtime, listener, req, grpc, filters, connection).await {
-        Ok(rsp) => rsp,
+    let forwarded = forward(
+        runtime, listener, req, grpc, filters, connection, &mut trace,
+    )
+    .await;
+    let mut rsp = match forwarded {
+        Ok(rsp) => {
+            // Answered before an upstream exchange took the trace over (a
+            // filter's local reply).
+            if let Some(trace) = trace {
+                trace.finish(rsp.status(), grpc::status(rsp.headers()), None);
+            }
+            rsp
+        }
         Err(e) => {
-            listener.metrics.local_reply(e.reason());
-            e.into_response(grpc)
+            let reason = e.reason();
+            listener.metrics.local_reply(reason);
+            let rsp = e.into_response(grpc);
+            if let Some(trace) = trace {
+                trace.finish(rsp.status(), grpc::status(rsp.headers()), Some(reason));
+            }
+            rsp
         }
     };
     if http1 && listener.closing() {
@@ -79,6 +98,7 @@ async fn forward(
     grpc: bool,
     filters: Option<FilterStack>,
     connection: RequestGuard,
+    trace: &mut Option<RequestTrace>,
 ) -> Result<Response<Body>, ProxyError> {
     let start = Instant::now();
     let (mut parts, body) = req.into_parts();
@@ -119,6 +139,9 @@ async fn forward(
     headers::set_forwarded_client_cert(&mut parts.headers, peer.as_ref());
     route.request_headers.apply(&mut parts.headers);
     headers::strip_hop_by_hop(&mut parts.headers);
+    if let Some(trace) = trace {
+        trace.call(&mut parts.headers, &route.name, &cluster.name());
+    }
 
     // 5. call
     let Answer {
@@ -146,6 +169,7 @@ async fn forward(
         in_flight,
         _lease: lease,
         _connection: connection,
+        trace: trace.take(),
         recorded: false,
     };
     let limits = StreamLimits {
@@ -223,15 +247,21 @@ struct Exchange {
     /// Gives the upstream connection back when the exchange is over.
     _lease: Lease,
     _connection: RequestGuard,
+    /// Ends with the response stream.
+    trace: Option<RequestTrace>,
     recorded: bool,
 }
 
 impl Exchange {
-    fn record(&mut self, trailer_grpc_status: Option<u32>) {
+    fn record(&mut self, trailer_grpc_status: Option<u32>, error: Option<&str>) {
         self.recorded = true;
         let metrics = &self.cluster.metrics;
+        let grpc_status = trailer_grpc_status.or(self.header_grpc_status);
         metrics.duration.observe(self.start.elapsed().as_secs_f64());
-        metrics.response(self.status, trailer_grpc_status.or(self.header_grpc_status));
+        metrics.response(self.status, grpc_status);
+        if let Some(trace) = self.trace.take() {
+            trace.finish(self.status, grpc_status, error);
+        }
     }
 }
 
@@ -241,19 +271,21 @@ impl Completion for Exchange {
     }
 
     fn finish(mut self, end: StreamEnd) {
-        let grpc_status = match end {
-            StreamEnd::Complete { grpc_status } => grpc_status,
-            StreamEnd::Local(e) => Some(e.grpc_code() as u32),
-            StreamEnd::UpstreamError => Some(grpc::Code::Unavailable as u32),
+        let (grpc_status, error) = match end {
+            StreamEnd::Complete { grpc_status } => (grpc_status, None),
+            StreamEnd::Local(e) => (Some(e.grpc_code() as u32), Some(e.reason())),
+            StreamEnd::UpstreamError => {
+                (Some(grpc::Code::Unavailable as u32), Some("upstream_reset"))
+            }
         };
-        self.record(grpc_status);
+        self.record(grpc_status, error);
     }
 }
 
 impl Drop for Exchange {
     fn drop(&mut self) {
         if !self.recorded {
-            self.record(None);
+            self.record(None, None);
         }
     }
 }

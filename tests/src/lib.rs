@@ -6,6 +6,7 @@
 pub mod fuzz;
 pub mod harness;
 pub mod load;
+pub mod otlp;
 pub mod pki;
 pub mod ports;
 pub mod process;

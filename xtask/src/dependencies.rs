@@ -40,8 +40,18 @@ const ALLOWED_LICENSES: &[&str] = &[
 
 /// Crates allowed in two versions, and why.
 const KNOWN_DUPLICATES: &[(&str, &str)] = &[
-    ("rand", "tch 0.26 uses rand 0.8; hickory and we use 0.10"),
-    ("rand_core", "with rand: tch's 0.8 and everyone else's 0.10"),
+    (
+        "rand",
+        "tch 0.26 uses rand 0.8, opentelemetry_sdk 0.33 (trace and span ids) 0.9; hickory and we use 0.10",
+    ),
+    (
+        "rand_core",
+        "with rand: tch's 0.8, opentelemetry_sdk's 0.9 and everyone else's 0.10",
+    ),
+    (
+        "rand_chacha",
+        "with rand: tch's 0.8 and opentelemetry_sdk's 0.9",
+    ),
     (
         "getrandom",
         "with rand_core: 0.6 (tch, zip) and 0.10 use different getrandoms",

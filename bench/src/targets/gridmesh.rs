@@ -99,5 +99,6 @@ fn bootstrap(hop: &HopPlan) -> Bootstrap {
             })),
         }),
         authorization_policies: Vec::new(),
+        tracing: None,
     }
 }

@@ -8,7 +8,7 @@
 //! jittered exponential backoff, telling the control plane the versions it
 //! holds (`initial_resource_versions`) so only changes are sent again.
 
-mod node;
+pub mod node;
 mod state;
 
 use std::collections::BTreeMap;

@@ -1,0 +1,208 @@
+//! The spans of one request through this sidecar, after the OpenTelemetry
+//! semantic conventions for HTTP and RPC: a server span from the request's
+//! arrival to the end of its response stream, child of the caller's W3C
+//! trace context, and a client span for the upstream call, whose context
+//! goes upstream as the next hop's parent. Without `tracing` in the
+//! bootstrap none of this runs and the caller's `traceparent` passes through
+//! untouched.
+
+use std::time::SystemTime;
+
+use gridmesh_telemetry::{TraceSettings, Tracing, TracingError};
+use http::StatusCode;
+use opentelemetry::trace::{SpanKind, Status, TraceContextExt, Tracer};
+use opentelemetry::{Context, KeyValue};
+
+use crate::transport::ConnectionContext;
+
+/// gRPC codes that make a server span an error (the RPC conventions).
+const GRPC_SERVER_ERRORS: [u32; 6] = [2, 4, 12, 13, 14, 15];
+
+pub struct RequestTrace {
+    tracing: Tracing,
+    /// The server span's name, which the client span takes too.
+    name: String,
+    server: Context,
+    client: Option<Context>,
+}
+
+/// Starts tracing as `settings` say, the resource attributes the bootstrap
+/// leaves out filled in from the node (see `xds::node`), exporting from
+/// `control`'s runtime.
+pub fn start(
+    settings: &TraceSettings,
+    registry: &prometheus::Registry,
+    control: &tokio::runtime::Handle,
+) -> Result<Tracing, TracingError> {
+    let node = crate::xds::node::from_env(|var| std::env::var(var).ok());
+    let mut settings = settings.clone();
+    let metadata = |key: &str| {
+        let fields = &node.metadata.as_ref()?.fields;
+        match fields.get(key)?.kind.as_ref()? {
+            pbjson_types::value::Kind::StringValue(s) => Some(s.clone()),
+            _ => None,
+        }
+    };
+    let service = Some(node.cluster.clone())
+        .filter(|c| !c.is_empty())
+        .unwrap_or_else(|| "gridmesh-proxy".into());
+    for (key, value) in [
+        ("service.name", Some(service)),
+        ("service.instance.id", Some(node.id.clone())),
+        ("k8s.pod.name", metadata("pod")),
+        ("k8s.namespace.name", metadata("namespace")),
+    ] {
+        if let Some(value) = value {
+            settings.resource.entry(key.into()).or_insert(value);
+        }
+    }
+    Tracing::start(&settings, registry, "gridmesh-proxy", control)
+}
+
+impl RequestTrace {
+    /// The server span of a request that just arrived on `listener`.
+    pub fn start(
+        tracing: &Tracing,
+        listener: &str,
+        req: &http::Request<hyper::body::Incoming>,
+        connection: &ConnectionContext,
+        grpc: bool,
+    ) -> RequestTrace {
+        let parent = tracing.extract(req.headers());
+        let path = req.uri().path();
+        let rpc = grpc.then(|| grpc_method(path)).flatten();
+        let name = match rpc {
+            Some((service, method)) => format!("{service}/{method}"),
+            None => req.method().as_str().to_string(),
+        };
+        let mut attributes = vec![
+            KeyValue::new("http.request.method", req.method().as_str().to_string()),
+            KeyValue::new("url.path", path.to_string()),
+            KeyValue::new("network.protocol.version", protocol_version(req.version())),
+            KeyValue::new("client.address", connection.peer.ip().to_string()),
+            KeyValue::new("gridmesh.listener", listener.to_string()),
+        ];
+        if let Some(authority) = req.uri().authority().map(|a| a.host()).or_else(|| {
+            req.headers()
+                .get(http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+        }) {
+            attributes.push(KeyValue::new("server.address", authority.to_string()));
+        }
+        if let Some(peer) = &connection.peer_identity {
+            attributes.push(KeyValue::new("gridmesh.peer.identity", peer.to_string()));
+        }
+        if let Some((service, method)) = rpc {
+            attributes.extend([
+                KeyValue::new("rpc.system", "grpc"),
+                KeyValue::new("rpc.service", service.to_string()),
+                KeyValue::new("rpc.method", method.to_string()),
+            ]);
+        }
+        let span = tracing
+            .tracer()
+            .span_builder(name.clone())
+            .with_kind(SpanKind::Server)
+            .with_attributes(attributes)
+            .start_with_context(tracing.tracer(), &parent);
+        RequestTrace {
+            tracing: tracing.clone(),
+            name,
+            server: parent.with_span(span),
+            client: None,
+        }
+    }
+
+    /// Starts the client span of the upstream call and makes it the parent
+    /// the request carries upstream.
+    pub fn call(&mut self, headers: &mut http::HeaderMap, route: &str, cluster: &str) {
+        let server = self.server.span();
+        let recording = server.is_recording();
+        let mut builder = self
+            .tracing
+            .tracer()
+            .span_builder(self.name.clone())
+            .with_kind(SpanKind::Client);
+        if recording {
+            builder = builder.with_attributes([
+                KeyValue::new("gridmesh.route", route.to_string()),
+                KeyValue::new("gridmesh.cluster", cluster.to_string()),
+            ]);
+            server.set_attribute(KeyValue::new("gridmesh.route", route.to_string()));
+        }
+        let span = builder.start_with_context(self.tracing.tracer(), &self.server);
+        let client = self.server.with_span(span);
+        self.tracing.inject(&client, headers);
+        self.client = Some(client);
+    }
+
+    /// Ends the spans with the response the caller got (or the local reply
+    /// the sidecar made, named by `error`).
+    pub fn finish(self, status: StatusCode, grpc_status: Option<u32>, error: Option<&str>) {
+        let now = SystemTime::now();
+        let server = self.server.span();
+        if server.is_recording() {
+            let mut attributes = vec![KeyValue::new(
+                "http.response.status_code",
+                i64::from(status.as_u16()),
+            )];
+            if let Some(code) = grpc_status {
+                attributes.push(KeyValue::new("rpc.grpc.status_code", i64::from(code)));
+            }
+            if let Some(reason) = error {
+                attributes.push(KeyValue::new("gridmesh.error", reason.to_string()));
+            }
+            let failed = status.is_server_error()
+                || grpc_status.is_some_and(|c| GRPC_SERVER_ERRORS.contains(&c))
+                || error.is_some();
+            if let Some(client) = &self.client {
+                let client = client.span();
+                client.set_attributes(attributes.iter().cloned());
+                if status.as_u16() >= 400 || grpc_status.is_some_and(|c| c != 0) || error.is_some()
+                {
+                    client.set_status(Status::error(error.unwrap_or("").to_string()));
+                }
+            }
+            server.set_attributes(attributes);
+            if failed {
+                server.set_status(Status::error(error.unwrap_or("").to_string()));
+            }
+        }
+        if let Some(client) = &self.client {
+            client.span().end_with_timestamp(now);
+        }
+        server.end_with_timestamp(now);
+    }
+}
+
+/// `/package.Service/Method` as (service, method).
+fn grpc_method(path: &str) -> Option<(&str, &str)> {
+    let (service, method) = path.strip_prefix('/')?.split_once('/')?;
+    (!service.is_empty() && !method.is_empty() && !method.contains('/'))
+        .then_some((service, method))
+}
+
+fn protocol_version(version: http::Version) -> &'static str {
+    match version {
+        http::Version::HTTP_10 => "1.0",
+        http::Version::HTTP_11 => "1.1",
+        http::Version::HTTP_2 => "2",
+        _ => "other",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_methods_are_read_from_the_path() {
+        assert_eq!(
+            grpc_method("/inference.GRPCInferenceService/ModelInfer"),
+            Some(("inference.GRPCInferenceService", "ModelInfer"))
+        );
+        for bad in ["/", "/svc", "/svc/", "//m", "/a/b/c", "svc/m"] {
+            assert_eq!(grpc_method(bad), None, "{bad}");
+        }
+    }
+}

@@ -1,0 +1,145 @@
+//! Spans leave through a bounded queue. `on_end` runs on whatever thread
+//! ended the span — a data-plane worker — so it only tries to enqueue; a
+//! task on the caller's runtime drains the queue in batches to the OTLP
+//! exporter. A full queue drops the span and counts it: a slow or absent
+//! collector never makes a request wait, and memory stays bounded.
+//!
+//! Not the SDK's own batch processor: that one runs a thread of its own
+//! that cannot drive the hyper-based HTTP client, and reports drops only in
+//! its internal log.
+
+use std::fmt;
+use std::time::Duration;
+
+use opentelemetry::Context;
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::error::OTelSdkResult;
+use opentelemetry_sdk::trace::{Span, SpanData, SpanExporter, SpanProcessor};
+use prometheus::{IntCounterVec, Opts, Registry};
+use tokio::sync::mpsc;
+
+/// Spans sent to the collector in one request at most.
+const MAX_BATCH: usize = 512;
+/// How long a span waits for its batch to fill before it is sent anyway.
+const BATCH_DELAY: Duration = Duration::from_secs(1);
+
+/// `trace_spans_total{result}` (the registry adds the process's prefix):
+/// exported, dropped (the queue was full) and failed (the collector refused
+/// them or did not answer in time).
+#[derive(Clone)]
+pub struct ExportMetrics {
+    spans: IntCounterVec,
+}
+
+impl ExportMetrics {
+    pub fn register(registry: &Registry) -> prometheus::Result<ExportMetrics> {
+        let spans = IntCounterVec::new(
+            Opts::new(
+                "trace_spans_total",
+                "Finished sampled spans by what became of them: exported to the collector, \
+                 dropped (the export queue was full) or failed (the collector refused them or \
+                 did not answer in time).",
+            ),
+            &["result"],
+        )?;
+        registry.register(Box::new(spans.clone()))?;
+        for result in ["exported", "dropped", "failed"] {
+            spans.with_label_values(&[result]);
+        }
+        Ok(ExportMetrics { spans })
+    }
+
+    fn count(&self, result: &str, spans: usize) {
+        self.spans.with_label_values(&[result]).inc_by(spans as u64);
+    }
+}
+
+/// The span processor: enqueue or drop.
+pub struct BoundedExport {
+    queue: mpsc::Sender<SpanData>,
+    metrics: ExportMetrics,
+}
+
+impl fmt::Debug for BoundedExport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BoundedExport")
+            .field("capacity", &self.queue.max_capacity())
+            .finish_non_exhaustive()
+    }
+}
+
+impl BoundedExport {
+    /// The processor, and its drain spawned on `runtime`, exporting spans
+    /// of `resource`. The drain ends when the processor is dropped and the
+    /// queue is empty.
+    pub fn start<E>(
+        runtime: &tokio::runtime::Handle,
+        mut exporter: E,
+        resource: &Resource,
+        capacity: usize,
+        timeout: Duration,
+        metrics: ExportMetrics,
+    ) -> BoundedExport
+    where
+        E: SpanExporter + 'static,
+    {
+        // The SDK hands the resource to processors, which pass it on; this
+        // one's exporter lives in the drain, so it gets it first.
+        exporter.set_resource(resource);
+        let (queue, spans) = mpsc::channel(capacity.max(1));
+        runtime.spawn(drain(spans, exporter, timeout, metrics.clone()));
+        BoundedExport { queue, metrics }
+    }
+}
+
+impl SpanProcessor for BoundedExport {
+    fn on_start(&self, _span: &mut Span, _cx: &Context) {}
+
+    fn on_end(&self, span: SpanData) {
+        if self.queue.try_send(span).is_err() {
+            self.metrics.count("dropped", 1);
+        }
+    }
+
+    /// Nothing to wait for here: the drain sends what is queued within
+    /// [`BATCH_DELAY`], and a flush must not block a runtime thread.
+    fn force_flush(&self) -> OTelSdkResult {
+        Ok(())
+    }
+
+    fn shutdown_with_timeout(&self, _timeout: Duration) -> OTelSdkResult {
+        Ok(())
+    }
+}
+
+async fn drain<E: SpanExporter>(
+    mut spans: mpsc::Receiver<SpanData>,
+    exporter: E,
+    timeout: Duration,
+    metrics: ExportMetrics,
+) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while let Some(first) = spans.recv().await {
+        batch.push(first);
+        let deadline = tokio::time::Instant::now() + BATCH_DELAY;
+        while batch.len() < MAX_BATCH {
+            match tokio::time::timeout_at(deadline, spans.recv()).await {
+                Ok(Some(span)) => batch.push(span),
+                Ok(None) | Err(_) => break,
+            }
+        }
+        let count = batch.len();
+        let sent = std::mem::replace(&mut batch, Vec::with_capacity(MAX_BATCH));
+        match tokio::time::timeout(timeout, exporter.export(sent)).await {
+            Ok(Ok(())) => metrics.count("exported", count),
+            Ok(Err(error)) => {
+                metrics.count("failed", count);
+                tracing::warn!(%error, spans = count, "trace export failed");
+            }
+            Err(_) => {
+                metrics.count("failed", count);
+                tracing::warn!(?timeout, spans = count, "trace export timed out");
+            }
+        }
+    }
+}

@@ -1,0 +1,35 @@
+//! Trace settings as the configuration model hands them over: plain values,
+//! no runtime, so the validator can build them without linking an exporter.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// The default share of requests without a sampled caller that start a trace.
+pub const DEFAULT_SAMPLING_RATIO: f64 = 0.01;
+/// Spans waiting for export at most (the OpenTelemetry SDK's default).
+pub const DEFAULT_MAX_QUEUE: usize = 2048;
+pub const DEFAULT_EXPORT_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OtlpProtocol {
+    /// OTLP/gRPC, e.g. `http://collector:4317`.
+    Grpc,
+    /// OTLP/HTTP with protobuf bodies, e.g. `http://collector:4318/v1/traces`.
+    HttpProtobuf,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TraceSettings {
+    /// The collector's URL (`http://` or `https://`, with the path for HTTP).
+    pub endpoint: String,
+    pub protocol: OtlpProtocol,
+    /// Sent with every export (an API key, a tenant).
+    pub headers: BTreeMap<String, String>,
+    /// Parent-based: a caller's sampled flag is followed; a request with no
+    /// trace context starts one with this probability.
+    pub sampling_ratio: f64,
+    /// Resource attributes of every span (`service.name` among them).
+    pub resource: BTreeMap<String, String>,
+    pub max_queue: usize,
+    pub export_timeout: Duration,
+}

@@ -1,0 +1,236 @@
+//! An OTLP trace receiver, built from the official OpenTelemetry protobuf
+//! definitions (opentelemetry-proto's messages and generated tonic server),
+//! on two ports: OTLP/gRPC and OTLP/HTTP with protobuf bodies. What
+//! sidecars and blocks export is kept for assertions.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use opentelemetry_proto::tonic::common::v1::KeyValue;
+use opentelemetry_proto::tonic::common::v1::any_value::Value;
+use opentelemetry_proto::tonic::trace::v1::Span;
+use prost::Message;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_stream::wrappers::TcpListenerStream;
+
+/// A received span and the `service.name` of the resource that sent it.
+#[derive(Debug, Clone)]
+pub struct ReceivedSpan {
+    pub service: String,
+    pub span: Span,
+}
+
+impl ReceivedSpan {
+    /// A string attribute's value.
+    pub fn attribute(&self, key: &str) -> Option<String> {
+        string_attribute(&self.span.attributes, key)
+    }
+
+    /// An integer attribute's value.
+    pub fn int_attribute(&self, key: &str) -> Option<i64> {
+        self.span
+            .attributes
+            .iter()
+            .find(|kv| kv.key == key)
+            .and_then(|kv| match kv.value.as_ref()?.value.as_ref()? {
+                Value::IntValue(i) => Some(*i),
+                _ => None,
+            })
+    }
+
+    pub fn trace_id(&self) -> String {
+        hex(&self.span.trace_id)
+    }
+
+    pub fn span_id(&self) -> String {
+        hex(&self.span.span_id)
+    }
+
+    pub fn parent_span_id(&self) -> String {
+        hex(&self.span.parent_span_id)
+    }
+}
+
+fn string_attribute(attributes: &[KeyValue], key: &str) -> Option<String> {
+    attributes.iter().find(|kv| kv.key == key).and_then(|kv| {
+        match kv.value.as_ref()?.value.as_ref()? {
+            Value::StringValue(s) => Some(s.clone()),
+            _ => None,
+        }
+    })
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[derive(Clone, Default)]
+struct Collected {
+    spans: Arc<watch::Sender<Vec<ReceivedSpan>>>,
+}
+
+impl Collected {
+    fn record(&self, request: ExportTraceServiceRequest) {
+        let mut received = Vec::new();
+        for resource_spans in request.resource_spans {
+            let service = resource_spans
+                .resource
+                .as_ref()
+                .and_then(|r| string_attribute(&r.attributes, "service.name"))
+                .unwrap_or_default();
+            for scope in resource_spans.scope_spans {
+                received.extend(scope.spans.into_iter().map(|span| ReceivedSpan {
+                    service: service.clone(),
+                    span,
+                }));
+            }
+        }
+        self.spans.send_modify(|spans| spans.extend(received));
+    }
+
+    /// OTLP/HTTP: `POST /v1/traces` with a protobuf body.
+    async fn http(
+        self,
+        request: http::Request<hyper::body::Incoming>,
+    ) -> Result<http::Response<http_body_util::Full<bytes::Bytes>>, hyper::Error> {
+        use http_body_util::BodyExt;
+        let reply = |status: u16, body: Vec<u8>| {
+            http::Response::builder()
+                .status(status)
+                .header("content-type", "application/x-protobuf")
+                .body(http_body_util::Full::new(body.into()))
+                .expect("a valid response")
+        };
+        if request.method() != http::Method::POST || request.uri().path() != "/v1/traces" {
+            return Ok(reply(404, Vec::new()));
+        }
+        let body = request.into_body().collect().await?.to_bytes();
+        match ExportTraceServiceRequest::decode(body) {
+            Ok(export) => {
+                self.record(export);
+                Ok(reply(
+                    200,
+                    ExportTraceServiceResponse::default().encode_to_vec(),
+                ))
+            }
+            Err(_) => Ok(reply(400, Vec::new())),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl TraceService for Collected {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        self.record(request.into_inner());
+        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
+    }
+}
+
+/// A receiver on loopback ports of its own, serving until dropped.
+pub struct OtlpReceiver {
+    grpc: SocketAddr,
+    http: SocketAddr,
+    collected: Collected,
+    servers: [tokio::task::JoinHandle<()>; 2],
+}
+
+impl OtlpReceiver {
+    pub async fn start() -> OtlpReceiver {
+        let grpc = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let http = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let (grpc_addr, http_addr) = (
+            grpc.local_addr().expect("local address"),
+            http.local_addr().expect("local address"),
+        );
+        let collected = Collected::default();
+        let service = TraceServiceServer::new(collected.clone());
+        let grpc_server = tokio::spawn(async move {
+            let _ = tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming(TcpListenerStream::new(grpc))
+                .await;
+        });
+        let http_server = tokio::spawn({
+            let collected = collected.clone();
+            async move {
+                while let Ok((stream, _)) = http.accept().await {
+                    let collected = collected.clone();
+                    let service =
+                        hyper::service::service_fn(move |request| collected.clone().http(request));
+                    tokio::spawn(async move {
+                        let _ = hyper_util::server::conn::auto::Builder::new(
+                            hyper_util::rt::TokioExecutor::new(),
+                        )
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                        .await;
+                    });
+                }
+            }
+        });
+        OtlpReceiver {
+            grpc: grpc_addr,
+            http: http_addr,
+            collected,
+            servers: [grpc_server, http_server],
+        }
+    }
+
+    /// The OTLP/gRPC endpoint a bootstrap's `tracing.endpoint` names.
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.grpc)
+    }
+
+    /// The OTLP/HTTP endpoint (`protocol: HTTP_PROTOBUF`).
+    pub fn http_endpoint(&self) -> String {
+        format!("http://{}/v1/traces", self.http)
+    }
+
+    /// Every span received so far.
+    pub fn spans(&self) -> Vec<ReceivedSpan> {
+        self.collected.spans.borrow().clone()
+    }
+
+    /// Waits until `done` holds for the spans received (panics after `limit`).
+    pub async fn wait_for(
+        &self,
+        what: &str,
+        limit: Duration,
+        done: impl Fn(&[ReceivedSpan]) -> bool,
+    ) -> Vec<ReceivedSpan> {
+        let mut changes = self.collected.spans.subscribe();
+        let waited = tokio::time::timeout(limit, async {
+            loop {
+                {
+                    let spans = changes.borrow_and_update();
+                    if done(&spans) {
+                        return spans.clone();
+                    }
+                }
+                if changes.changed().await.is_err() {
+                    return Vec::new();
+                }
+            }
+        })
+        .await;
+        waited.unwrap_or_else(|_| panic!("not within {limit:?}: {what}; got {:#?}", self.spans()))
+    }
+}
+
+impl Drop for OtlpReceiver {
+    fn drop(&mut self) {
+        for server in &self.servers {
+            server.abort();
+        }
+    }
+}

@@ -1,0 +1,285 @@
+//! OpenTelemetry tracing through real sidecar processes, exported over
+//! OTLP/gRPC to a receiver built from the official protobuf definitions:
+//! one trace across two sidecars with the right parent links, the context
+//! the block receives, malformed trace headers, and a collector that is
+//! down or never answers.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use gridmesh_tests::harness::{self, recording_upstream};
+use gridmesh_tests::otlp::{OtlpReceiver, ReceivedSpan};
+use gridmesh_tests::ports::RefusingPort;
+use gridmesh_tests::process::{self, GRIDMESH_PROXY, ProxyConfig, ProxyProcess};
+use gridmesh_tests::prometheus;
+
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+const EXPORTED_WITHIN: Duration = Duration::from_secs(15);
+/// OTLP span kinds.
+const SERVER: i32 = 2;
+const CLIENT: i32 = 3;
+
+const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+const CALLER_SPAN: &str = "00f067aa0ba902b7";
+
+/// A sidecar named `name` with one listener `listener` forwarding to
+/// `upstream`, tracing to `collector`.
+async fn sidecar(name: &str, listener: &str, upstream: SocketAddr, tracing: &str) -> ProxyProcess {
+    let yaml = format!(
+        r#"admin: {{ address: "127.0.0.1:0" }}
+tracing: {tracing}
+listeners: [{{ name: {listener}, address: "127.0.0.1:0", routeTable: rt }}]
+routeTables:
+  - name: rt
+    virtualHosts: [{{ name: all, domains: ["*"], routes: [{{ name: all, route: {{ cluster: next }} }}] }}]
+clusters: [{{ name: next }}]
+endpoints: [{{ cluster: next, endpoints: [{{ address: "{upstream}" }}] }}]
+"#
+    );
+    let binary = process::binary(GRIDMESH_PROXY).unwrap();
+    ProxyProcess::start(&binary, name, ProxyConfig::Yaml(yaml), START_TIMEOUT)
+        .await
+        .unwrap_or_else(|e| panic!("{name}: {e:#}"))
+}
+
+/// [`sidecar`] tracing every request to `collector` as service `name`.
+async fn traced(
+    collector: &OtlpReceiver,
+    name: &str,
+    listener: &str,
+    upstream: SocketAddr,
+) -> ProxyProcess {
+    let tracing = format!(
+        r#"{{ endpoint: "{}", samplingRatio: 1, resourceAttributes: {{ service.name: {name} }} }}"#,
+        collector.endpoint()
+    );
+    sidecar(name, listener, upstream, &tracing).await
+}
+
+async fn get(addr: SocketAddr, path: &str, traceparent: Option<&str>) -> u16 {
+    let mut req = harness::get("block", path);
+    if let Some(value) = traceparent {
+        req.headers_mut()
+            .insert("traceparent", value.parse().unwrap());
+    }
+    let mut conn = harness::http1_client().connect(addr).await;
+    conn.send(req).await.unwrap().status().as_u16()
+}
+
+fn find<'a>(spans: &'a [ReceivedSpan], service: &str, kind: i32) -> &'a ReceivedSpan {
+    spans
+        .iter()
+        .find(|s| s.service == service && s.span.kind == kind)
+        .unwrap_or_else(|| panic!("no {service} span of kind {kind} in {spans:#?}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_through_two_sidecars_is_one_trace_with_parent_links() {
+    let collector = OtlpReceiver::start().await;
+    let block = recording_upstream().await;
+    let inbound = traced(&collector, "block-sidecar", "in", block.local_addr()).await;
+    let outbound = traced(
+        &collector,
+        "client-sidecar",
+        "out",
+        inbound.listener_address("in").unwrap(),
+    )
+    .await;
+
+    let caller = format!("00-{TRACE_ID}-{CALLER_SPAN}-01");
+    let out = outbound.listener_address("out").unwrap();
+    assert_eq!(get(out, "/v2/models/m/infer", Some(&caller)).await, 200);
+    let spans = collector
+        .wait_for("four spans", EXPORTED_WITHIN, |s| s.len() >= 4)
+        .await;
+    assert_eq!(spans.len(), 4, "{spans:#?}");
+    assert!(spans.iter().all(|s| s.trace_id() == TRACE_ID), "{spans:#?}");
+
+    let client_server = find(&spans, "client-sidecar", SERVER);
+    let client_call = find(&spans, "client-sidecar", CLIENT);
+    let block_server = find(&spans, "block-sidecar", SERVER);
+    let block_call = find(&spans, "block-sidecar", CLIENT);
+    assert_eq!(client_server.parent_span_id(), CALLER_SPAN);
+    assert_eq!(client_call.parent_span_id(), client_server.span_id());
+    assert_eq!(block_server.parent_span_id(), client_call.span_id());
+    assert_eq!(block_call.parent_span_id(), block_server.span_id());
+    // The block is handed the block sidecar's client span as its parent.
+    let seen = block.last();
+    assert_eq!(
+        seen.headers.get("traceparent").unwrap(),
+        &format!("00-{TRACE_ID}-{}-01", block_call.span_id())
+    );
+
+    for span in [client_server, block_server] {
+        assert_eq!(span.span.name, "GET");
+        assert_eq!(
+            span.attribute("http.request.method").as_deref(),
+            Some("GET")
+        );
+        assert_eq!(
+            span.attribute("url.path").as_deref(),
+            Some("/v2/models/m/infer")
+        );
+        assert_eq!(span.int_attribute("http.response.status_code"), Some(200));
+        assert_eq!(span.attribute("gridmesh.route").as_deref(), Some("all"));
+    }
+    assert_eq!(
+        client_server.attribute("gridmesh.listener").as_deref(),
+        Some("out")
+    );
+    assert_eq!(
+        client_call.attribute("gridmesh.cluster").as_deref(),
+        Some("next")
+    );
+    // The server span covers the client span.
+    let within = |outer: &ReceivedSpan, inner: &ReceivedSpan| {
+        outer.span.start_time_unix_nano <= inner.span.start_time_unix_nano
+            && inner.span.end_time_unix_nano <= outer.span.end_time_unix_nano
+    };
+    assert!(within(client_server, client_call), "{spans:#?}");
+    assert!(within(block_server, block_call), "{spans:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_are_exported_over_otlp_http_with_protobuf_bodies_too() {
+    let collector = OtlpReceiver::start().await;
+    let block = recording_upstream().await;
+    let proxy = sidecar(
+        "http-exporter",
+        "in",
+        block.local_addr(),
+        &format!(
+            r#"{{ endpoint: "{}", protocol: HTTP_PROTOBUF, samplingRatio: 1, resourceAttributes: {{ service.name: http-exporter }} }}"#,
+            collector.http_endpoint()
+        ),
+    )
+    .await;
+    let caller = format!("00-{TRACE_ID}-{CALLER_SPAN}-01");
+    let addr = proxy.listener_address("in").unwrap();
+    assert_eq!(get(addr, "/over-http", Some(&caller)).await, 200);
+    let spans = collector
+        .wait_for("two spans over OTLP/HTTP", EXPORTED_WITHIN, |s| {
+            s.len() >= 2
+        })
+        .await;
+    let server = find(&spans, "http-exporter", SERVER);
+    assert_eq!(server.trace_id(), TRACE_ID);
+    assert_eq!(server.parent_span_id(), CALLER_SPAN);
+    assert_eq!(server.attribute("url.path").as_deref(), Some("/over-http"));
+    // Counted once the collector's answer is in, after it kept the spans.
+    until_metric(&proxy, "exported", 2.0).await;
+    assert_eq!(spans_metric(&proxy, "failed").await, 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_trace_context_starts_a_fresh_trace_and_never_fails_the_request() {
+    let collector = OtlpReceiver::start().await;
+    let block = recording_upstream().await;
+    let proxy = traced(&collector, "sidecar", "in", block.local_addr()).await;
+    let addr = proxy.listener_address("in").unwrap();
+    let malformed = [
+        format!("00-{TRACE_ID}-{CALLER_SPAN}"),
+        format!("ff-{TRACE_ID}-{CALLER_SPAN}-01"),
+        format!("00-{}-{CALLER_SPAN}-01", "0".repeat(32)),
+        format!("00-{TRACE_ID}-{}-01", "0".repeat(16)),
+        format!("00-{}-{CALLER_SPAN}-01", "z".repeat(32)),
+        format!("00-{TRACE_ID}x-{CALLER_SPAN}-01"),
+    ];
+    for (i, value) in malformed.iter().enumerate() {
+        assert_eq!(
+            get(addr, &format!("/bad/{i}"), Some(value)).await,
+            200,
+            "{value}"
+        );
+        // What went upstream is a valid context of a new trace.
+        let sent = block.last().headers.get("traceparent").cloned().unwrap();
+        let sent = sent.to_str().unwrap();
+        let parts: Vec<&str> = sent.split('-').collect();
+        assert_eq!(parts.len(), 4, "{sent}");
+        assert_eq!(
+            (parts[0], parts[1].len(), parts[2].len()),
+            ("00", 32, 16),
+            "{sent}"
+        );
+        assert_ne!(parts[1], TRACE_ID, "{value} was not taken as a parent");
+        assert_ne!(parts[1], "0".repeat(32));
+    }
+    let spans = collector
+        .wait_for("a server span per request", EXPORTED_WITHIN, |s| {
+            s.iter().filter(|s| s.span.kind == SERVER).count() >= malformed.len()
+        })
+        .await;
+    for span in spans.iter().filter(|s| s.span.kind == SERVER) {
+        assert!(
+            span.span.parent_span_id.is_empty(),
+            "a root span: {span:#?}"
+        );
+        assert_ne!(span.trace_id(), TRACE_ID);
+    }
+}
+
+async fn spans_metric(proxy: &ProxyProcess, result: &str) -> f64 {
+    let text = proxy.admin_get("/metrics").await.unwrap().body;
+    prometheus::value(&text, "gridmesh_trace_spans_total", &[("result", result)])
+        .unwrap_or_else(|| panic!("no gridmesh_trace_spans_total{{result={result}}}: {text}"))
+}
+
+async fn until_metric(proxy: &ProxyProcess, result: &str, at_least: f64) {
+    let waited = harness::within_for(EXPORTED_WITHIN, result, async {
+        while spans_metric(proxy, result).await < at_least {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    waited.await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collector_that_is_down_or_silent_costs_spans_not_requests() {
+    let block = recording_upstream().await;
+    // Down: every connect is refused; the exports fail and are counted.
+    let down = RefusingPort::new();
+    let proxy = sidecar(
+        "down",
+        "in",
+        block.local_addr(),
+        &format!(
+            r#"{{ endpoint: "http://{}", samplingRatio: 1, exportTimeout: 2s }}"#,
+            down.addr()
+        ),
+    )
+    .await;
+    let addr = proxy.listener_address("in").unwrap();
+    for i in 0..20 {
+        assert_eq!(get(addr, &format!("/down/{i}"), None).await, 200);
+    }
+    until_metric(&proxy, "failed", 1.0).await;
+    assert_eq!(spans_metric(&proxy, "exported").await, 0.0);
+
+    // Silent: it accepts connections and never answers, so an export hangs
+    // until its timeout; meanwhile the queue (4 spans) fills and the rest
+    // are dropped, while every request is answered.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let proxy = sidecar(
+        "silent",
+        "in",
+        block.local_addr(),
+        &format!(
+            r#"{{ endpoint: "http://{}", samplingRatio: 1, maxQueueSize: 4, exportTimeout: 60s }}"#,
+            silent.local_addr().unwrap()
+        ),
+    )
+    .await;
+    let addr = proxy.listener_address("in").unwrap();
+    // Requests go on until spans are dropped (the first batch waits up to a
+    // second to fill, then its export hangs); every one is answered.
+    let sending = harness::within_for(EXPORTED_WITHIN, "spans dropped", async {
+        let mut sent = 0;
+        while spans_metric(&proxy, "dropped").await < 1.0 {
+            assert_eq!(get(addr, &format!("/silent/{sent}"), None).await, 200);
+            sent += 1;
+        }
+        sent
+    });
+    assert!(sending.await > 0);
+    assert_eq!(spans_metric(&proxy, "exported").await, 0.0);
+}
