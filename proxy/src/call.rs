@@ -8,6 +8,7 @@
 //! endpoint's load state here, which is where the balancer learns of the
 //! endpoint's own load reports.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,7 +29,7 @@ use crate::grpc;
 use gridmesh_config::route::RetryPolicy;
 
 /// What a call may take: time and attempts.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Clone, Copy, Default)]
 pub struct CallPolicy<'a> {
     /// When the whole request must be over (the route's max duration, the
     /// client's `grpc-timeout`); what is left travels on in `grpc-timeout`.
@@ -36,6 +37,17 @@ pub struct CallPolicy<'a> {
     /// How long each attempt may wait for response headers.
     pub response_headers_timeout: Option<Duration>,
     pub retry: Option<&'a RetryPolicy>,
+    /// Told where each attempt goes and why one is retried (the request's
+    /// trace).
+    pub attempts: Option<&'a dyn Attempts>,
+}
+
+/// What a call's attempts are told to, as they happen.
+pub trait Attempts: Sync {
+    /// Attempt `attempt` (0 first) goes to `endpoint`.
+    fn sending(&self, attempt: u32, endpoint: SocketAddr);
+    /// Attempt `attempt` failed in a way the retry policy retries.
+    fn retrying(&self, attempt: u32, reason: &str);
 }
 
 /// An upstream's answer, with what must live as long as its body streams.
@@ -75,6 +87,9 @@ pub async fn call(
         Some(retry) => send_with_retries(cluster, &upstream, parts, body, retry, policy).await?,
         None => {
             let endpoint = cluster.pick(&parts.headers)?;
+            if let Some(attempts) = policy.attempts {
+                attempts.sending(0, endpoint.addr);
+            }
             let request = upstream.request(parts, body, policy.deadline);
             send(cluster, &endpoint, request, policy).await?
         }
@@ -213,6 +228,9 @@ async fn send_with_retries(
             clone_parts(&parts)
         };
         let req = upstream.request(head, body, policy.deadline);
+        if let Some(attempts) = policy.attempts {
+            attempts.sending(attempt, endpoint.addr);
+        }
         let result = send(cluster, &endpoint, req, policy).await;
         let retryable = match &result {
             Ok(attempt) => retryable_response(retry, &attempt.response),
@@ -222,6 +240,16 @@ async fn send_with_retries(
             retryable && !last_possible && replay.is_replayable() && cluster.try_retry();
         if !can_retry {
             return result;
+        }
+        if let Some(attempts) = policy.attempts {
+            let reason = match &result {
+                Ok(answered) => match grpc::status(answered.response.headers()) {
+                    Some(code) => format!("grpc-status {code}"),
+                    None => format!("HTTP {}", answered.response.status().as_u16()),
+                },
+                Err(e) => e.reason().to_string(),
+            };
+            attempts.retrying(attempt, &reason);
         }
         attempt += 1;
         let backoff = backoff(retry.backoff, attempt);

@@ -131,19 +131,21 @@ async fn forward(
     let cluster = runtime.clusters[route.action.target.pick()].clone();
 
     // 4. prepare
-    let policy = CallPolicy {
-        deadline: deadline(&parts, grpc, route, start)?,
-        response_headers_timeout: route.action.timeouts.response_headers,
-        retry: route.action.retry.as_ref(),
-    };
+    let deadline = deadline(&parts, grpc, route, start)?;
     headers::set_forwarded_client_cert(&mut parts.headers, peer.as_ref());
     route.request_headers.apply(&mut parts.headers);
     headers::strip_hop_by_hop(&mut parts.headers);
-    if let Some(trace) = trace {
+    if let Some(trace) = trace.as_mut() {
         trace.call(&mut parts.headers, &route.name, &cluster.name());
     }
 
     // 5. call
+    let policy = CallPolicy {
+        deadline,
+        response_headers_timeout: route.action.timeouts.response_headers,
+        retry: route.action.retry.as_ref(),
+        attempts: trace.as_ref().map(|t| t as &dyn call::Attempts),
+    };
     let Answer {
         response,
         in_flight,
@@ -173,7 +175,7 @@ async fn forward(
         recorded: false,
     };
     let limits = StreamLimits {
-        deadline: policy.deadline,
+        deadline,
         idle: route.action.timeouts.idle,
         drain_expired: grpc.then(|| listener.drain.expiry_token()),
     };

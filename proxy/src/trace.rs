@@ -6,12 +6,14 @@
 //! bootstrap none of this runs and the caller's `traceparent` passes through
 //! untouched.
 
+use std::net::SocketAddr;
 use std::time::SystemTime;
 
 use gridmesh_telemetry::{TraceSettings, Tracing, TracingError};
 use http::StatusCode;
 use opentelemetry::trace::{SpanKind, Status, TraceContextExt, Tracer};
 use opentelemetry::{Context, KeyValue};
+use parking_lot::Mutex;
 
 use crate::transport::ConnectionContext;
 
@@ -24,6 +26,9 @@ pub struct RequestTrace {
     name: String,
     server: Context,
     client: Option<Context>,
+    /// The last attempt of the upstream call (its number from 0, its
+    /// endpoint): the client span's attributes when it ends.
+    last_attempt: Mutex<Option<(u32, SocketAddr)>>,
 }
 
 /// Starts tracing as `settings` say, the resource attributes the bootstrap
@@ -110,6 +115,7 @@ impl RequestTrace {
             name,
             server: parent.with_span(span),
             client: None,
+            last_attempt: Mutex::new(None),
         }
     }
 
@@ -158,6 +164,13 @@ impl RequestTrace {
             if let Some(client) = &self.client {
                 let client = client.span();
                 client.set_attributes(attributes.iter().cloned());
+                if let Some((attempt, endpoint)) = *self.last_attempt.lock() {
+                    client.set_attributes([
+                        KeyValue::new("server.address", endpoint.ip().to_string()),
+                        KeyValue::new("server.port", i64::from(endpoint.port())),
+                        KeyValue::new("gridmesh.attempts", i64::from(attempt) + 1),
+                    ]);
+                }
                 if status.as_u16() >= 400 || grpc_status.is_some_and(|c| c != 0) || error.is_some()
                 {
                     client.set_status(Status::error(error.unwrap_or("").to_string()));
@@ -172,6 +185,24 @@ impl RequestTrace {
             client.span().end_with_timestamp(now);
         }
         server.end_with_timestamp(now);
+    }
+}
+
+/// The client span learns where each attempt went and why one was retried.
+impl crate::call::Attempts for RequestTrace {
+    fn sending(&self, attempt: u32, endpoint: SocketAddr) {
+        *self.last_attempt.lock() = Some((attempt, endpoint));
+    }
+
+    fn retrying(&self, attempt: u32, reason: &str) {
+        let Some(client) = &self.client else { return };
+        client.span().add_event(
+            "retry",
+            vec![
+                KeyValue::new("gridmesh.attempt", i64::from(attempt) + 1),
+                KeyValue::new("gridmesh.retry.reason", reason.to_string()),
+            ],
+        );
     }
 }
 

@@ -12,6 +12,7 @@ use gridmesh_tests::otlp::{OtlpReceiver, ReceivedSpan};
 use gridmesh_tests::ports::RefusingPort;
 use gridmesh_tests::process::{self, GRIDMESH_PROXY, ProxyConfig, ProxyProcess};
 use gridmesh_tests::prometheus;
+use opentelemetry_proto::tonic::common::v1::any_value::Value;
 
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 const EXPORTED_WITHIN: Duration = Duration::from_secs(15);
@@ -23,15 +24,26 @@ const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const CALLER_SPAN: &str = "00f067aa0ba902b7";
 
 /// A sidecar named `name` with one listener `listener` forwarding to
-/// `upstream`, tracing to `collector`.
+/// `upstream`, tracing as `tracing` says.
 async fn sidecar(name: &str, listener: &str, upstream: SocketAddr, tracing: &str) -> ProxyProcess {
+    sidecar_with(name, listener, upstream, tracing, "").await
+}
+
+/// [`sidecar`] with `action` added to the route's action.
+async fn sidecar_with(
+    name: &str,
+    listener: &str,
+    upstream: SocketAddr,
+    tracing: &str,
+    action: &str,
+) -> ProxyProcess {
     let yaml = format!(
         r#"admin: {{ address: "127.0.0.1:0" }}
 tracing: {tracing}
 listeners: [{{ name: {listener}, address: "127.0.0.1:0", routeTable: rt }}]
 routeTables:
   - name: rt
-    virtualHosts: [{{ name: all, domains: ["*"], routes: [{{ name: all, route: {{ cluster: next }} }}] }}]
+    virtualHosts: [{{ name: all, domains: ["*"], routes: [{{ name: all, route: {{ cluster: next{action} }} }}] }}]
 clusters: [{{ name: next }}]
 endpoints: [{{ cluster: next, endpoints: [{{ address: "{upstream}" }}] }}]
 "#
@@ -169,6 +181,69 @@ async fn spans_are_exported_over_otlp_http_with_protobuf_bodies_too() {
     // Counted once the collector's answer is in, after it kept the spans.
     until_metric(&proxy, "exported", 2.0).await;
     assert_eq!(spans_metric(&proxy, "failed").await, 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_are_events_of_the_client_span_which_names_the_endpoint() {
+    let collector = OtlpReceiver::start().await;
+    let upstream = harness::upstream("block").await;
+    let tracing = format!(
+        r#"{{ endpoint: "{}", samplingRatio: 1, resourceAttributes: {{ service.name: retrying }} }}"#,
+        collector.endpoint()
+    );
+    let retry = ", retryPolicy: { maxRetries: 2, retryOn: [UNAVAILABLE_503], backoff: 0.001s }";
+    let proxy = sidecar_with("retrying", "in", upstream.local_addr(), &tracing, retry).await;
+    let addr = proxy.listener_address("in").unwrap();
+    assert_eq!(get(addr, "/status/503", None).await, 503);
+    let spans = collector
+        .wait_for("both spans", EXPORTED_WITHIN, |s| s.len() >= 2)
+        .await;
+    let call = find(&spans, "retrying", CLIENT);
+    let retries: Vec<_> = call
+        .span
+        .events
+        .iter()
+        .filter(|e| e.name == "retry")
+        .collect();
+    assert_eq!(retries.len(), 2, "{call:#?}");
+    for (i, event) in retries.iter().enumerate() {
+        let value = |key: &str| {
+            event
+                .attributes
+                .iter()
+                .find(|kv| kv.key == key)
+                .and_then(|kv| kv.value.clone()?.value)
+        };
+        let reason = value("gridmesh.retry.reason");
+        assert!(
+            matches!(&reason, Some(Value::StringValue(r)) if r == "HTTP 503"),
+            "{reason:?}"
+        );
+        let attempt = value("gridmesh.attempt");
+        assert!(
+            matches!(attempt, Some(Value::IntValue(a)) if a == i as i64 + 1),
+            "{attempt:?}"
+        );
+    }
+    assert_eq!(call.int_attribute("gridmesh.attempts"), Some(3));
+    let endpoint = upstream.local_addr();
+    assert_eq!(
+        call.attribute("server.address"),
+        Some(endpoint.ip().to_string())
+    );
+    assert_eq!(
+        call.int_attribute("server.port"),
+        Some(i64::from(endpoint.port()))
+    );
+    // 503 is an error on both sides (OTLP status code 2: error).
+    for span in [call, find(&spans, "retrying", SERVER)] {
+        assert_eq!(
+            span.span.status.as_ref().map(|s| s.code),
+            Some(2),
+            "{span:#?}"
+        );
+        assert_eq!(span.int_attribute("http.response.status_code"), Some(503));
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
