@@ -28,6 +28,7 @@ use crate::load::Load;
 use crate::model_config::{BatchingPolicy, ModelSpec, TensorSpec};
 use crate::observe::{Observer, Phases};
 use crate::tensor::Value;
+use crate::trace::{BatchSpan, QueueSpan};
 
 /// One request waiting for its batch.
 pub struct Job {
@@ -37,6 +38,14 @@ pub struct Job {
     pub rows: usize,
     pub enqueued: Instant,
     pub reply: oneshot::Sender<Result<Completed, String>>,
+    /// Its wait in the queue, when the request is traced.
+    pub trace: Option<QueueSpan>,
+}
+
+/// Jobs that run in one forward.
+struct Batch {
+    jobs: Vec<Job>,
+    trace: Option<BatchSpan>,
 }
 
 /// A job's share of a batch that ran.
@@ -247,21 +256,22 @@ pub fn start(
     observer: Arc<Observer>,
 ) -> std::io::Result<()> {
     // Each idle instance hands the batcher the sender of its batch channel.
-    let (idle_tx, idle_rx) = channel::<Sender<Vec<Job>>>();
+    let (idle_tx, idle_rx) = channel::<Sender<Batch>>();
     for (index, instance) in instances.into_iter().enumerate() {
-        let (batch_tx, batch_rx) = channel::<Vec<Job>>();
+        let (batch_tx, batch_rx) = channel::<Batch>();
+        let name = format!("{model}#{index}");
         let idle = idle_tx.clone();
         let spec = spec.clone();
         let (load, observer) = (load.clone(), observer.clone());
         idle.send(batch_tx.clone())
             .expect("the batcher holds the receiver");
         std::thread::Builder::new()
-            .name(format!("{model}#{index}"))
+            .name(name.clone())
             .spawn(move || {
                 // Inference only: no autograd graph is ever recorded.
                 let _no_grad = tch::no_grad_guard();
                 for batch in batch_rx {
-                    run_batch(&instance, &spec, batch, &load, &observer);
+                    run_batch(&instance, &name, &spec, batch, &load, &observer);
                     if idle.send(batch_tx.clone()).is_err() {
                         break;
                     }
@@ -276,16 +286,20 @@ pub fn start(
 }
 
 /// Gives each idle instance the next batch.
-fn dispatch(queue: &Queue, rule: &BatchRule, idle: Receiver<Sender<Vec<Job>>>) {
+fn dispatch(queue: &Queue, rule: &BatchRule, idle: Receiver<Sender<Batch>>) {
     for instance in idle {
-        let batch = queue.next_batch(rule);
+        let mut jobs = queue.next_batch(rule);
         let now = Instant::now();
-        for job in &batch {
+        for job in &jobs {
             queue.observer.queued_for(now - job.enqueued);
         }
-        queue.load.batch_started(batch.len());
-        queue.observer.running.add(batch.len() as i64);
-        if instance.send(batch).is_err() {
+        let rows = jobs.iter().map(|job| job.rows).sum();
+        let requests = jobs.len();
+        let waits = jobs.iter_mut().filter_map(|job| job.trace.as_mut());
+        let trace = BatchSpan::formed(waits, requests, rows);
+        queue.load.batch_started(requests);
+        queue.observer.running.add(requests as i64);
+        if instance.send(Batch { jobs, trace }).is_err() {
             break;
         }
     }
@@ -293,8 +307,9 @@ fn dispatch(queue: &Queue, rule: &BatchRule, idle: Receiver<Sender<Vec<Job>>>) {
 
 fn run_batch(
     instance: &Instance,
+    name: &str,
     spec: &ModelSpec,
-    batch: Vec<Job>,
+    Batch { jobs: batch, trace }: Batch,
     load: &Load,
     observer: &Observer,
 ) {
@@ -308,6 +323,10 @@ fn run_batch(
     let result = contain_panic("the forward", || forward(instance, spec, arguments, rows));
     load.batch_finished(batch.len(), started.elapsed());
     observer.running.sub(batch.len() as i64);
+    if let Some(trace) = trace {
+        let forward = result.as_ref().map(|(_, phases)| phases);
+        trace.finish(name, started, forward.map_err(String::as_str));
+    }
     match result {
         Ok((outputs, phases)) => {
             observer.batch_ran(rows, batch.len(), phases);

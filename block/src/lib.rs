@@ -19,3 +19,4 @@ pub mod repository;
 pub mod server;
 pub mod service;
 pub mod tensor;
+pub mod trace;

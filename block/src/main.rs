@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 #![deny(clippy::unwrap_used)]
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -10,6 +11,11 @@ use std::time::Duration;
 
 use clap::Parser;
 use gridmesh_block::server::{self, Options};
+use gridmesh_telemetry::settings::{
+    DEFAULT_EXPORT_TIMEOUT, DEFAULT_MAX_QUEUE, DEFAULT_SAMPLING_RATIO, check_endpoint,
+    check_sampling_ratio,
+};
+use gridmesh_telemetry::{OtlpProtocol, TraceSettings};
 
 #[derive(Parser)]
 #[command(
@@ -41,6 +47,25 @@ struct Cli {
     /// Largest gRPC message accepted or sent, in bytes.
     #[arg(long, default_value_t = 256 << 20)]
     max_message_bytes: usize,
+    /// OTLP collector that spans of sampled inference requests go to:
+    /// `http://host:4317` for gRPC, `http://host:4318/v1/traces` for
+    /// HTTP/protobuf. Without it nothing is traced.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", value_parser = endpoint)]
+    otlp_endpoint: Option<String>,
+    /// `grpc` or `http/protobuf`.
+    #[arg(long, default_value = "grpc", env = "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", value_parser = protocol)]
+    otlp_protocol: OtlpProtocol,
+    /// Share of requests without a sampled caller that start a trace (a
+    /// caller's sampling decision is always followed).
+    #[arg(long, default_value_t = DEFAULT_SAMPLING_RATIO, env = "OTEL_TRACES_SAMPLER_ARG", value_parser = ratio)]
+    trace_sampling_ratio: f64,
+    /// The spans' `service.name`.
+    #[arg(long, default_value = "gridmesh-block", env = "OTEL_SERVICE_NAME")]
+    service_name: String,
+    /// More resource attributes, `key=value,key=value` (OpenTelemetry's
+    /// OTEL_RESOURCE_ATTRIBUTES format).
+    #[arg(long, env = "OTEL_RESOURCE_ATTRIBUTES", value_parser = attributes)]
+    resource_attributes: Option<BTreeMap<String, String>>,
     /// Log filter (tracing's EnvFilter syntax).
     #[arg(long, default_value = "info", env = "GRIDMESH_LOG")]
     log: String,
@@ -71,6 +96,19 @@ fn main() -> ExitCode {
         default_max_queue_size: cli.default_max_queue_size,
         drain_timeout: cli.drain_timeout,
         max_message_bytes: cli.max_message_bytes,
+        tracing: cli.otlp_endpoint.map(|endpoint| {
+            let mut resource = cli.resource_attributes.unwrap_or_default();
+            resource.insert("service.name".into(), cli.service_name);
+            TraceSettings {
+                endpoint,
+                protocol: cli.otlp_protocol,
+                headers: BTreeMap::new(),
+                sampling_ratio: cli.trace_sampling_ratio,
+                resource,
+                max_queue: DEFAULT_MAX_QUEUE,
+                export_timeout: DEFAULT_EXPORT_TIMEOUT,
+            }
+        }),
     };
     match runtime.block_on(server::run(options)) {
         Ok(()) => ExitCode::SUCCESS,
@@ -80,4 +118,36 @@ fn main() -> ExitCode {
             ExitCode::from(64)
         }
     }
+}
+
+fn endpoint(value: &str) -> Result<String, String> {
+    check_endpoint(value).map(|()| value.to_string())
+}
+
+fn protocol(value: &str) -> Result<OtlpProtocol, String> {
+    match value {
+        "grpc" => Ok(OtlpProtocol::Grpc),
+        "http/protobuf" => Ok(OtlpProtocol::HttpProtobuf),
+        other => Err(format!("{other:?} is not grpc or http/protobuf")),
+    }
+}
+
+fn ratio(value: &str) -> Result<f64, String> {
+    let ratio = value
+        .parse()
+        .map_err(|_| format!("{value:?} is not a number"))?;
+    check_sampling_ratio(ratio).map(|()| ratio)
+}
+
+fn attributes(value: &str) -> Result<BTreeMap<String, String>, String> {
+    value
+        .split(',')
+        .filter(|pair| !pair.trim().is_empty())
+        .map(|pair| match pair.split_once('=') {
+            Some((key, value)) if !key.trim().is_empty() => {
+                Ok((key.trim().to_string(), value.trim().to_string()))
+            }
+            _ => Err(format!("{pair:?} is not key=value")),
+        })
+        .collect()
 }

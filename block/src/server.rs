@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use gridmesh_proto::inference::grpc_inference_service_server::GrpcInferenceServiceServer;
+use gridmesh_telemetry::{Process, TraceSettings, Tracing};
 use tokio::net::TcpListener;
 use tonic_health::ServingStatus;
 
@@ -32,6 +33,8 @@ pub struct Options {
     pub drain_timeout: Duration,
     /// Largest gRPC message either way (image batches exceed tonic's 4 MiB).
     pub max_message_bytes: usize,
+    /// Where inference requests' spans go, if anywhere.
+    pub tracing: Option<TraceSettings>,
 }
 
 /// How often a drain checks whether accepted requests are all answered.
@@ -40,6 +43,10 @@ const DRAIN_POLL: Duration = Duration::from_millis(10);
 pub async fn run(options: Options) -> Result<()> {
     let load = Arc::new(Load::default());
     let metrics = Arc::new(Metrics::new().context("cannot register the metrics")?);
+    let tracing = match &options.tracing {
+        Some(settings) => Some(start_tracing(settings, &metrics.registry)?),
+        None => None,
+    };
     let repository = Arc::new(Repository::scan(
         &options.model_repository,
         load.clone(),
@@ -86,6 +93,7 @@ pub async fn run(options: Options) -> Result<()> {
         repository,
         load: load.clone(),
         draining: draining.clone(),
+        tracing,
     };
     let inference = GrpcInferenceServiceServer::new(service)
         .max_decoding_message_size(options.max_message_bytes)
@@ -117,6 +125,18 @@ pub async fn run(options: Options) -> Result<()> {
         .context("the gRPC server failed")?;
     tracing::info!("drained");
     Ok(())
+}
+
+/// Exports spans from a thread of their own, so a slow collector never
+/// holds up a runtime thread serving requests.
+fn start_tracing(settings: &TraceSettings, registry: &prometheus::Registry) -> Result<Tracing> {
+    let export = gridmesh_telemetry::export::export_thread()
+        .context("cannot start the trace export thread")?;
+    let process = Process {
+        scope: "gridmesh-block",
+        metric_prefix: "gridmesh_block:",
+    };
+    Tracing::start(settings, registry, process, &export).context("cannot start tracing")
 }
 
 /// The overall status ("") and the inference service's, which probes ask for.

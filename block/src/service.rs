@@ -21,6 +21,8 @@ use crate::model_config::{ModelSpec, PLATFORM, TensorSpec};
 use crate::observe::FailureReason;
 use crate::repository::{Repository, ServedVersion, Unservable};
 use crate::tensor::{self, Value};
+use crate::trace::RequestSpan;
+use gridmesh_telemetry::Tracing;
 
 /// The response header the sidecar reads load from (ORCA).
 const LOAD_REPORT_HEADER: &str = "endpoint-load-metrics";
@@ -29,6 +31,8 @@ pub struct InferenceService {
     pub repository: Arc<Repository>,
     pub load: Arc<Load>,
     pub draining: Arc<AtomicBool>,
+    /// Spans of sampled requests, when the server exports traces.
+    pub tracing: Option<Tracing>,
 }
 
 impl From<Unservable> for Status {
@@ -147,11 +151,33 @@ impl GrpcInferenceService for InferenceService {
         &self,
         request: Request<ModelInferRequest>,
     ) -> Result<Response<ModelInferResponse>, Status> {
+        let span = (self.tracing.as_ref()).and_then(|tracing| {
+            RequestSpan::start(tracing, request.metadata().as_ref(), "ModelInfer")
+        });
+        let result = self.infer(request.into_inner(), span.as_ref()).await;
+        if let Some(span) = span {
+            match &result {
+                Ok(_) => span.finish(tonic::Code::Ok, ""),
+                Err(status) => span.finish(status.code(), status.message()),
+            }
+        }
+        result
+    }
+}
+
+impl InferenceService {
+    async fn infer(
+        &self,
+        request: ModelInferRequest,
+        span: Option<&RequestSpan>,
+    ) -> Result<Response<ModelInferResponse>, Status> {
         let arrived = Instant::now();
-        let request = request.into_inner();
         let served = self
             .repository
             .get(&request.model_name, &request.model_version)?;
+        if let Some(span) = span {
+            span.model(&request.model_name, served.version);
+        }
         let fail = |reason: FailureReason, status: Status| {
             served.observer.failed(reason, arrived.elapsed());
             status
@@ -180,6 +206,7 @@ impl GrpcInferenceService for InferenceService {
             rows,
             enqueued: arrived,
             reply,
+            trace: span.map(RequestSpan::queued),
         };
         served.queue.push(job).map_err(|QueueFull { capacity }| {
             fail(

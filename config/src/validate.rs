@@ -29,7 +29,8 @@ use gridmesh_identity::{IdentityFiles, SpiffeId};
 pub use gridmesh_proto::config::listener::DownstreamProtocol as Protocol;
 pub use gridmesh_proto::config::listener::TlsMode;
 use gridmesh_telemetry::settings::{
-    DEFAULT_EXPORT_TIMEOUT, DEFAULT_MAX_QUEUE, DEFAULT_SAMPLING_RATIO, OtlpProtocol, TraceSettings,
+    self, DEFAULT_EXPORT_TIMEOUT, DEFAULT_MAX_QUEUE, DEFAULT_SAMPLING_RATIO, OtlpProtocol,
+    TraceSettings,
 };
 
 const DEFAULT_ADMIN: &str = "127.0.0.1:15000";
@@ -557,23 +558,12 @@ fn tracing(c: &mut Checker, t: &pb::Tracing) -> Option<TraceSettings> {
             return None;
         }
     };
-    // The exporter would take a URL without a scheme as https.
-    match t.endpoint.parse::<http::Uri>() {
-        Ok(uri) if matches!(uri.scheme_str(), Some("http" | "https")) && uri.host().is_some() => {}
-        _ => c.problem(
-            "tracing.endpoint",
-            format!(
-                "{:?} is not an http:// or https:// URL (e.g. \"http://collector:4317\")",
-                t.endpoint
-            ),
-        ),
+    if let Err(problem) = settings::check_endpoint(&t.endpoint) {
+        c.problem("tracing.endpoint", problem);
     }
     let sampling_ratio = t.sampling_ratio.unwrap_or(DEFAULT_SAMPLING_RATIO);
-    if !(0.0..=1.0).contains(&sampling_ratio) {
-        c.problem(
-            "tracing.samplingRatio",
-            format!("{sampling_ratio} is not between 0 and 1"),
-        );
+    if let Err(problem) = settings::check_sampling_ratio(sampling_ratio) {
+        c.problem("tracing.samplingRatio", problem);
     }
     for (name, value) in &t.headers {
         let valid = http::HeaderName::from_bytes(name.as_bytes()).is_ok()

@@ -9,16 +9,13 @@
 use std::net::SocketAddr;
 use std::time::SystemTime;
 
-use gridmesh_telemetry::{TraceSettings, Tracing, TracingError};
+use gridmesh_telemetry::{Process, TraceSettings, Tracing, TracingError, is_grpc_server_error};
 use http::StatusCode;
 use opentelemetry::trace::{SpanKind, Status, TraceContextExt, Tracer};
 use opentelemetry::{Context, KeyValue};
 use parking_lot::Mutex;
 
 use crate::transport::ConnectionContext;
-
-/// gRPC codes that make a server span an error (the RPC conventions).
-const GRPC_SERVER_ERRORS: [u32; 6] = [2, 4, 12, 13, 14, 15];
 
 pub struct RequestTrace {
     tracing: Tracing,
@@ -61,7 +58,12 @@ pub fn start(
             settings.resource.entry(key.into()).or_insert(value);
         }
     }
-    Tracing::start(&settings, registry, "gridmesh-proxy", control)
+    let process = Process {
+        scope: "gridmesh-proxy",
+        // The sidecar's registry prefixes every name with `gridmesh_`.
+        metric_prefix: "",
+    };
+    Tracing::start(&settings, registry, process, control)
 }
 
 impl RequestTrace {
@@ -159,7 +161,7 @@ impl RequestTrace {
                 attributes.push(KeyValue::new("gridmesh.error", reason.to_string()));
             }
             let failed = status.is_server_error()
-                || grpc_status.is_some_and(|c| GRPC_SERVER_ERRORS.contains(&c))
+                || grpc_status.is_some_and(is_grpc_server_error)
                 || error.is_some();
             if let Some(client) = &self.client {
                 let client = client.span();

@@ -23,7 +23,7 @@ const MAX_BATCH: usize = 512;
 /// How long a span waits for its batch to fill before it is sent anyway.
 const BATCH_DELAY: Duration = Duration::from_secs(1);
 
-/// `trace_spans_total{result}` (the registry adds the process's prefix):
+/// `<prefix>trace_spans_total{result}`:
 /// exported, dropped (the queue was full) and failed (the collector refused
 /// them or did not answer in time).
 #[derive(Clone)]
@@ -32,10 +32,11 @@ pub struct ExportMetrics {
 }
 
 impl ExportMetrics {
-    pub fn register(registry: &Registry) -> prometheus::Result<ExportMetrics> {
+    /// `prefix` goes before the name (the sidecar's registry adds its own).
+    pub fn register(registry: &Registry, prefix: &str) -> prometheus::Result<ExportMetrics> {
         let spans = IntCounterVec::new(
             Opts::new(
-                "trace_spans_total",
+                format!("{prefix}trace_spans_total"),
                 "Finished sampled spans by what became of them: exported to the collector, \
                  dropped (the export queue was full) or failed (the collector refused them or \
                  did not answer in time).",
@@ -52,6 +53,19 @@ impl ExportMetrics {
     fn count(&self, result: &str, spans: usize) {
         self.spans.with_label_values(&[result]).inc_by(spans as u64);
     }
+}
+
+/// A thread of its own running the export, for a process whose runtime
+/// serves requests (the block server); it lives as long as the process.
+pub fn export_thread() -> std::io::Result<tokio::runtime::Handle> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let handle = runtime.handle().clone();
+    std::thread::Builder::new()
+        .name("otlp-export".into())
+        .spawn(move || runtime.block_on(std::future::pending::<()>()))?;
+    Ok(handle)
 }
 
 /// The span processor: enqueue or drop.

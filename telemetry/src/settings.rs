@@ -33,3 +33,40 @@ pub struct TraceSettings {
     pub max_queue: usize,
     pub export_timeout: Duration,
 }
+
+/// A collector URL the exporters can use: `http://` or `https://` with a
+/// host (the exporters would take a URL without a scheme as https).
+pub fn check_endpoint(endpoint: &str) -> Result<(), String> {
+    match endpoint.parse::<http::Uri>() {
+        Ok(uri) if matches!(uri.scheme_str(), Some("http" | "https")) && uri.host().is_some() => {
+            Ok(())
+        }
+        _ => Err(format!(
+            "{endpoint:?} is not an http:// or https:// URL (e.g. \"http://collector:4317\")"
+        )),
+    }
+}
+
+pub fn check_sampling_ratio(ratio: f64) -> Result<(), String> {
+    if (0.0..=1.0).contains(&ratio) {
+        Ok(())
+    } else {
+        Err(format!("{ratio} is not between 0 and 1"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_need_a_scheme_and_a_host() {
+        assert!(check_endpoint("http://collector:4317").is_ok());
+        assert!(check_endpoint("https://collector/v1/traces").is_ok());
+        for bad in ["collector:4317", "grpc://collector:4317", "http://", ""] {
+            assert!(check_endpoint(bad).is_err(), "{bad}");
+        }
+        assert!(check_sampling_ratio(0.0).is_ok() && check_sampling_ratio(1.0).is_ok());
+        assert!(check_sampling_ratio(1.5).is_err() && check_sampling_ratio(f64::NAN).is_err());
+    }
+}

@@ -27,6 +27,22 @@ pub enum TracingError {
     Header(String),
 }
 
+/// Whether a gRPC status makes a server span an error (OpenTelemetry's RPC
+/// conventions: UNKNOWN, DEADLINE_EXCEEDED, UNIMPLEMENTED, INTERNAL,
+/// UNAVAILABLE, DATA_LOSS; a client's mistake is not the server's error).
+pub fn is_grpc_server_error(code: u32) -> bool {
+    matches!(code, 2 | 4 | 12 | 13 | 14 | 15)
+}
+
+/// Which program traces.
+#[derive(Debug, Clone, Copy)]
+pub struct Process {
+    /// The instrumentation scope of its spans (`gridmesh-proxy`).
+    pub scope: &'static str,
+    /// Before the export metric's name, where the registry adds none.
+    pub metric_prefix: &'static str,
+}
+
 /// Spans of one process. Cloning is cheap; the export stops when the last
 /// clone is dropped and the queue has drained.
 #[derive(Clone, Debug)]
@@ -37,15 +53,17 @@ pub struct Tracing {
 }
 
 impl Tracing {
-    /// Starts exporting on `runtime` (the sidecar's control thread's, never
-    /// the data-plane workers').
+    /// Starts exporting on `runtime` (never the one serving requests: the
+    /// sidecar's control thread's, or [`crate::export::export_thread`]);
+    /// `process` names the spans' instrumentation scope and prefixes the
+    /// export metric in `registry`.
     pub fn start(
         settings: &TraceSettings,
         registry: &Registry,
-        scope: &'static str,
+        process: Process,
         runtime: &tokio::runtime::Handle,
     ) -> Result<Tracing, TracingError> {
-        let metrics = ExportMetrics::register(registry)?;
+        let metrics = ExportMetrics::register(registry, process.metric_prefix)?;
         // The gRPC exporter's channel spawns its worker where it is built.
         let _runtime = runtime.enter();
         let builder = opentelemetry_otlp::SpanExporter::builder();
@@ -95,7 +113,7 @@ impl Tracing {
             .with_resource(resource)
             .build();
         Ok(Tracing {
-            tracer: provider.tracer(scope),
+            tracer: provider.tracer(process.scope),
             propagator: TraceContextPropagator::new(),
             _provider: provider,
         })

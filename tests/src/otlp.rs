@@ -21,6 +21,13 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
 
+use crate::process::{self, GRIDMESH_PROXY, ProxyConfig, ProxyProcess};
+
+/// OTLP span kinds.
+pub const INTERNAL: i32 = 1;
+pub const SERVER: i32 = 2;
+pub const CLIENT: i32 = 3;
+
 /// A received span and the `service.name` of the resource that sent it.
 #[derive(Debug, Clone)]
 pub struct ReceivedSpan {
@@ -233,4 +240,68 @@ impl Drop for OtlpReceiver {
             server.abort();
         }
     }
+}
+
+// ---------------------------------------------------------------------------
+// Traced sidecars
+
+/// Bound on a sidecar process starting.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A sidecar named `name` with one listener `listener` forwarding to
+/// `upstream`, tracing as `tracing` says.
+pub async fn sidecar(
+    name: &str,
+    listener: &str,
+    upstream: SocketAddr,
+    tracing: &str,
+) -> ProxyProcess {
+    sidecar_with(name, listener, upstream, tracing, "").await
+}
+
+/// [`sidecar`] with `action` added to the route's action.
+pub async fn sidecar_with(
+    name: &str,
+    listener: &str,
+    upstream: SocketAddr,
+    tracing: &str,
+    action: &str,
+) -> ProxyProcess {
+    let yaml = format!(
+        r#"admin: {{ address: "127.0.0.1:0" }}
+tracing: {tracing}
+listeners: [{{ name: {listener}, address: "127.0.0.1:0", routeTable: rt }}]
+routeTables:
+  - name: rt
+    virtualHosts: [{{ name: all, domains: ["*"], routes: [{{ name: all, route: {{ cluster: next{action} }} }}] }}]
+clusters: [{{ name: next }}]
+endpoints: [{{ cluster: next, endpoints: [{{ address: "{upstream}" }}] }}]
+"#
+    );
+    let binary = process::binary(GRIDMESH_PROXY).unwrap();
+    ProxyProcess::start(&binary, name, ProxyConfig::Yaml(yaml), START_TIMEOUT)
+        .await
+        .unwrap_or_else(|e| panic!("{name}: {e:#}"))
+}
+
+/// [`sidecar`] tracing every request to `collector` as service `name`.
+pub async fn traced_sidecar(
+    collector: &OtlpReceiver,
+    name: &str,
+    listener: &str,
+    upstream: SocketAddr,
+) -> ProxyProcess {
+    let tracing = format!(
+        r#"{{ endpoint: "{}", samplingRatio: 1, resourceAttributes: {{ service.name: {name} }} }}"#,
+        collector.endpoint()
+    );
+    sidecar(name, listener, upstream, &tracing).await
+}
+
+/// The first span of `service` of `kind`.
+pub fn find<'a>(spans: &'a [ReceivedSpan], service: &str, kind: i32) -> &'a ReceivedSpan {
+    spans
+        .iter()
+        .find(|s| s.service == service && s.span.kind == kind)
+        .unwrap_or_else(|| panic!("no {service} span of kind {kind} in {spans:#?}"))
 }

@@ -8,65 +8,18 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use gridmesh_tests::harness::{self, recording_upstream};
-use gridmesh_tests::otlp::{OtlpReceiver, ReceivedSpan};
+use gridmesh_tests::otlp::{
+    CLIENT, OtlpReceiver, ReceivedSpan, SERVER, find, sidecar, sidecar_with, traced_sidecar,
+};
 use gridmesh_tests::ports::RefusingPort;
-use gridmesh_tests::process::{self, GRIDMESH_PROXY, ProxyConfig, ProxyProcess};
+use gridmesh_tests::process::ProxyProcess;
 use gridmesh_tests::prometheus;
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
 
-const START_TIMEOUT: Duration = Duration::from_secs(30);
 const EXPORTED_WITHIN: Duration = Duration::from_secs(15);
-/// OTLP span kinds.
-const SERVER: i32 = 2;
-const CLIENT: i32 = 3;
 
 const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const CALLER_SPAN: &str = "00f067aa0ba902b7";
-
-/// A sidecar named `name` with one listener `listener` forwarding to
-/// `upstream`, tracing as `tracing` says.
-async fn sidecar(name: &str, listener: &str, upstream: SocketAddr, tracing: &str) -> ProxyProcess {
-    sidecar_with(name, listener, upstream, tracing, "").await
-}
-
-/// [`sidecar`] with `action` added to the route's action.
-async fn sidecar_with(
-    name: &str,
-    listener: &str,
-    upstream: SocketAddr,
-    tracing: &str,
-    action: &str,
-) -> ProxyProcess {
-    let yaml = format!(
-        r#"admin: {{ address: "127.0.0.1:0" }}
-tracing: {tracing}
-listeners: [{{ name: {listener}, address: "127.0.0.1:0", routeTable: rt }}]
-routeTables:
-  - name: rt
-    virtualHosts: [{{ name: all, domains: ["*"], routes: [{{ name: all, route: {{ cluster: next{action} }} }}] }}]
-clusters: [{{ name: next }}]
-endpoints: [{{ cluster: next, endpoints: [{{ address: "{upstream}" }}] }}]
-"#
-    );
-    let binary = process::binary(GRIDMESH_PROXY).unwrap();
-    ProxyProcess::start(&binary, name, ProxyConfig::Yaml(yaml), START_TIMEOUT)
-        .await
-        .unwrap_or_else(|e| panic!("{name}: {e:#}"))
-}
-
-/// [`sidecar`] tracing every request to `collector` as service `name`.
-async fn traced(
-    collector: &OtlpReceiver,
-    name: &str,
-    listener: &str,
-    upstream: SocketAddr,
-) -> ProxyProcess {
-    let tracing = format!(
-        r#"{{ endpoint: "{}", samplingRatio: 1, resourceAttributes: {{ service.name: {name} }} }}"#,
-        collector.endpoint()
-    );
-    sidecar(name, listener, upstream, &tracing).await
-}
 
 async fn get(addr: SocketAddr, path: &str, traceparent: Option<&str>) -> u16 {
     let mut req = harness::get("block", path);
@@ -78,19 +31,12 @@ async fn get(addr: SocketAddr, path: &str, traceparent: Option<&str>) -> u16 {
     conn.send(req).await.unwrap().status().as_u16()
 }
 
-fn find<'a>(spans: &'a [ReceivedSpan], service: &str, kind: i32) -> &'a ReceivedSpan {
-    spans
-        .iter()
-        .find(|s| s.service == service && s.span.kind == kind)
-        .unwrap_or_else(|| panic!("no {service} span of kind {kind} in {spans:#?}"))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_through_two_sidecars_is_one_trace_with_parent_links() {
     let collector = OtlpReceiver::start().await;
     let block = recording_upstream().await;
-    let inbound = traced(&collector, "block-sidecar", "in", block.local_addr()).await;
-    let outbound = traced(
+    let inbound = traced_sidecar(&collector, "block-sidecar", "in", block.local_addr()).await;
+    let outbound = traced_sidecar(
         &collector,
         "client-sidecar",
         "out",
@@ -250,7 +196,7 @@ async fn retries_are_events_of_the_client_span_which_names_the_endpoint() {
 async fn malformed_trace_context_starts_a_fresh_trace_and_never_fails_the_request() {
     let collector = OtlpReceiver::start().await;
     let block = recording_upstream().await;
-    let proxy = traced(&collector, "sidecar", "in", block.local_addr()).await;
+    let proxy = traced_sidecar(&collector, "sidecar", "in", block.local_addr()).await;
     let addr = proxy.listener_address("in").unwrap();
     let malformed = [
         format!("00-{TRACE_ID}-{CALLER_SPAN}"),
