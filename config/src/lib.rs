@@ -28,8 +28,9 @@ use gridmesh_proto::config::Bootstrap;
 use gridmesh_proto::resource::Kind;
 
 pub use validate::{
-    Carryover, ClusterSpec, ControlPlaneIdentity, EndpointAddress, EndpointSpec, IdentitySource,
-    ListenerSpec, Protocol, Snapshot, TlsMode, build_snapshot, rebuild_snapshot, validate_served,
+    AccessLogSpec, Carryover, ClusterSpec, ControlPlaneIdentity, EndpointAddress, EndpointSpec,
+    IdentitySource, ListenerSpec, LogDestination, Protocol, Snapshot, TlsMode, build_snapshot,
+    rebuild_snapshot, validate_served,
 };
 
 /// Exit status for invalid configuration (EX_USAGE / EX_DATAERR family).

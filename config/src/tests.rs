@@ -305,11 +305,13 @@ fn listener() -> impl Strategy<Value = pb::Listener> {
             duration(),
             enum_number(3),
         ),
+        access_log(),
     )
         .prop_map(
             |(
                 (name, address, direction, route_table, protocol),
                 (max_headers, idle_timeout, tcp_cluster, protocol_detection_timeout, tls_mode),
+                access_log,
             )| pb::Listener {
                 name,
                 address,
@@ -321,8 +323,27 @@ fn listener() -> impl Strategy<Value = pb::Listener> {
                 tcp_cluster,
                 protocol_detection_timeout,
                 tls_mode,
+                access_log,
             },
         )
+}
+
+/// Mostly none; else good and bad destinations and ratios.
+fn access_log() -> impl Strategy<Value = Option<pb::AccessLog>> {
+    let log = (
+        prop_oneof![
+            Just("stdout"),
+            Just("/dev/null"),
+            Just("relative.log"),
+            Just("")
+        ],
+        prop::option::of(-0.5f64..1.5),
+    )
+        .prop_map(|(path, sampling_ratio)| pb::AccessLog {
+            path: path.into(),
+            sampling_ratio,
+        });
+    prop_oneof![3 => Just(None), 1 => log.prop_map(Some)]
 }
 
 fn authorization_policy() -> impl Strategy<Value = pb::AuthorizationPolicy> {

@@ -116,6 +116,33 @@ pub struct ListenerSpec {
     pub tcp_cluster: Option<usize>,
     pub protocol_detection_timeout: Duration,
     pub tls_mode: TlsMode,
+    pub access_log: Option<AccessLogSpec>,
+}
+
+/// Where a listener's request log goes, and how much of it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AccessLogSpec {
+    pub destination: LogDestination,
+    pub sampling_ratio: f64,
+}
+
+/// The ratio is checked to be within 0..=1, never NaN.
+impl Eq for AccessLogSpec {}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum LogDestination {
+    Stdout,
+    /// An absolute path, appended to.
+    File(std::path::PathBuf),
+}
+
+impl std::fmt::Display for LogDestination {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LogDestination::Stdout => f.write_str("stdout"),
+            LogDestination::File(path) => write!(f, "{}", path.display()),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -965,6 +992,7 @@ fn listeners(
         if tls_mode != TlsMode::Disable && !has_identity {
             c.problem("tlsMode", NEEDS_IDENTITY);
         }
+        let access_log = l.access_log.as_ref().and_then(|log| access_log(c, log));
         if let (Some(addr), Some(route_table)) = (addr, table) {
             specs.push(ListenerSpec {
                 name: l.name.clone(),
@@ -977,10 +1005,33 @@ fn listeners(
                 tcp_cluster,
                 protocol_detection_timeout,
                 tls_mode,
+                access_log,
             });
         }
     }
     specs
+}
+
+fn access_log(c: &mut Checker, log: &pb::AccessLog) -> Option<AccessLogSpec> {
+    let destination = match log.path.as_str() {
+        "stdout" => Some(LogDestination::Stdout),
+        path if std::path::Path::new(path).is_absolute() => Some(LogDestination::File(path.into())),
+        path => {
+            c.problem(
+                "accessLog.path",
+                format!("{path:?} is neither \"stdout\" nor an absolute file path"),
+            );
+            None
+        }
+    };
+    let sampling_ratio = log.sampling_ratio.unwrap_or(1.0);
+    if let Err(problem) = settings::check_sampling_ratio(sampling_ratio) {
+        c.problem("accessLog.samplingRatio", problem);
+    }
+    Some(AccessLogSpec {
+        destination: destination?,
+        sampling_ratio,
+    })
 }
 
 /// The endpoints of each cluster, converted, except those of `carried`

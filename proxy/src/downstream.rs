@@ -7,6 +7,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
+use arc_swap::ArcSwapOption;
+
+use crate::access_log::AccessLog;
 use crate::drain::Drain;
 use crate::filter::Filters;
 use crate::metrics::ListenerMetrics;
@@ -28,6 +31,9 @@ pub struct ListenerContext {
     pub filters: Filters,
     /// Spans of its requests, when the bootstrap configures tracing.
     pub tracing: Option<Tracing>,
+    /// Its request log, when its config asks for one (changes without the
+    /// listener being replaced).
+    pub access_log: ArcSwapOption<AccessLog>,
 }
 
 impl ListenerContext {

@@ -35,6 +35,14 @@ impl Code {
     }
 }
 
+/// `/package.Service/Method` as (service, method), a query left out.
+pub fn service_method(path: &str) -> Option<(&str, &str)> {
+    let path = path.split('?').next().unwrap_or(path);
+    let (service, method) = path.strip_prefix('/')?.split_once('/')?;
+    (!service.is_empty() && !method.is_empty() && !method.contains('/'))
+        .then_some((service, method))
+}
+
 /// The numeric `grpc-status` in a header map (response headers or trailers).
 pub fn status(headers: &HeaderMap) -> Option<u32> {
     headers.get(GRPC_STATUS)?.to_str().ok()?.parse().ok()
@@ -85,6 +93,17 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+
+    #[test]
+    fn grpc_methods_are_read_from_the_path() {
+        assert_eq!(
+            service_method("/inference.GRPCInferenceService/ModelInfer?x=1"),
+            Some(("inference.GRPCInferenceService", "ModelInfer"))
+        );
+        for bad in ["/", "/svc", "/svc/", "//m", "/a/b/c", "svc/m"] {
+            assert_eq!(service_method(bad), None, "{bad}");
+        }
+    }
 
     #[test]
     fn timeout_round_trips_within_unit_precision() {

@@ -10,6 +10,7 @@
 #![forbid(unsafe_code)]
 #![deny(clippy::unwrap_used)]
 
+mod access_log;
 mod admin;
 mod balance;
 mod body;
@@ -29,6 +30,7 @@ mod identity;
 mod listeners;
 mod metrics;
 mod pipeline;
+mod record;
 mod runtime;
 mod server;
 mod shared;
@@ -52,6 +54,7 @@ pub use filter::{Decision, FilterFactory, HttpFilter};
 pub use shared::ApplyError;
 pub use transport::ConnectionContext;
 
+use crate::access_log::AccessLogs;
 use crate::filter::Filters;
 use crate::listeners::Listeners;
 use crate::metrics::Metrics;
@@ -125,11 +128,11 @@ impl ProxyBuilder {
     pub async fn start(self) -> Result<Proxy, StartError> {
         let ProxyBuilder { snapshot, filters } = self;
         let metrics = Metrics::default();
-        let control_runtime = control::runtime().map_err(StartError::Control)?;
+        let control = control::start().map_err(StartError::Control)?;
         let tracing = snapshot
             .tracing
             .as_ref()
-            .map(|settings| trace::start(settings, &metrics.registry, control_runtime.handle()))
+            .map(|settings| trace::start(settings, &metrics.registry, control.handle()))
             .transpose()?;
         let identity = match snapshot.identity.clone() {
             Some(source) => Some(identity::start(
@@ -144,6 +147,7 @@ impl ProxyBuilder {
             Filters::new(filters),
             identity.as_ref().map(|i| i.store.clone()),
             tracing,
+            AccessLogs::new(metrics.access_logs()),
         );
         let resolver = Mutex::new(None);
         let admin_error = |source| StartError::Admin {
@@ -174,12 +178,12 @@ impl ProxyBuilder {
         // Without a control plane, the bootstrap is the complete config.
         let ready = xds.is_none();
         let (shared, plan) = Shared::new(staged, listeners, metrics, resolver, ready, identity);
-        control::spawn(control_runtime, admin, shared.clone(), xds).map_err(|source| {
-            StartError::Admin {
+        control
+            .serve(admin, shared.clone(), xds)
+            .map_err(|source| StartError::Admin {
                 addr: admin_addr,
                 source,
-            }
-        })?;
+            })?;
         shared.start_listeners(plan, drain_timeout);
 
         let stopped = tokio::spawn({

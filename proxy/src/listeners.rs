@@ -21,8 +21,9 @@ use tokio::net::{TcpListener, TcpSocket};
 use tokio::runtime::Handle;
 use tokio_util::task::TaskTracker;
 
+use crate::access_log::{AccessLog, AccessLogs};
 use crate::drain::Drain;
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 
 use crate::downstream::ListenerContext;
 use crate::filter::Filters;
@@ -30,19 +31,33 @@ use crate::metrics::Metrics;
 use crate::runtime::Runtime;
 use crate::server;
 use crate::transport::Terminator;
-use gridmesh_config::ListenerSpec;
+use gridmesh_config::{ListenerSpec, LogDestination};
 use gridmesh_identity::IdentityStore;
 use gridmesh_telemetry::Tracing;
 
 /// Pending connections the kernel queues per listener.
 const BACKLOG: u32 = 1024;
 
+/// A listener that cannot be served as its config says.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot bind listener {name:?} on {addr}: {source}")]
-pub struct BindError {
+#[error("listener {name:?}: {problem}")]
+pub struct ListenerError {
     pub name: String,
-    pub addr: SocketAddr,
-    pub source: std::io::Error,
+    pub problem: ListenerProblem,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ListenerProblem {
+    #[error("cannot bind {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot open its access log {destination}: {source}")]
+    AccessLog {
+        destination: LogDestination,
+        source: std::io::Error,
+    },
 }
 
 pub struct Listeners {
@@ -58,6 +73,7 @@ pub struct Listeners {
     identity: Option<Arc<IdentityStore>>,
     /// Spans of every listener's requests, when tracing is configured.
     tracing: Option<Tracing>,
+    access_logs: AccessLogs,
 }
 
 struct Active {
@@ -76,6 +92,7 @@ struct Planned {
     spec: ListenerSpec,
     socket: Arc<TcpListener>,
     local_addr: SocketAddr,
+    access_log: Option<Arc<AccessLog>>,
     /// Unchanged: keep serving as is.
     keep: bool,
 }
@@ -86,6 +103,7 @@ impl Listeners {
         filters: Filters,
         identity: Option<Arc<IdentityStore>>,
         tracing: Option<Tracing>,
+        access_logs: AccessLogs,
     ) -> Listeners {
         Listeners {
             data_plane,
@@ -94,6 +112,7 @@ impl Listeners {
             connections: TaskTracker::new(),
             identity,
             tracing,
+            access_logs,
         }
     }
 
@@ -101,16 +120,30 @@ impl Listeners {
         &self.data_plane
     }
 
-    /// Binds what `specs` need that is not bound yet. Changes nothing.
-    pub fn prepare(&self, specs: &[ListenerSpec]) -> Result<Plan, BindError> {
+    /// Binds what `specs` need that is not bound yet and opens their access
+    /// logs. Changes nothing.
+    pub fn prepare(&self, specs: &[ListenerSpec]) -> Result<Plan, ListenerError> {
         let active = self.active.lock();
         let mut listeners = Vec::with_capacity(specs.len());
         for spec in specs {
+            let access_log = match &spec.access_log {
+                Some(log) => Some(Arc::new(self.access_logs.open(log).map_err(|source| {
+                    ListenerError {
+                        name: spec.name.clone(),
+                        problem: ListenerProblem::AccessLog {
+                            destination: log.destination.clone(),
+                            source,
+                        },
+                    }
+                })?)),
+                None => None,
+            };
             if let Some(same) = active.iter().find(|a| serves_same(&a.spec, spec)) {
                 listeners.push(Planned {
                     spec: spec.clone(),
                     socket: same.socket.clone(),
                     local_addr: same.local_addr,
+                    access_log,
                     keep: true,
                 });
                 continue;
@@ -133,17 +166,20 @@ impl Listeners {
                 spec: spec.clone(),
                 socket,
                 local_addr,
+                access_log,
                 keep: false,
             });
         }
         Ok(Plan { listeners })
     }
 
-    fn bind(&self, spec: &ListenerSpec) -> Result<(Arc<TcpListener>, SocketAddr), BindError> {
-        let error = |source| BindError {
+    fn bind(&self, spec: &ListenerSpec) -> Result<(Arc<TcpListener>, SocketAddr), ListenerError> {
+        let error = |source| ListenerError {
             name: spec.name.clone(),
-            addr: spec.addr,
-            source,
+            problem: ListenerProblem::Bind {
+                addr: spec.addr,
+                source,
+            },
         };
         let _data_plane = self.data_plane.enter();
         let socket = if spec.addr.is_ipv4() {
@@ -181,6 +217,7 @@ impl Listeners {
             {
                 let mut kept = previous.swap_remove(i);
                 kept.spec = planned.spec;
+                kept.context.access_log.store(planned.access_log);
                 active.push(kept);
                 continue;
             }
@@ -191,6 +228,7 @@ impl Listeners {
                 replaced: AtomicBool::new(false),
                 filters: self.filters.clone(),
                 tracing: self.tracing.clone(),
+                access_log: ArcSwapOption::new(planned.access_log),
             });
             self.data_plane.spawn(server::accept_loop(
                 planned.socket.clone(),
@@ -245,9 +283,12 @@ impl Listeners {
 /// look their route table up by listener name in the current runtime, so
 /// the table's index in the snapshot (which moves whenever a table before
 /// it is added, removed or, over xDS, updated) is no reason to restart.
+/// Whether `b` can be served by the listener serving `a`: only route
+/// tables and access logs may change under a running listener.
 fn serves_same(a: &ListenerSpec, b: &ListenerSpec) -> bool {
     ListenerSpec {
         route_table: b.route_table,
+        access_log: b.access_log.clone(),
         ..a.clone()
     } == *b
 }

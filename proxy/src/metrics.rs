@@ -7,6 +7,8 @@ use std::collections::HashMap;
 
 use arc_swap::ArcSwap;
 
+use crate::access_log::AccessLogMetrics;
+
 use prometheus::core::{Collector, MetricVec, MetricVecBuilder};
 use prometheus::{
     Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
@@ -44,6 +46,7 @@ pub struct Metrics {
     pub xds: XdsMetrics,
     identity_expiry: IntGaugeVec,
     identity_updates: IntCounterVec,
+    access_log_entries: IntCounterVec,
 }
 
 /// The workload identity's figures.
@@ -270,6 +273,12 @@ impl Default for Metrics {
                 "Workload certificates installed, and sets refused (unreadable, mismatched key, not an SVID, untrusted).",
                 &["result"],
             ),
+            access_log_entries: counter(
+                &r,
+                "access_log_entries_total",
+                "Access log entries by what became of them: written, dropped (the destination's queue was full) or failed (the write failed).",
+                &["result"],
+            ),
             xds: XdsMetrics {
                 updates: counter(
                     &r,
@@ -351,6 +360,15 @@ impl Metrics {
             expiry: self.identity_expiry.with_label_values(&[] as &[&str]),
             installed: self.identity_updates.with_label_values(&["installed"]),
             refused: self.identity_updates.with_label_values(&["refused"]),
+        }
+    }
+
+    pub fn access_logs(&self) -> AccessLogMetrics {
+        let result = |r: &str| self.access_log_entries.with_label_values(&[r]);
+        AccessLogMetrics {
+            written: result("written"),
+            dropped: result("dropped"),
+            failed: result("failed"),
         }
     }
 

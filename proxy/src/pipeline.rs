@@ -24,6 +24,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use http::request::Parts;
 use http::{HeaderValue, Request, Response, StatusCode, Version};
+use http_body::Body as _;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tokio::time::Instant;
@@ -37,8 +38,8 @@ use crate::error::ProxyError;
 use crate::filter::{Direction, FilterStack};
 use crate::grpc;
 use crate::headers;
+use crate::record::{Ending, RequestRecord};
 use crate::runtime::Runtime;
-use crate::trace::RequestTrace;
 use crate::transport::ConnectionContext;
 use gridmesh_config::authz::{Denial, ListenerAuthz};
 use gridmesh_config::route::Route;
@@ -57,32 +58,36 @@ pub async fn serve(
     let grpc = grpc::is_grpc(req.headers());
     let http1 = req.version() < Version::HTTP_2;
     let filters = listener.filters.for_request(&context);
-    let mut trace = (listener.tracing.as_ref())
-        .map(|tracing| RequestTrace::start(tracing, &listener.name, &req, &context, grpc));
+    let mut record = RequestRecord::start(listener, &req, &context, grpc);
     req.extensions_mut().insert(context);
     let forwarded = forward(
-        runtime, listener, req, grpc, filters, connection, &mut trace,
+        runtime,
+        listener,
+        req,
+        grpc,
+        filters,
+        connection,
+        &mut record,
     )
     .await;
-    let mut rsp = match forwarded {
-        Ok(rsp) => {
-            // Answered before an upstream exchange took the trace over (a
-            // filter's local reply).
-            if let Some(trace) = trace {
-                trace.finish(rsp.status(), grpc::status(rsp.headers()), None);
-            }
-            rsp
-        }
+    let (mut rsp, error) = match forwarded {
+        Ok(rsp) => (rsp, None),
         Err(e) => {
             let reason = e.reason();
             listener.metrics.local_reply(reason);
-            let rsp = e.into_response(grpc);
-            if let Some(trace) = trace {
-                trace.finish(rsp.status(), grpc::status(rsp.headers()), Some(reason));
-            }
-            rsp
+            (e.into_response(grpc), Some(reason))
         }
     };
+    // Answered before an upstream exchange took the record over: an error,
+    // or a filter's local reply.
+    if let Some(record) = record {
+        record.finish(Ending {
+            status: rsp.status(),
+            grpc_status: grpc::status(rsp.headers()),
+            error,
+            local_body: Some(rsp.body().size_hint().exact().unwrap_or(0)),
+        });
+    }
     if http1 && listener.closing() {
         // The listener is draining: this response is the connection's last.
         rsp.headers_mut()
@@ -98,7 +103,7 @@ async fn forward(
     grpc: bool,
     filters: Option<FilterStack>,
     connection: RequestGuard,
-    trace: &mut Option<RequestTrace>,
+    record: &mut Option<RequestRecord>,
 ) -> Result<Response<Body>, ProxyError> {
     let start = Instant::now();
     let (mut parts, body) = req.into_parts();
@@ -135,8 +140,9 @@ async fn forward(
     headers::set_forwarded_client_cert(&mut parts.headers, peer.as_ref());
     route.request_headers.apply(&mut parts.headers);
     headers::strip_hop_by_hop(&mut parts.headers);
-    if let Some(trace) = trace.as_mut() {
-        trace.call(&mut parts.headers, &route.name, &cluster.name());
+    if let Some(record) = record.as_mut() {
+        record.routed(&mut parts.headers, &route.name, &cluster.name());
+        body = record.count_request_body(body);
     }
 
     // 5. call
@@ -144,7 +150,7 @@ async fn forward(
         deadline,
         response_headers_timeout: route.action.timeouts.response_headers,
         retry: route.action.retry.as_ref(),
-        attempts: trace.as_ref().map(|t| t as &dyn call::Attempts),
+        attempts: record.as_ref().map(|r| r as &dyn call::Attempts),
     };
     let Answer {
         response,
@@ -158,6 +164,9 @@ async fn forward(
         .observe(start.elapsed().as_secs_f64());
 
     // 6. respond
+    if let Some(record) = record.as_mut() {
+        record.responded();
+    }
     let (mut rparts, rbody) = response.into_parts();
     headers::strip_hop_by_hop(&mut rparts.headers);
     route.response_headers.apply(&mut rparts.headers);
@@ -171,7 +180,7 @@ async fn forward(
         in_flight,
         _lease: lease,
         _connection: connection,
-        trace: trace.take(),
+        record: record.take(),
         recorded: false,
     };
     let limits = StreamLimits {
@@ -250,24 +259,35 @@ struct Exchange {
     _lease: Lease,
     _connection: RequestGuard,
     /// Ends with the response stream.
-    trace: Option<RequestTrace>,
+    record: Option<RequestRecord>,
     recorded: bool,
 }
 
 impl Exchange {
-    fn record(&mut self, trailer_grpc_status: Option<u32>, error: Option<&str>) {
+    fn record(&mut self, trailer_grpc_status: Option<u32>, error: Option<&'static str>) {
         self.recorded = true;
         let metrics = &self.cluster.metrics;
         let grpc_status = trailer_grpc_status.or(self.header_grpc_status);
         metrics.duration.observe(self.start.elapsed().as_secs_f64());
         metrics.response(self.status, grpc_status);
-        if let Some(trace) = self.trace.take() {
-            trace.finish(self.status, grpc_status, error);
+        if let Some(record) = self.record.take() {
+            record.finish(Ending {
+                status: self.status,
+                grpc_status,
+                error,
+                local_body: None,
+            });
         }
     }
 }
 
 impl Completion for Exchange {
+    fn data(&mut self, len: usize) {
+        if let Some(record) = &mut self.record {
+            record.response_data(len);
+        }
+    }
+
     fn trailers(&mut self, trailers: &http::HeaderMap) {
         self.in_flight.observe_report(trailers);
     }

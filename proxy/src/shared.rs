@@ -14,7 +14,7 @@ use hickory_resolver::TokioResolver;
 use crate::cluster::NoResolver;
 use crate::discovery;
 use crate::drain::Drain;
-use crate::listeners::{BindError, Listeners, Plan};
+use crate::listeners::{ListenerError, Listeners, Plan};
 use crate::metrics::Metrics;
 use crate::runtime::{self, Runtime, StagedRuntime};
 use gridmesh_config::{IdentitySource, Snapshot};
@@ -47,7 +47,7 @@ pub struct Identity {
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
     #[error(transparent)]
-    Bind(#[from] BindError),
+    Listener(#[from] ListenerError),
     #[error("cannot set up DNS resolution from the system configuration: {0}")]
     Dns(String),
     #[error(transparent)]

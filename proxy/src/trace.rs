@@ -13,7 +13,6 @@ use gridmesh_telemetry::{Process, TraceSettings, Tracing, TracingError, is_grpc_
 use http::StatusCode;
 use opentelemetry::trace::{SpanKind, Status, TraceContextExt, Tracer};
 use opentelemetry::{Context, KeyValue};
-use parking_lot::Mutex;
 
 use crate::transport::ConnectionContext;
 
@@ -23,9 +22,18 @@ pub struct RequestTrace {
     name: String,
     server: Context,
     client: Option<Context>,
-    /// The last attempt of the upstream call (its number from 0, its
-    /// endpoint): the client span's attributes when it ends.
-    last_attempt: Mutex<Option<(u32, SocketAddr)>>,
+}
+
+/// How a request ended, for its spans.
+pub struct Outcome<'a> {
+    pub status: StatusCode,
+    pub grpc_status: Option<u32>,
+    /// The `x-gridmesh-error` reason of a reply the sidecar made or cut.
+    pub error: Option<&'a str>,
+    /// The upstream call's last attempt (its number from 0, its endpoint).
+    pub last_attempt: Option<(u32, SocketAddr)>,
+    pub bytes_received: u64,
+    pub bytes_sent: u64,
 }
 
 /// Starts tracing as `settings` say, the resource attributes the bootstrap
@@ -77,7 +85,7 @@ impl RequestTrace {
     ) -> RequestTrace {
         let parent = tracing.extract(req.headers());
         let path = req.uri().path();
-        let rpc = grpc.then(|| grpc_method(path)).flatten();
+        let rpc = grpc.then(|| crate::grpc::service_method(path)).flatten();
         let name = match rpc {
             Some((service, method)) => format!("{service}/{method}"),
             None => req.method().as_str().to_string(),
@@ -117,7 +125,6 @@ impl RequestTrace {
             name,
             server: parent.with_span(span),
             client: None,
-            last_attempt: Mutex::new(None),
         }
     }
 
@@ -144,9 +151,23 @@ impl RequestTrace {
         self.client = Some(client);
     }
 
+    /// The trace this request belongs to (whether sampled or not).
+    pub fn trace_id(&self) -> Option<String> {
+        let context = self.server.span().span_context().clone();
+        context.is_valid().then(|| context.trace_id().to_string())
+    }
+
     /// Ends the spans with the response the caller got (or the local reply
     /// the sidecar made, named by `error`).
-    pub fn finish(self, status: StatusCode, grpc_status: Option<u32>, error: Option<&str>) {
+    pub fn finish(self, outcome: Outcome<'_>) {
+        let Outcome {
+            status,
+            grpc_status,
+            error,
+            last_attempt,
+            bytes_received,
+            bytes_sent,
+        } = outcome;
         let now = SystemTime::now();
         let server = self.server.span();
         if server.is_recording() {
@@ -166,7 +187,7 @@ impl RequestTrace {
             if let Some(client) = &self.client {
                 let client = client.span();
                 client.set_attributes(attributes.iter().cloned());
-                if let Some((attempt, endpoint)) = *self.last_attempt.lock() {
+                if let Some((attempt, endpoint)) = last_attempt {
                     client.set_attributes([
                         KeyValue::new("server.address", endpoint.ip().to_string()),
                         KeyValue::new("server.port", i64::from(endpoint.port())),
@@ -179,6 +200,10 @@ impl RequestTrace {
                 }
             }
             server.set_attributes(attributes);
+            server.set_attributes([
+                KeyValue::new("http.request.body.size", bytes_received as i64),
+                KeyValue::new("http.response.body.size", bytes_sent as i64),
+            ]);
             if failed {
                 server.set_status(Status::error(error.unwrap_or("").to_string()));
             }
@@ -188,15 +213,9 @@ impl RequestTrace {
         }
         server.end_with_timestamp(now);
     }
-}
 
-/// The client span learns where each attempt went and why one was retried.
-impl crate::call::Attempts for RequestTrace {
-    fn sending(&self, attempt: u32, endpoint: SocketAddr) {
-        *self.last_attempt.lock() = Some((attempt, endpoint));
-    }
-
-    fn retrying(&self, attempt: u32, reason: &str) {
+    /// An event on the client span: attempt `attempt` is retried.
+    pub fn retrying(&self, attempt: u32, reason: &str) {
         let Some(client) = &self.client else { return };
         client.span().add_event(
             "retry",
@@ -208,34 +227,11 @@ impl crate::call::Attempts for RequestTrace {
     }
 }
 
-/// `/package.Service/Method` as (service, method).
-fn grpc_method(path: &str) -> Option<(&str, &str)> {
-    let (service, method) = path.strip_prefix('/')?.split_once('/')?;
-    (!service.is_empty() && !method.is_empty() && !method.contains('/'))
-        .then_some((service, method))
-}
-
 fn protocol_version(version: http::Version) -> &'static str {
     match version {
         http::Version::HTTP_10 => "1.0",
         http::Version::HTTP_11 => "1.1",
         http::Version::HTTP_2 => "2",
         _ => "other",
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn grpc_methods_are_read_from_the_path() {
-        assert_eq!(
-            grpc_method("/inference.GRPCInferenceService/ModelInfer"),
-            Some(("inference.GRPCInferenceService", "ModelInfer"))
-        );
-        for bad in ["/", "/svc", "/svc/", "//m", "/a/b/c", "svc/m"] {
-            assert_eq!(grpc_method(bad), None, "{bad}");
-        }
     }
 }

@@ -44,6 +44,9 @@ pub enum StreamEnd {
 /// Told once how the stream ended. Implementors record "cancelled" in their
 /// own `Drop` when dropped without being told (the client went away).
 pub trait Completion: Send + 'static {
+    /// `len` bytes of the body passed.
+    fn data(&mut self, _len: usize) {}
+
     /// The upstream's trailers, as they pass (before [`Completion::finish`]).
     fn trailers(&mut self, _trailers: &HeaderMap) {}
 
@@ -102,6 +105,9 @@ impl<C: Completion> HttpBody for ResponseBody<C> {
                     (*this.idle, this.idle_timer.as_mut().as_pin_mut())
                 {
                     timer.reset(Instant::now() + idle);
+                }
+                if let (Some(data), Some(c)) = (frame.data_ref(), this.completion.as_mut()) {
+                    c.data(data.len());
                 }
                 if let Some(trailers) = frame.trailers_ref() {
                     let grpc_status = grpc::status(trailers);

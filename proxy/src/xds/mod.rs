@@ -238,9 +238,10 @@ impl Client {
             };
             match shared.apply(snapshot) {
                 Ok(()) => break outcome,
-                // The port is taken: refuse that listener, keep the rest.
-                Err(ApplyError::Bind(e)) if update.reject(&e.name, e.to_string()) => {}
-                Err(ApplyError::Bind(e))
+                // The port is taken (or its log cannot be opened): refuse
+                // that listener, keep the rest.
+                Err(ApplyError::Listener(e)) if update.reject(&e.name, e.to_string()) => {}
+                Err(ApplyError::Listener(e))
                     if !unbound.iter().any(|r: &Rejection| r.name == e.name) =>
                 {
                     self.held.set_unbound(&e.name);
