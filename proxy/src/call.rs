@@ -8,7 +8,6 @@
 //! endpoint's load state here, which is where the balancer learns of the
 //! endpoint's own load reports.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -45,7 +44,7 @@ pub struct CallPolicy<'a> {
 /// What a call's attempts are told to, as they happen.
 pub trait Attempts: Sync {
     /// Attempt `attempt` (0 first) goes to `endpoint`.
-    fn sending(&self, attempt: u32, endpoint: SocketAddr);
+    fn sending(&self, attempt: u32, endpoint: &Endpoint);
     /// Attempt `attempt` failed in a way the retry policy retries.
     fn retrying(&self, attempt: u32, reason: &str);
 }
@@ -88,7 +87,7 @@ pub async fn call(
         None => {
             let endpoint = cluster.pick(&parts.headers)?;
             if let Some(attempts) = policy.attempts {
-                attempts.sending(0, endpoint.addr);
+                attempts.sending(0, &endpoint);
             }
             let request = upstream.request(parts, body, policy.deadline);
             send(cluster, &endpoint, request, policy).await?
@@ -229,7 +228,7 @@ async fn send_with_retries(
         };
         let req = upstream.request(head, body, policy.deadline);
         if let Some(attempts) = policy.attempts {
-            attempts.sending(attempt, endpoint.addr);
+            attempts.sending(attempt, &endpoint);
         }
         let result = send(cluster, &endpoint, req, policy).await;
         let retryable = match &result {

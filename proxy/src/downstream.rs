@@ -12,6 +12,7 @@ use arc_swap::ArcSwapOption;
 use crate::access_log::AccessLog;
 use crate::drain::Drain;
 use crate::filter::Filters;
+use crate::istio::ListenerIstio;
 use crate::metrics::ListenerMetrics;
 use crate::transport::{Observed, ReadObserver};
 use gridmesh_telemetry::Tracing;
@@ -34,6 +35,8 @@ pub struct ListenerContext {
     /// Its request log, when its config asks for one (changes without the
     /// listener being replaced).
     pub access_log: ArcSwapOption<AccessLog>,
+    /// Istio's request metrics, reported from this listener's side.
+    pub istio: Arc<ListenerIstio>,
 }
 
 impl ListenerContext {

@@ -27,6 +27,7 @@ mod filter;
 mod grpc;
 mod headers;
 mod identity;
+mod istio;
 mod listeners;
 mod metrics;
 mod pipeline;
@@ -56,6 +57,7 @@ pub use transport::ConnectionContext;
 
 use crate::access_log::AccessLogs;
 use crate::filter::Filters;
+use crate::istio::{IstioMetrics, Workload};
 use crate::listeners::Listeners;
 use crate::metrics::Metrics;
 use crate::shared::Shared;
@@ -95,6 +97,8 @@ pub enum StartError {
     Identity(#[from] gridmesh_identity::files::FilesError),
     #[error("cannot start the control thread: {0}")]
     Control(std::io::Error),
+    #[error("cannot register Istio's metrics: {0}")]
+    Metrics(prometheus::Error),
     #[error("cannot start tracing: {0}")]
     Tracing(#[from] gridmesh_telemetry::TracingError),
 }
@@ -142,12 +146,16 @@ impl ProxyBuilder {
             )?),
             None => None,
         };
+        let workload = Workload::from_env(identity.as_ref().map(|i| i.store.clone()));
+        let istio =
+            IstioMetrics::register(&metrics.unprefixed, workload).map_err(StartError::Metrics)?;
         let listeners = Listeners::new(
             Handle::current(),
             Filters::new(filters),
             identity.as_ref().map(|i| i.store.clone()),
             tracing,
             AccessLogs::new(metrics.access_logs()),
+            istio,
         );
         let resolver = Mutex::new(None);
         let admin_error = |source| StartError::Admin {

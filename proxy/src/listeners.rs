@@ -23,6 +23,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::access_log::{AccessLog, AccessLogs};
 use crate::drain::Drain;
+use crate::istio::IstioMetrics;
 use arc_swap::{ArcSwap, ArcSwapOption};
 
 use crate::downstream::ListenerContext;
@@ -33,6 +34,7 @@ use crate::server;
 use crate::transport::Terminator;
 use gridmesh_config::{ListenerSpec, LogDestination};
 use gridmesh_identity::IdentityStore;
+use gridmesh_proto::config::listener::Direction;
 use gridmesh_telemetry::Tracing;
 
 /// Pending connections the kernel queues per listener.
@@ -74,6 +76,7 @@ pub struct Listeners {
     /// Spans of every listener's requests, when tracing is configured.
     tracing: Option<Tracing>,
     access_logs: AccessLogs,
+    istio: IstioMetrics,
 }
 
 struct Active {
@@ -104,6 +107,7 @@ impl Listeners {
         identity: Option<Arc<IdentityStore>>,
         tracing: Option<Tracing>,
         access_logs: AccessLogs,
+        istio: IstioMetrics,
     ) -> Listeners {
         Listeners {
             data_plane,
@@ -113,6 +117,7 @@ impl Listeners {
             identity,
             tracing,
             access_logs,
+            istio,
         }
     }
 
@@ -229,6 +234,9 @@ impl Listeners {
                 filters: self.filters.clone(),
                 tracing: self.tracing.clone(),
                 access_log: ArcSwapOption::new(planned.access_log),
+                istio: Arc::new(
+                    (self.istio).listener(planned.spec.direction == Direction::Inbound),
+                ),
             });
             self.data_plane.spawn(server::accept_loop(
                 planned.socket.clone(),

@@ -24,6 +24,8 @@ const LATENCY_BUCKETS: &[f64] = &[
 /// several proxies in one process (the test harness) never mix figures.
 pub struct Metrics {
     pub registry: Registry,
+    /// Istio's families ([`crate::istio`]), which keep their own names.
+    pub unprefixed: Registry,
     upstream_requests: IntCounterVec,
     upstream_responses: IntCounterVec,
     upstream_response_headers: HistogramVec,
@@ -305,6 +307,7 @@ impl Default for Metrics {
                 .with_label_values(&[] as &[&str]),
             },
             registry: r,
+            unprefixed: Registry::new(),
         }
     }
 }
@@ -405,7 +408,7 @@ impl Metrics {
 
     pub fn encode(&self) -> String {
         prometheus::TextEncoder::new()
-            .encode_to_string(&self.registry.gather())
+            .encode_to_string(&[self.registry.gather(), self.unprefixed.gather()].concat())
             .unwrap_or_else(|e| format!("# metrics encoding failed: {e}\n"))
     }
 }

@@ -58,7 +58,7 @@ pub async fn serve(
     let grpc = grpc::is_grpc(req.headers());
     let http1 = req.version() < Version::HTTP_2;
     let filters = listener.filters.for_request(&context);
-    let mut record = RequestRecord::start(listener, &req, &context, grpc);
+    let mut record = Some(RequestRecord::start(listener, &req, &context, grpc));
     req.extensions_mut().insert(context);
     let forwarded = forward(
         runtime,
@@ -141,7 +141,7 @@ async fn forward(
     route.request_headers.apply(&mut parts.headers);
     headers::strip_hop_by_hop(&mut parts.headers);
     if let Some(record) = record.as_mut() {
-        record.routed(&mut parts.headers, &route.name, &cluster.name());
+        record.routed(&mut parts.headers, &route.name, &cluster);
         body = record.count_request_body(body);
     }
 

@@ -1,9 +1,9 @@
-//! What the sidecar keeps of one request for those who watch it: its trace
-//! spans ([`crate::trace`]) and its access log line ([`crate::access_log`]).
-//! Made when the request arrives, told by the pipeline's phases what they
-//! decided, finished when the response stream ends. A listener that neither
-//! traces nor logs (or a request the log's sampling skips, untraced) makes
-//! none, and its requests pay nothing for it.
+//! What the sidecar keeps of one request for those who watch it: Istio's
+//! request metrics ([`crate::istio`]), its trace spans ([`crate::trace`])
+//! and its access log line ([`crate::access_log`]). Made when the request
+//! arrives, told by the pipeline's phases what they decided, finished when
+//! the response stream ends. Spans and log entries exist only when the
+//! listener traces or logs (and the request is sampled).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -18,16 +18,25 @@ use tokio::time::Instant;
 
 use crate::access_log::{AccessLog, Entry, traceparent_trace_id};
 use crate::body::Body;
+use crate::cluster::{Cluster, Endpoint};
 use crate::downstream::ListenerContext;
+use crate::istio::{self, ListenerIstio};
 use crate::trace::{Outcome, RequestTrace};
 use crate::transport::ConnectionContext;
+use gridmesh_identity::SpiffeId;
 
 pub struct RequestRecord {
     start: Instant,
+    grpc: bool,
+    istio: Arc<ListenerIstio>,
+    /// The caller's verified identity.
+    peer: Option<SpiffeId>,
+    cluster: Option<Arc<Cluster>>,
     trace: Option<RequestTrace>,
     log: Option<(Arc<AccessLog>, Box<Entry>)>,
-    /// The upstream call's last attempt: its number from 0, its endpoint.
-    last_attempt: Mutex<Option<(u32, SocketAddr)>>,
+    /// The upstream call's last attempt: its number from 0, its endpoint
+    /// and the identity it presented.
+    last_attempt: Mutex<Option<LastAttempt>>,
     request_bytes: Option<Arc<AtomicU64>>,
     response_bytes: u64,
     to_first_byte: Option<std::time::Duration>,
@@ -45,14 +54,13 @@ pub struct Ending {
 }
 
 impl RequestRecord {
-    /// The record of a request that just arrived on `listener`, if anyone
-    /// watches it.
+    /// The record of a request that just arrived on `listener`.
     pub fn start(
         listener: &ListenerContext,
         req: &Request<Incoming>,
         connection: &ConnectionContext,
         grpc: bool,
-    ) -> Option<RequestRecord> {
+    ) -> RequestRecord {
         let trace = (listener.tracing.as_ref())
             .map(|tracing| RequestTrace::start(tracing, &listener.name, req, connection, grpc));
         let log = listener
@@ -100,30 +108,35 @@ impl RequestRecord {
                 };
                 (log, Box::new(entry))
             });
-        if trace.is_none() && log.is_none() {
-            return None;
-        }
-        Some(RequestRecord {
+        RequestRecord {
             start: Instant::now(),
+            grpc,
+            istio: listener.istio.clone(),
+            peer: connection.peer_identity.clone(),
+            cluster: None,
             trace,
             log,
             last_attempt: Mutex::new(None),
             request_bytes: None,
             response_bytes: 0,
             to_first_byte: None,
-        })
+        }
     }
 
     /// Phase 3 picked `route` and `cluster`: the client span starts and its
     /// context goes upstream in `headers`.
-    pub fn routed(&mut self, headers: &mut HeaderMap, route: &str, cluster: &str) {
-        if let Some(trace) = &mut self.trace {
-            trace.call(headers, route, cluster);
+    pub fn routed(&mut self, headers: &mut HeaderMap, route: &str, cluster: &Arc<Cluster>) {
+        if self.trace.is_some() || self.log.is_some() {
+            let name = cluster.name();
+            if let Some(trace) = &mut self.trace {
+                trace.call(headers, route, &name);
+            }
+            if let Some((_, entry)) = &mut self.log {
+                entry.route = Some(route.to_string());
+                entry.cluster = Some(name);
+            }
         }
-        if let Some((_, entry)) = &mut self.log {
-            entry.route = Some(route.to_string());
-            entry.cluster = Some(cluster.to_string());
-        }
+        self.cluster = Some(cluster.clone());
     }
 
     /// `body`, its bytes counted as they pass upstream.
@@ -153,7 +166,27 @@ impl RequestRecord {
         let duration = self.start.elapsed();
         let bytes_received = (self.request_bytes.as_ref()).map_or(0, |c| c.load(Ordering::Relaxed));
         let bytes_sent = ending.local_body.unwrap_or(self.response_bytes);
-        let last_attempt = *self.last_attempt.lock();
+        let last_attempt = self.last_attempt.lock().take();
+        let cluster = self.cluster.as_ref().map(|c| c.spec());
+        let key = istio::Key {
+            peer: if self.istio.inbound() {
+                self.peer.as_ref()
+            } else {
+                last_attempt.as_ref().and_then(|a| a.identity.as_ref())
+            },
+            cluster: cluster.as_ref().map(|spec| spec.name.as_str()),
+            grpc: self.grpc,
+            status: ending.status.as_u16(),
+            grpc_status: ending.grpc_status,
+            error: ending.error,
+        };
+        let measured = istio::Measured {
+            duration,
+            request_bytes: bytes_received,
+            response_bytes: bytes_sent,
+        };
+        self.istio.record(&key, &measured);
+        let last_attempt = last_attempt.map(|a| (a.attempt, a.endpoint));
         if let Some(trace) = self.trace {
             trace.finish(Outcome {
                 status: ending.status,
@@ -183,10 +216,20 @@ impl RequestRecord {
     }
 }
 
+struct LastAttempt {
+    attempt: u32,
+    endpoint: SocketAddr,
+    identity: Option<SpiffeId>,
+}
+
 /// Where each attempt went and why one was retried.
 impl crate::call::Attempts for RequestRecord {
-    fn sending(&self, attempt: u32, endpoint: SocketAddr) {
-        *self.last_attempt.lock() = Some((attempt, endpoint));
+    fn sending(&self, attempt: u32, endpoint: &Endpoint) {
+        *self.last_attempt.lock() = Some(LastAttempt {
+            attempt,
+            endpoint: endpoint.addr,
+            identity: endpoint.identity.clone(),
+        });
     }
 
     fn retrying(&self, attempt: u32, reason: &str) {

@@ -46,13 +46,7 @@ pub fn start(
 ) -> Result<Tracing, TracingError> {
     let node = crate::xds::node::from_env(|var| std::env::var(var).ok());
     let mut settings = settings.clone();
-    let metadata = |key: &str| {
-        let fields = &node.metadata.as_ref()?.fields;
-        match fields.get(key)?.kind.as_ref()? {
-            pbjson_types::value::Kind::StringValue(s) => Some(s.clone()),
-            _ => None,
-        }
-    };
+    let metadata = |key: &str| crate::xds::node::metadata(&node, key);
     let service = Some(node.cluster.clone())
         .filter(|c| !c.is_empty())
         .unwrap_or_else(|| "gridmesh-proxy".into());

@@ -188,6 +188,42 @@ async fn metrics_after_traffic() {
         "gRPC NOT_FOUND by its code: {m}"
     );
     assert_eq!(value("gridmesh_upstream_retries_total", &up), 1.0, "{m}");
+
+    // The same requests as Istio counts them: a listener without a
+    // direction reports as the source; replies the proxy made carry
+    // Envoy's response flags.
+    let istio = |labels: &[(&str, &str)]| {
+        let labels = [&[("reporter", "source")], labels].concat();
+        prometheus::sum(&m, "istio_requests_total", &labels)
+            .unwrap_or_else(|| panic!("no istio_requests_total {labels:?} in:\n{m}"))
+    };
+    assert_eq!(istio(&[]), 11.0, "{m}");
+    let http_ok = [
+        ("destination_service", "up"),
+        ("request_protocol", "http"),
+        ("response_code", "200"),
+        ("response_flags", "-"),
+    ];
+    assert_eq!(istio(&http_ok), 5.0, "{m}");
+    let no_route = [("destination_service", "unknown"), ("response_flags", "NR")];
+    assert_eq!(
+        istio(&[&no_route[..], &[("response_code", "404")]].concat()),
+        1.0
+    );
+    let dead = [("destination_service", "dead"), ("response_flags", "UF")];
+    assert_eq!(
+        istio(&[&dead[..], &[("response_code", "503")]].concat()),
+        1.0
+    );
+    for grpc_status in ["0", "5"] {
+        let grpc = [
+            ("request_protocol", "grpc"),
+            ("grpc_response_status", grpc_status),
+        ];
+        assert_eq!(istio(&grpc), 1.0, "{m}");
+    }
+    let count = prometheus::sum(&m, "istio_request_duration_milliseconds_count", &http_ok);
+    assert_eq!(count, Some(5.0), "{m}");
     assert_eq!(
         value(
             "gridmesh_local_replies_total",

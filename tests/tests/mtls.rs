@@ -115,7 +115,7 @@ async fn metric(proxy: &ProxyProcess, name: &str, labels: &[(&str, &str)]) -> Op
 /// Waits until the sample reads `want`: how a test knows a refusal was
 /// seen and counted, rather than assuming it.
 async fn wait_metric(proxy: &ProxyProcess, name: &str, labels: &[(&str, &str)], want: f64) {
-    let waited = harness::within_for(Duration::from_secs(10), name, async {
+    let waited = tokio::time::timeout(Duration::from_secs(10), async {
         loop {
             if metric(proxy, name, labels).await == Some(want) {
                 return;
@@ -123,7 +123,14 @@ async fn wait_metric(proxy: &ProxyProcess, name: &str, labels: &[(&str, &str)], 
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     });
-    waited.await;
+    if waited.await.is_err() {
+        let text = proxy.admin_get("/metrics").await.unwrap().body;
+        let samples: Vec<&str> = text.lines().filter(|l| l.starts_with(name)).collect();
+        panic!(
+            "no {name} {labels:?} = {want} within 10s; samples:\n{}",
+            samples.join("\n")
+        );
+    }
 }
 
 /// Waits until the proxy's log (read as it is written, colours stripped)
@@ -175,6 +182,46 @@ async fn sidecars_speak_mtls_and_the_block_learns_who_called() {
     // Both requests went over mTLS handshakes the inbound side accepted
     // (pooled: one per protocol).
     wait_metric(&inbound, HANDSHAKES, &handshakes("ok"), 2.0).await;
+
+    // Istio's request metrics, reported from each side with the identities
+    // each sidecar verified.
+    let (a_id, b_id) = (a.id.to_string(), b.id.to_string());
+    let common = [
+        ("source_principal", a_id.as_str()),
+        ("source_workload_namespace", "test"),
+        ("destination_principal", b_id.as_str()),
+        ("destination_workload_namespace", "test"),
+        ("request_protocol", "http"),
+        ("response_code", "200"),
+        ("grpc_response_status", ""),
+        ("response_flags", "-"),
+    ];
+    let destination = [
+        &common[..],
+        &[
+            ("reporter", "destination"),
+            ("destination_service", "block"),
+            ("connection_security_policy", "mutual_tls"),
+        ],
+    ]
+    .concat();
+    let source = [
+        &common[..],
+        &[
+            ("reporter", "source"),
+            ("destination_service", "peer"),
+            ("connection_security_policy", "unknown"),
+        ],
+    ]
+    .concat();
+    wait_metric(&inbound, "istio_requests_total", &destination, 2.0).await;
+    wait_metric(&outbound, "istio_requests_total", &source, 2.0).await;
+    let histogram = "istio_request_duration_milliseconds_count";
+    assert_eq!(metric(&inbound, histogram, &destination).await, Some(2.0));
+    assert_eq!(metric(&outbound, histogram, &source).await, Some(2.0));
+    // The block answers "ok" to each.
+    let sizes = "istio_response_bytes_sum";
+    assert_eq!(metric(&outbound, sizes, &source).await, Some(4.0));
 
     // The identity and its expiry are shown.
     let dump = inbound.admin_get("/config_dump").await.unwrap().body;

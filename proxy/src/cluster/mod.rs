@@ -333,6 +333,11 @@ impl Cluster {
             .clone()
     }
 
+    /// The settings now in force (a guard: hold it briefly).
+    pub fn spec(&self) -> arc_swap::Guard<Arc<ClusterSpec>> {
+        self.spec.load()
+    }
+
     pub fn name(&self) -> String {
         self.spec.load().name.clone()
     }

@@ -54,6 +54,14 @@ pub fn from_env(env: impl Fn(&str) -> Option<String>) -> Node {
     }
 }
 
+/// A string value of the node's metadata (`pod`, `namespace`, `block_id`).
+pub fn metadata(node: &Node, key: &str) -> Option<String> {
+    match node.metadata.as_ref()?.fields.get(key)?.kind.as_ref()? {
+        ValueKind::StringValue(s) => Some(s.clone()),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
