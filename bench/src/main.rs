@@ -147,7 +147,14 @@ fn run(args: Args) -> Result<()> {
         .chain(
             binaries
                 .contains_key(&ProxyKind::Gridmesh)
-                .then_some(Target::GRIDMESH_MTLS),
+                .then_some([
+                    Target::GRIDMESH_MTLS,
+                    Target::gridmesh_traced(1),
+                    Target::gridmesh_traced(100),
+                    Target::GRIDMESH_ACCESS_LOG,
+                ])
+                .into_iter()
+                .flatten(),
         )
         .collect();
 

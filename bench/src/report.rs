@@ -16,7 +16,7 @@ use crate::load::ErrorTally;
 use crate::machine::MachineInfo;
 use crate::results::{Figure, Results, Scenario, Summary};
 use crate::settings::Settings;
-use crate::targets::{ProxyKind, Target};
+use crate::targets::{Observe, ProxyKind, Target};
 use checks::Check;
 use per_hop::PerHop;
 
@@ -60,6 +60,7 @@ pub struct TargetRow {
     pub proxy: Option<ProxyKind>,
     pub hops: u8,
     pub mtls: bool,
+    pub observe: Observe,
 }
 
 #[derive(Debug, Serialize)]
@@ -180,6 +181,7 @@ impl Report {
                     proxy: target.proxy,
                     hops: target.hops,
                     mtls: target.mtls,
+                    observe: target.observe,
                 })
                 .collect(),
             figures,

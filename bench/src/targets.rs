@@ -24,6 +24,7 @@ use serde::Serialize;
 
 use crate::cgroup::TargetCgroup;
 use crate::load::clients::{Exchange, GrpcUnaryEcho, Http1Echo, TlsClient, grpc_channel};
+use gridmesh_tests::otlp::OtlpReceiver;
 use mtls::HopIdentity;
 use mtls::MeshPki;
 use process::PinnedProcess;
@@ -91,6 +92,22 @@ pub struct Target {
     /// Mutual TLS between the hops (gridmesh only): the inbound hop's
     /// listener is STRICT and the outbound hop verifies its SPIFFE ID.
     pub mtls: bool,
+    /// What the hops record of each request beyond their metrics
+    /// (gridmesh only).
+    pub observe: Observe,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Observe {
+    Nothing,
+    /// Spans of this percentage of requests, exported over OTLP/gRPC to a
+    /// collector in the bench process that accepts and counts them.
+    Traces {
+        percent: u8,
+    },
+    /// A JSON access log line per request, to a file.
+    AccessLog,
 }
 
 impl Target {
@@ -98,6 +115,7 @@ impl Target {
         proxy: None,
         hops: 0,
         mtls: false,
+        observe: Observe::Nothing,
     };
 
     pub fn through(proxy: ProxyKind, hops: u8) -> Self {
@@ -105,6 +123,7 @@ impl Target {
             proxy: Some(proxy),
             hops,
             mtls: false,
+            observe: Observe::Nothing,
         }
     }
 
@@ -113,6 +132,28 @@ impl Target {
         proxy: Some(ProxyKind::Gridmesh),
         hops: 2,
         mtls: true,
+        observe: Observe::Nothing,
+    };
+
+    /// Two gridmesh hops tracing `percent`% of requests.
+    pub const fn gridmesh_traced(percent: u8) -> Target {
+        Target {
+            observe: Observe::Traces { percent },
+            ..Target::GRIDMESH_PLAIN
+        }
+    }
+
+    /// Two gridmesh hops writing an access log line per request.
+    pub const GRIDMESH_ACCESS_LOG: Target = Target {
+        observe: Observe::AccessLog,
+        ..Target::GRIDMESH_PLAIN
+    };
+
+    const GRIDMESH_PLAIN: Target = Target {
+        proxy: Some(ProxyKind::Gridmesh),
+        hops: 2,
+        mtls: false,
+        observe: Observe::Nothing,
     };
 }
 
@@ -124,6 +165,11 @@ impl fmt::Display for Target {
         }
         if self.mtls {
             f.write_str(" mTLS")?;
+        }
+        match self.observe {
+            Observe::Nothing => {}
+            Observe::Traces { percent } => write!(f, " traced {percent}%")?,
+            Observe::AccessLog => f.write_str(" access log")?,
         }
         Ok(())
     }
@@ -142,6 +188,10 @@ pub struct HopPlan {
     pub dir: PathBuf,
     /// Its certificate and what it expects of its peers (mTLS targets).
     pub identity: Option<HopIdentity>,
+    /// Where its spans go and the share of requests sampled.
+    pub tracing: Option<(String, f64)>,
+    /// The file its access log goes to.
+    pub access_log: Option<PathBuf>,
 }
 
 /// A target whose hops are all up and serving both protocols end to end.
@@ -158,6 +208,8 @@ pub struct RunningTarget {
     cgroup: Option<TargetCgroup>,
     /// The certificates' files live as long as the hops.
     _pki: Option<MeshPki>,
+    /// The hops' trace collector (traced targets).
+    _collector: Option<OtlpReceiver>,
 }
 
 impl RunningTarget {
@@ -179,8 +231,17 @@ impl RunningTarget {
         let mut inbound = upstream;
         let pki = target.mtls.then(MeshPki::new).transpose()?;
         let inbound_tls = pki.as_ref().map(MeshPki::load_generator).transpose()?;
+        let collector = match target.observe {
+            Observe::Traces { .. } => Some(OtlpReceiver::counting().await?),
+            _ => None,
+        };
         if let Some(proxy) = target.proxy {
-            let mtls = if target.mtls { "-mtls" } else { "" };
+            let mtls = match (target.mtls, target.observe) {
+                (true, _) => "-mtls".to_string(),
+                (false, Observe::Nothing) => String::new(),
+                (false, Observe::Traces { percent }) => format!("-traced{percent}"),
+                (false, Observe::AccessLog) => "-logged".to_string(),
+            };
             let group = cgroup.insert(TargetCgroup::create(&format!(
                 "{}-x{}{mtls}",
                 proxy.name(),
@@ -197,6 +258,14 @@ impl RunningTarget {
                     admin: free_local_address()?,
                     dir: dir.to_owned(),
                     identity: pki.as_ref().map(|pki| pki.hop(index, forwards_to_upstream)),
+                    tracing: match (target.observe, &collector) {
+                        (Observe::Traces { percent }, Some(collector)) => {
+                            Some((collector.endpoint(), f64::from(percent) / 100.0))
+                        }
+                        _ => None,
+                    },
+                    access_log: (target.observe == Observe::AccessLog)
+                        .then(|| dir.join(format!("access-hop{index}.log"))),
                 };
                 if forwards_to_upstream {
                     inbound = plan.listen.http1;
@@ -219,6 +288,7 @@ impl RunningTarget {
             hops,
             cgroup,
             _pki: pki,
+            _collector: collector,
         })
     }
 

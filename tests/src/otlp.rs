@@ -5,6 +5,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
@@ -82,10 +83,21 @@ pub fn hex(bytes: &[u8]) -> String {
 #[derive(Clone, Default)]
 struct Collected {
     spans: Arc<watch::Sender<Vec<ReceivedSpan>>>,
+    /// Only count (a benchmark's receiver would otherwise hold millions).
+    count_only: bool,
+    counted: Arc<AtomicU64>,
 }
 
 impl Collected {
     fn record(&self, request: ExportTraceServiceRequest) {
+        if self.count_only {
+            let spans = (request.resource_spans.iter())
+                .flat_map(|r| &r.scope_spans)
+                .map(|s| s.spans.len() as u64)
+                .sum();
+            self.counted.fetch_add(spans, Ordering::Relaxed);
+            return;
+        }
         let mut received = Vec::new();
         for resource_spans in request.resource_spans {
             let service = resource_spans
@@ -153,14 +165,38 @@ pub struct OtlpReceiver {
 }
 
 impl OtlpReceiver {
+    /// A receiver on loopback ports the system picks.
     pub async fn start() -> OtlpReceiver {
-        let grpc = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let http = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let (grpc_addr, http_addr) = (
-            grpc.local_addr().expect("local address"),
-            http.local_addr().expect("local address"),
-        );
-        let collected = Collected::default();
+        let any: SocketAddr = ([127, 0, 0, 1], 0).into();
+        OtlpReceiver::bind(any, any)
+            .await
+            .expect("bind loopback ports")
+    }
+
+    /// A receiver that accepts every export and keeps only the number of
+    /// spans (see [`OtlpReceiver::counted`]): a collector for benchmarks.
+    pub async fn counting() -> std::io::Result<OtlpReceiver> {
+        let any: SocketAddr = ([127, 0, 0, 1], 0).into();
+        OtlpReceiver::serve(any, any, true).await
+    }
+
+    /// A receiver taking OTLP/gRPC on `grpc` and OTLP/HTTP on `http`.
+    pub async fn bind(grpc: SocketAddr, http: SocketAddr) -> std::io::Result<OtlpReceiver> {
+        OtlpReceiver::serve(grpc, http, false).await
+    }
+
+    async fn serve(
+        grpc: SocketAddr,
+        http: SocketAddr,
+        count_only: bool,
+    ) -> std::io::Result<OtlpReceiver> {
+        let grpc = TcpListener::bind(grpc).await?;
+        let http = TcpListener::bind(http).await?;
+        let (grpc_addr, http_addr) = (grpc.local_addr()?, http.local_addr()?);
+        let collected = Collected {
+            count_only,
+            ..Collected::default()
+        };
         let service = TraceServiceServer::new(collected.clone());
         let grpc_server = tokio::spawn(async move {
             let _ = tonic::transport::Server::builder()
@@ -185,12 +221,12 @@ impl OtlpReceiver {
                 }
             }
         });
-        OtlpReceiver {
+        Ok(OtlpReceiver {
             grpc: grpc_addr,
             http: http_addr,
             collected,
             servers: [grpc_server, http_server],
-        }
+        })
     }
 
     /// The OTLP/gRPC endpoint a bootstrap's `tracing.endpoint` names.
@@ -201,6 +237,11 @@ impl OtlpReceiver {
     /// The OTLP/HTTP endpoint (`protocol: HTTP_PROTOBUF`).
     pub fn http_endpoint(&self) -> String {
         format!("http://{}/v1/traces", self.http)
+    }
+
+    /// Spans received so far by a [`OtlpReceiver::counting`] receiver.
+    pub fn counted(&self) -> u64 {
+        self.collected.counted.load(Ordering::Relaxed)
     }
 
     /// Every span received so far.

@@ -7,12 +7,13 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use gridmesh_proto::testing::StreamRequest;
 use gridmesh_tests::harness::{self, recording_upstream};
 use gridmesh_tests::otlp::{
     CLIENT, OtlpReceiver, ReceivedSpan, SERVER, find, sidecar, sidecar_with, traced_sidecar,
 };
 use gridmesh_tests::ports::RefusingPort;
-use gridmesh_tests::process::ProxyProcess;
+use gridmesh_tests::process::{ManagedProcess, ProxyProcess, venv_bin, workspace_root};
 use gridmesh_tests::prometheus;
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
 
@@ -303,4 +304,160 @@ async fn a_collector_that_is_down_or_silent_costs_spans_not_requests() {
     });
     assert!(sending.await > 0);
     assert_eq!(spans_metric(&proxy, "exported").await, 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grpc_stream_through_two_sidecars_is_one_trace_spanning_the_whole_stream() {
+    let collector = OtlpReceiver::start().await;
+    let echo = harness::upstream("echo").await;
+    let inbound = traced_sidecar(&collector, "block-sidecar", "in", echo.local_addr()).await;
+    let outbound = traced_sidecar(
+        &collector,
+        "client-sidecar",
+        "out",
+        inbound.listener_address("in").unwrap(),
+    )
+    .await;
+    let out = outbound.listener_address("out").unwrap();
+    let mut client = harness::grpc_echo_client(out, "echo").await;
+    let mut request = tonic::Request::new(StreamRequest {
+        count: 5,
+        payload_size: 8,
+        interval_ms: 40,
+    });
+    request.metadata_mut().insert(
+        "traceparent",
+        format!("00-{TRACE_ID}-{CALLER_SPAN}-01").parse().unwrap(),
+    );
+    let mut stream = client.server_stream(request).await.unwrap().into_inner();
+    let mut messages = 0;
+    while stream.message().await.unwrap().is_some() {
+        messages += 1;
+    }
+    assert_eq!(messages, 5);
+
+    let spans = collector
+        .wait_for("four spans", EXPORTED_WITHIN, |s| s.len() >= 4)
+        .await;
+    assert!(spans.iter().all(|s| s.trace_id() == TRACE_ID), "{spans:#?}");
+    let client_server = find(&spans, "client-sidecar", SERVER);
+    let client_call = find(&spans, "client-sidecar", CLIENT);
+    let block_server = find(&spans, "block-sidecar", SERVER);
+    let block_call = find(&spans, "block-sidecar", CLIENT);
+    assert_eq!(client_server.parent_span_id(), CALLER_SPAN);
+    assert_eq!(block_server.parent_span_id(), client_call.span_id());
+    assert_eq!(block_call.parent_span_id(), block_server.span_id());
+    for span in [client_server, block_server] {
+        assert_eq!(span.span.name, "gridmesh.testing.v1.Echo/ServerStream");
+        assert_eq!(span.int_attribute("rpc.grpc.status_code"), Some(0));
+        // Four 40 ms gaps between the messages: the spans end with the
+        // stream's trailers, not with its headers.
+        let took = span.span.end_time_unix_nano - span.span.start_time_unix_nano;
+        assert!(took >= 150_000_000, "{took} ns: {span:#?}");
+        assert!(span.int_attribute("http.response.body.size").unwrap() > 5 * 8);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_tracestate_never_fails_the_request() {
+    let collector = OtlpReceiver::start().await;
+    let block = recording_upstream().await;
+    let proxy = traced_sidecar(&collector, "sidecar", "in", block.local_addr()).await;
+    let addr = proxy.listener_address("in").unwrap();
+    // W3C allows 32 list members and 512 characters; this is 100 and ~2 KB,
+    // and one member is malformed.
+    let members: Vec<String> = (0..100)
+        .map(|i| format!("vendor{i}=value{i:010}"))
+        .collect();
+    let tracestate = format!("{},BAD KEY=x", members.join(","));
+    let mut req = harness::get("block", "/big-tracestate");
+    req.headers_mut().insert(
+        "traceparent",
+        format!("00-{TRACE_ID}-{CALLER_SPAN}-01").parse().unwrap(),
+    );
+    req.headers_mut()
+        .insert("tracestate", tracestate.parse().unwrap());
+    let mut conn = harness::http1_client().connect(addr).await;
+    let status = conn.send(req).await.unwrap().status();
+    assert_eq!(status, 200);
+    // The trace goes on from the caller's traceparent; what goes upstream
+    // as tracestate is never more than the caller sent.
+    let seen = block.last();
+    let sent = seen.headers.get("traceparent").unwrap().to_str().unwrap();
+    assert!(sent.starts_with(&format!("00-{TRACE_ID}-")), "{sent}");
+    let forwarded = seen.headers.get("tracestate").map_or(0, |v| v.len());
+    assert!(forwarded <= tracestate.len(), "{forwarded}");
+    let spans = collector
+        .wait_for("the server span", EXPORTED_WITHIN, |s| {
+            s.iter().any(|s| s.span.kind == SERVER)
+        })
+        .await;
+    let server = find(&spans, "sidecar", SERVER);
+    assert_eq!(server.parent_span_id(), CALLER_SPAN);
+}
+
+/// An instrumented Python app (OpenTelemetry's SDK and grpcio
+/// instrumentation), running `args`.
+fn python_app(name: &str, args: &[&str]) -> ManagedProcess {
+    let script = workspace_root().join("tests/python/otel_grpc_app.py");
+    let mut all = vec![script.display().to_string()];
+    all.extend(args.iter().map(|a| a.to_string()));
+    ManagedProcess::spawn(name, &venv_bin("python"), &all).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instrumented_python_apps_and_the_sidecars_between_them_form_one_trace() {
+    let collector = OtlpReceiver::start().await;
+    let endpoint = collector.endpoint();
+    let mut server = python_app("python-server", &["server", &endpoint]);
+    let line = server
+        .wait_for_line("listening on ", Duration::from_secs(30))
+        .await
+        .unwrap();
+    let server_addr: SocketAddr = line
+        .trim()
+        .strip_prefix("listening on ")
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("unexpected first line: {line}"));
+    let inbound = traced_sidecar(&collector, "server-sidecar", "in", server_addr).await;
+    let outbound = traced_sidecar(
+        &collector,
+        "client-sidecar",
+        "out",
+        inbound.listener_address("in").unwrap(),
+    )
+    .await;
+
+    let target = outbound.listener_address("out").unwrap().to_string();
+    let mut client = python_app("python-client", &["client", &endpoint, &target]);
+    let status = client.wait_exit(Duration::from_secs(30)).await;
+    assert!(
+        status.as_ref().is_ok_and(|s| s.success()) && client.output().contains("call ok"),
+        "{status:?}\n{}",
+        client.output()
+    );
+
+    // The apps' spans at both ends, two per sidecar between them.
+    let spans = collector
+        .wait_for("six spans", EXPORTED_WITHIN, |s| s.len() >= 6)
+        .await;
+    let app_call = find(&spans, "python-client", CLIENT);
+    let client_server = find(&spans, "client-sidecar", SERVER);
+    let client_call = find(&spans, "client-sidecar", CLIENT);
+    let server_server = find(&spans, "server-sidecar", SERVER);
+    let server_call = find(&spans, "server-sidecar", CLIENT);
+    let app_server = find(&spans, "python-server", SERVER);
+    assert!(
+        spans.iter().all(|s| s.trace_id() == app_call.trace_id()),
+        "{spans:#?}"
+    );
+    assert_eq!(client_server.parent_span_id(), app_call.span_id());
+    assert_eq!(client_call.parent_span_id(), client_server.span_id());
+    assert_eq!(server_server.parent_span_id(), client_call.span_id());
+    assert_eq!(server_call.parent_span_id(), server_server.span_id());
+    assert_eq!(app_server.parent_span_id(), server_call.span_id());
+    assert_eq!(
+        client_server.attribute("rpc.method").as_deref(),
+        Some("Unary")
+    );
 }

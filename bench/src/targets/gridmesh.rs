@@ -9,8 +9,8 @@ use std::process::Command;
 
 use anyhow::Result;
 use gridmesh_proto::config::{
-    Admin, Bootstrap, Cluster, Endpoint, Endpoints, Identity, IdentityFiles, Listener, Route,
-    RouteAction, RouteTable, VirtualHost, identity, listener, route_action,
+    AccessLog, Admin, Bootstrap, Cluster, Endpoint, Endpoints, Identity, IdentityFiles, Listener,
+    Route, RouteAction, RouteTable, Tracing, VirtualHost, identity, listener, route_action,
 };
 
 use super::HopPlan;
@@ -51,6 +51,10 @@ fn bootstrap(hop: &HopPlan) -> Bootstrap {
             direction: direction.into(),
             route_table: ROUTE_TABLE.into(),
             tls_mode: tls_mode.into(),
+            access_log: hop.access_log.as_ref().map(|path| AccessLog {
+                path: path.display().to_string(),
+                sampling_ratio: None,
+            }),
             ..Default::default()
         }],
         route_tables: vec![RouteTable {
@@ -99,6 +103,11 @@ fn bootstrap(hop: &HopPlan) -> Bootstrap {
             })),
         }),
         authorization_policies: Vec::new(),
-        tracing: None,
+        tracing: hop.tracing.as_ref().map(|(endpoint, ratio)| Tracing {
+            endpoint: endpoint.clone(),
+            sampling_ratio: Some(*ratio),
+            resource_attributes: [("service.name".to_string(), hop.name.clone())].into(),
+            ..Default::default()
+        }),
     }
 }

@@ -128,6 +128,32 @@ pub async fn send(
     })
 }
 
+/// One call, sent as an instrumented application sends it: with a sampled
+/// W3C `traceparent`, so every hop records and exports its spans.
+pub async fn traced_call(
+    outbound: SocketAddr,
+    expected_json: &Path,
+    traceparent: &str,
+) -> Result<()> {
+    let cases = load_cases(expected_json)?;
+    let case = cases.first().context("expected.json has no case")?;
+    let channel = Endpoint::from_shared(format!("http://{outbound}"))?
+        .origin(AUTHORITY.parse().expect("a static URI"))
+        .connect_timeout(Duration::from_secs(5))
+        .connect()
+        .await
+        .with_context(|| format!("cannot connect to the client sidecar at {outbound}"))?;
+    let mut request = tonic::Request::new(case.request.clone());
+    request
+        .metadata_mut()
+        .insert("traceparent", traceparent.parse().context("a traceparent")?);
+    GrpcInferenceServiceClient::new(channel)
+        .model_infer(request)
+        .await
+        .map_err(|status| anyhow::anyhow!("{:?}: {}", status.code(), status.message()))?;
+    Ok(())
+}
+
 /// The requests, from the inputs in the test models' expected.json (latest
 /// version of each model: what a request without a version gets).
 fn load_cases(expected_json: &Path) -> Result<Vec<Case>> {

@@ -10,6 +10,7 @@
 //!                    |--> block-a sidecar 127.0.0.1:15006 --> sample block "block-a" 127.0.0.1:18080
 //!                    |--> block-b sidecar 127.0.0.1:15106 --> sample block "block-b" 127.0.0.1:18081
 //!                    '--> classifier sidecar 127.0.0.1:15206 --> gridmesh-block 127.0.0.1:18001
+//! every sidecar and gridmesh-block --> OTLP receiver 127.0.0.1:14317 (in the demo process)
 //! ```
 //!
 //! Every sidecar gets its certificate from the control plane's CA (a
@@ -19,7 +20,8 @@
 //! through the client sidecar to the echo blocks, KServe v2 inference calls
 //! to the model server (the test models, built by
 //! `block/models/make_test_models.py`, outputs checked against PyTorch's),
-//! one call the echo blocks' AuthorizationPolicy denies, then changes a
+//! one call the echo blocks' AuthorizationPolicy denies, one traced
+//! inference call whose spans it collects and prints as a tree, then changes a
 //! route in the control plane's
 //! directory while requests flow and waits for the client sidecar to serve
 //! it, prints what happened, stops every process with SIGTERM, and succeeds
@@ -30,6 +32,7 @@ mod inference;
 mod live_change;
 mod security;
 mod summary;
+mod trace_tree;
 mod traffic;
 
 use std::net::SocketAddr;
@@ -84,6 +87,8 @@ const MODEL_SERVER_GRPC: &str = "127.0.0.1:18001";
 const MODEL_SERVER_HTTP: &str = "127.0.0.1:18002";
 /// KServe v2 calls the demo sends through the client sidecar.
 const INFERENCE_REQUESTS: usize = 300;
+/// Where the model server exports spans (the demo's receiver).
+const OTLP_ENDPOINT: &str = "http://127.0.0.1:14317";
 /// How long the model server may take to load its models.
 const MODELS_LOAD_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -280,6 +285,12 @@ async fn run_mesh(
     bootstraps: &[Bootstrap],
 ) -> Result<()> {
     let mut mesh = Mesh::default();
+    println!(
+        "==> starting an OTLP trace receiver on {} (gRPC) and {} (HTTP)",
+        trace_tree::OTLP_GRPC,
+        trace_tree::OTLP_HTTP
+    );
+    let receiver = trace_tree::start_receiver().await?;
     for block in &SAMPLE_BLOCKS {
         println!(
             "==> starting sample block {} on {}",
@@ -295,20 +306,21 @@ async fn run_mesh(
         mesh.blocks.push(process);
     }
     let models_dir =
-        std::env::temp_dir().join(format!("gridmesh-demo-models-{}", std::process::id()));
-    let model_server = start_model_server(programs.model_server, &models_dir).await;
+        Scratch(std::env::temp_dir().join(format!("gridmesh-demo-models-{}", std::process::id())));
+    let model_server = start_model_server(programs.model_server, &models_dir.0).await;
     mesh.blocks.push(model_server?);
     // The control plane serves a copy, which the live change edits.
-    let config_dir = std::env::temp_dir().join(format!("gridmesh-demo-{}", std::process::id()));
-    copy_yaml_files(&workspace_root().join(MESH_CONFIG), &config_dir)?;
+    let config_dir =
+        Scratch(std::env::temp_dir().join(format!("gridmesh-demo-{}", std::process::id())));
+    copy_yaml_files(&workspace_root().join(MESH_CONFIG), &config_dir.0)?;
     println!(
         "==> starting gridmesh-control on {CONTROL_XDS}, serving {MESH_CONFIG} (copied to {}), its CA in {}",
-        config_dir.display(),
+        config_dir.0.display(),
         security::CA_DIR
     );
     // A new CA each run: the tokens and root below are this run's.
     let _ = std::fs::remove_dir_all(security::SECRETS);
-    let config_dir_arg = config_dir.display().to_string();
+    let config_dir_arg = config_dir.0.display().to_string();
     let args = [
         "serve",
         "--config-dir",
@@ -361,9 +373,8 @@ async fn run_mesh(
     println!(
         "==> sending {INFERENCE_REQUESTS} KServe v2 inference calls (mlp, cnn) for \"classifier\" through {outbound}"
     );
-    let expected = models_dir.join("expected.json");
+    let expected = models_dir.0.join("expected.json");
     let inference = inference::send(outbound, &expected, INFERENCE_REQUESTS, CONCURRENCY).await;
-    let _ = std::fs::remove_dir_all(&models_dir);
     let inference = match inference {
         Ok(inference) => inference,
         Err(error) => {
@@ -371,6 +382,13 @@ async fn run_mesh(
             return Err(error);
         }
     };
+    println!("==> sending one inference call with a sampled traceparent, collecting its spans");
+    let (traceparent, trace_id) = trace_tree::new_traceparent();
+    if let Err(error) = inference::traced_call(outbound, &expected, &traceparent).await {
+        summary::print_recent_output(&mesh.sidecars);
+        return Err(error);
+    }
+    let trace = trace_tree::collect(&receiver, &trace_id).await;
     println!("==> sending a call the echo blocks' authorization policy denies");
     let denied = match security::denied_call(outbound).await {
         Ok(denied) => denied,
@@ -384,8 +402,7 @@ async fn run_mesh(
         .sidecars
         .last()
         .expect("the client sidecar starts last");
-    let change = live_change::run(&config_dir, client_sidecar, outbound).await;
-    let _ = std::fs::remove_dir_all(&config_dir);
+    let change = live_change::run(&config_dir.0, client_sidecar, outbound).await;
     let change = match change {
         Ok(change) => change,
         Err(error) => {
@@ -423,6 +440,12 @@ async fn run_mesh(
         println!("  {line}");
     }
     println!("  {denied}");
+    println!(
+        "\nOne inference call's trace ({trace_id}), as exported to the OTLP receiver: start after the trace began, duration."
+    );
+    for line in trace_tree::render(&trace) {
+        println!("  {line}");
+    }
     if failed_requests > 0 {
         bail!("{failed_requests} requests failed");
     }
@@ -464,6 +487,12 @@ async fn start_model_server(program: &Path, models_dir: &Path) -> Result<Managed
         MODEL_SERVER_HTTP,
         "--drain-timeout",
         "5s",
+        "--otlp-endpoint",
+        OTLP_ENDPOINT,
+        "--trace-sampling-ratio",
+        "0.01",
+        "--service-name",
+        "classifier",
     ];
     let mut server = ManagedProcess::spawn("gridmesh-block", program, args)?;
     let http: SocketAddr = MODEL_SERVER_HTTP.parse().expect("ip:port");
@@ -489,6 +518,16 @@ async fn model_server_ready(http: SocketAddr) -> bool {
     process::admin_get(http, "/v2/health/ready")
         .await
         .is_ok_and(|response| response.status == 200)
+}
+
+/// A directory the demo made, removed when the demo is done with it,
+/// however it ends.
+struct Scratch(PathBuf);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 /// The address of a listener the control plane serves.
