@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use gridmesh_proto::inference::grpc_inference_service_server::GrpcInferenceServiceServer;
-use gridmesh_telemetry::{Process, TraceSettings, Tracing};
+use gridmesh_telemetry::export::ExportMetrics;
+use gridmesh_telemetry::{TraceSettings, Tracing};
 use tokio::net::TcpListener;
 use tonic_health::ServingStatus;
 
@@ -132,11 +133,9 @@ pub async fn run(options: Options) -> Result<()> {
 fn start_tracing(settings: &TraceSettings, registry: &prometheus::Registry) -> Result<Tracing> {
     let export = gridmesh_telemetry::export::export_thread()
         .context("cannot start the trace export thread")?;
-    let process = Process {
-        scope: "gridmesh-block",
-        metric_prefix: "gridmesh_block:",
-    };
-    Tracing::start(settings, registry, process, &export).context("cannot start tracing")
+    let metrics = ExportMetrics::register(registry, "gridmesh_block:")
+        .context("cannot register the trace export metrics")?;
+    Tracing::start(settings, &metrics, "gridmesh-block", &export).context("cannot start tracing")
 }
 
 /// The overall status ("") and the inference service's, which probes ask for.

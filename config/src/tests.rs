@@ -306,12 +306,14 @@ fn listener() -> impl Strategy<Value = pb::Listener> {
             enum_number(3),
         ),
         access_log(),
+        prop_oneof![4 => Just(None), 1 => tracing().prop_map(Some)],
     )
         .prop_map(
             |(
                 (name, address, direction, route_table, protocol),
                 (max_headers, idle_timeout, tcp_cluster, protocol_detection_timeout, tls_mode),
                 access_log,
+                tracing,
             )| pb::Listener {
                 name,
                 address,
@@ -324,6 +326,7 @@ fn listener() -> impl Strategy<Value = pb::Listener> {
                 protocol_detection_timeout,
                 tls_mode,
                 access_log,
+                tracing,
             },
         )
 }

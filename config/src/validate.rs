@@ -117,6 +117,8 @@ pub struct ListenerSpec {
     pub protocol_detection_timeout: Duration,
     pub tls_mode: TlsMode,
     pub access_log: Option<AccessLogSpec>,
+    /// Its own tracing, instead of the bootstrap's.
+    pub tracing: Option<TraceSettings>,
 }
 
 /// Where a listener's request log goes, and how much of it.
@@ -574,7 +576,7 @@ fn build(
     })
 }
 
-/// The bootstrap's `tracing` section.
+/// A `tracing` section (the bootstrap's, or a listener's).
 fn tracing(c: &mut Checker, t: &pb::Tracing) -> Option<TraceSettings> {
     use pb::tracing::Protocol;
     let protocol = match Protocol::try_from(t.protocol) {
@@ -993,6 +995,7 @@ fn listeners(
             c.problem("tlsMode", NEEDS_IDENTITY);
         }
         let access_log = l.access_log.as_ref().and_then(|log| access_log(c, log));
+        let tracing = l.tracing.as_ref().and_then(|t| tracing(c, t));
         if let (Some(addr), Some(route_table)) = (addr, table) {
             specs.push(ListenerSpec {
                 name: l.name.clone(),
@@ -1006,6 +1009,7 @@ fn listeners(
                 protocol_detection_timeout,
                 tls_mode,
                 access_log,
+                tracing,
             });
         }
     }

@@ -30,8 +30,9 @@ pub struct ListenerContext {
     pub replaced: AtomicBool,
     /// The filters every request of this listener passes through.
     pub filters: Filters,
-    /// Spans of its requests, when the bootstrap configures tracing.
-    pub tracing: Option<Tracing>,
+    /// Spans of its requests, when it or the bootstrap configures tracing
+    /// (changes without the listener being replaced).
+    pub tracing: ArcSwapOption<Tracing>,
     /// Its request log, when its config asks for one (changes without the
     /// listener being replaced).
     pub access_log: ArcSwapOption<AccessLog>,

@@ -61,6 +61,7 @@ use crate::istio::{IstioMetrics, Workload};
 use crate::listeners::Listeners;
 use crate::metrics::Metrics;
 use crate::shared::Shared;
+use crate::trace::Tracers;
 use gridmesh_config::Snapshot;
 
 /// Property and fuzz tests run `cases` cases, or `GRIDMESH_FUZZ_CASES` when
@@ -133,11 +134,11 @@ impl ProxyBuilder {
         let ProxyBuilder { snapshot, filters } = self;
         let metrics = Metrics::default();
         let control = control::start().map_err(StartError::Control)?;
-        let tracing = snapshot
-            .tracing
-            .as_ref()
-            .map(|settings| trace::start(settings, &metrics.registry, control.handle()))
-            .transpose()?;
+        let tracers = Tracers::new(
+            snapshot.tracing.as_ref(),
+            &metrics.registry,
+            control.handle().clone(),
+        )?;
         let identity = match snapshot.identity.clone() {
             Some(source) => Some(identity::start(
                 source,
@@ -153,7 +154,7 @@ impl ProxyBuilder {
             Handle::current(),
             Filters::new(filters),
             identity.as_ref().map(|i| i.store.clone()),
-            tracing,
+            tracers,
             AccessLogs::new(metrics.access_logs()),
             istio,
         );

@@ -35,7 +35,9 @@ use crate::transport::Terminator;
 use gridmesh_config::{ListenerSpec, LogDestination};
 use gridmesh_identity::IdentityStore;
 use gridmesh_proto::config::listener::Direction;
-use gridmesh_telemetry::Tracing;
+use gridmesh_telemetry::{Tracing, TracingError};
+
+use crate::trace::Tracers;
 
 /// Pending connections the kernel queues per listener.
 const BACKLOG: u32 = 1024;
@@ -60,6 +62,8 @@ pub enum ListenerProblem {
         destination: LogDestination,
         source: std::io::Error,
     },
+    #[error("cannot start its tracing: {0}")]
+    Tracing(TracingError),
 }
 
 pub struct Listeners {
@@ -73,8 +77,8 @@ pub struct Listeners {
     pub connections: TaskTracker,
     /// What listeners with a TLS mode present and verify peers with.
     identity: Option<Arc<IdentityStore>>,
-    /// Spans of every listener's requests, when tracing is configured.
-    tracing: Option<Tracing>,
+    /// How each listener's requests are traced, if at all.
+    tracers: Tracers,
     access_logs: AccessLogs,
     istio: IstioMetrics,
 }
@@ -96,6 +100,7 @@ struct Planned {
     socket: Arc<TcpListener>,
     local_addr: SocketAddr,
     access_log: Option<Arc<AccessLog>>,
+    tracing: Option<Arc<Tracing>>,
     /// Unchanged: keep serving as is.
     keep: bool,
 }
@@ -105,7 +110,7 @@ impl Listeners {
         data_plane: Handle,
         filters: Filters,
         identity: Option<Arc<IdentityStore>>,
-        tracing: Option<Tracing>,
+        tracers: Tracers,
         access_logs: AccessLogs,
         istio: IstioMetrics,
     ) -> Listeners {
@@ -115,7 +120,7 @@ impl Listeners {
             active: Mutex::new(Vec::new()),
             connections: TaskTracker::new(),
             identity,
-            tracing,
+            tracers,
             access_logs,
             istio,
         }
@@ -143,12 +148,18 @@ impl Listeners {
                 })?)),
                 None => None,
             };
+            let tracing =
+                (self.tracers.for_listener(spec.tracing.as_ref())).map_err(|e| ListenerError {
+                    name: spec.name.clone(),
+                    problem: ListenerProblem::Tracing(e),
+                })?;
             if let Some(same) = active.iter().find(|a| serves_same(&a.spec, spec)) {
                 listeners.push(Planned {
                     spec: spec.clone(),
                     socket: same.socket.clone(),
                     local_addr: same.local_addr,
                     access_log,
+                    tracing,
                     keep: true,
                 });
                 continue;
@@ -172,6 +183,7 @@ impl Listeners {
                 socket,
                 local_addr,
                 access_log,
+                tracing,
                 keep: false,
             });
         }
@@ -223,6 +235,7 @@ impl Listeners {
                 let mut kept = previous.swap_remove(i);
                 kept.spec = planned.spec;
                 kept.context.access_log.store(planned.access_log);
+                kept.context.tracing.store(planned.tracing);
                 active.push(kept);
                 continue;
             }
@@ -232,7 +245,7 @@ impl Listeners {
                 drain: Drain::default(),
                 replaced: AtomicBool::new(false),
                 filters: self.filters.clone(),
-                tracing: self.tracing.clone(),
+                tracing: ArcSwapOption::new(planned.tracing),
                 access_log: ArcSwapOption::new(planned.access_log),
                 istio: Arc::new(
                     (self.istio).listener(planned.spec.direction == Direction::Inbound),
@@ -291,12 +304,13 @@ impl Listeners {
 /// look their route table up by listener name in the current runtime, so
 /// the table's index in the snapshot (which moves whenever a table before
 /// it is added, removed or, over xDS, updated) is no reason to restart.
-/// Whether `b` can be served by the listener serving `a`: only route
-/// tables and access logs may change under a running listener.
+/// Whether `b` can be served by the listener serving `a`: route tables,
+/// access logs and tracing may change under a running listener.
 fn serves_same(a: &ListenerSpec, b: &ListenerSpec) -> bool {
     ListenerSpec {
         route_table: b.route_table,
         access_log: b.access_log.clone(),
+        tracing: b.tracing.clone(),
         ..a.clone()
     } == *b
 }

@@ -61,7 +61,8 @@ impl RequestRecord {
         connection: &ConnectionContext,
         grpc: bool,
     ) -> RequestRecord {
-        let trace = (listener.tracing.as_ref())
+        let tracing = listener.tracing.load();
+        let trace = (tracing.as_ref())
             .map(|tracing| RequestTrace::start(tracing, &listener.name, req, connection, grpc));
         let log = listener
             .access_log

@@ -2,17 +2,21 @@
 //! semantic conventions for HTTP and RPC: a server span from the request's
 //! arrival to the end of its response stream, child of the caller's W3C
 //! trace context, and a client span for the upstream call, whose context
-//! goes upstream as the next hop's parent. Without `tracing` in the
-//! bootstrap none of this runs and the caller's `traceparent` passes through
-//! untouched.
+//! goes upstream as the next hop's parent. A listener with no `tracing`
+//! (its own or the bootstrap's) runs none of this, and the caller's
+//! `traceparent` passes through untouched.
 
 use std::net::SocketAddr;
+use std::sync::{Arc, Weak};
 use std::time::SystemTime;
 
-use gridmesh_telemetry::{Process, TraceSettings, Tracing, TracingError, is_grpc_server_error};
+use gridmesh_telemetry::export::ExportMetrics;
+use gridmesh_telemetry::{TraceSettings, Tracing, TracingError, is_grpc_server_error};
 use http::StatusCode;
 use opentelemetry::trace::{SpanKind, Status, TraceContextExt, Tracer};
 use opentelemetry::{Context, KeyValue};
+use parking_lot::Mutex;
+use tokio::runtime::Handle;
 
 use crate::transport::ConnectionContext;
 
@@ -36,13 +40,67 @@ pub struct Outcome<'a> {
     pub bytes_sent: u64,
 }
 
-/// Starts tracing as `settings` say, the resource attributes the bootstrap
-/// leaves out filled in from the node (see `xds::node`), exporting from
-/// `control`'s runtime.
-pub fn start(
+/// The sidecar's tracers: the bootstrap's, and one per distinct `tracing`
+/// section listeners carry (over xDS), started when a listener first needs
+/// it, shared by every listener with equal settings, and ended (its
+/// exporter drained) when the last of them is gone. All export from the
+/// control thread's runtime and count into one metric.
+pub struct Tracers {
+    control: Handle,
+    metrics: ExportMetrics,
+    bootstrap: Option<Arc<Tracing>>,
+    started: Mutex<Vec<(TraceSettings, Weak<Tracing>)>>,
+}
+
+impl Tracers {
+    pub fn new(
+        bootstrap: Option<&TraceSettings>,
+        registry: &prometheus::Registry,
+        control: Handle,
+    ) -> Result<Tracers, TracingError> {
+        // The sidecar's registry prefixes every name with `gridmesh_`.
+        let metrics = ExportMetrics::register(registry, "")?;
+        let bootstrap = match bootstrap {
+            Some(settings) => Some(Arc::new(start(settings, &metrics, &control)?)),
+            None => None,
+        };
+        Ok(Tracers {
+            control,
+            metrics,
+            bootstrap,
+            started: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// How a listener's requests are traced: as its own `settings` say,
+    /// else as the bootstrap's do; `None`: not at all.
+    pub fn for_listener(
+        &self,
+        settings: Option<&TraceSettings>,
+    ) -> Result<Option<Arc<Tracing>>, TracingError> {
+        let Some(settings) = settings else {
+            return Ok(self.bootstrap.clone());
+        };
+        let mut started = self.started.lock();
+        started.retain(|(_, tracing)| tracing.strong_count() > 0);
+        if let Some(tracing) = (started.iter())
+            .find(|(known, _)| known == settings)
+            .and_then(|(_, tracing)| tracing.upgrade())
+        {
+            return Ok(Some(tracing));
+        }
+        let tracing = Arc::new(start(settings, &self.metrics, &self.control)?);
+        started.push((settings.clone(), Arc::downgrade(&tracing)));
+        Ok(Some(tracing))
+    }
+}
+
+/// Starts tracing as `settings` say, the resource attributes they leave
+/// out filled in from the node (see `xds::node`).
+fn start(
     settings: &TraceSettings,
-    registry: &prometheus::Registry,
-    control: &tokio::runtime::Handle,
+    metrics: &ExportMetrics,
+    control: &Handle,
 ) -> Result<Tracing, TracingError> {
     let node = crate::xds::node::from_env(|var| std::env::var(var).ok());
     let mut settings = settings.clone();
@@ -60,12 +118,7 @@ pub fn start(
             settings.resource.entry(key.into()).or_insert(value);
         }
     }
-    let process = Process {
-        scope: "gridmesh-proxy",
-        // The sidecar's registry prefixes every name with `gridmesh_`.
-        metric_prefix: "",
-    };
-    Tracing::start(&settings, registry, process, control)
+    Tracing::start(&settings, metrics, "gridmesh-proxy", control)
 }
 
 impl RequestTrace {

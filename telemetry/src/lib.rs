@@ -18,4 +18,4 @@ pub mod export;
 #[cfg(feature = "export")]
 mod tracer;
 #[cfg(feature = "export")]
-pub use tracer::{Process, Tracing, TracingError, is_grpc_server_error};
+pub use tracer::{Tracing, TracingError, is_grpc_server_error};

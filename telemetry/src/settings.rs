@@ -34,6 +34,9 @@ pub struct TraceSettings {
     pub export_timeout: Duration,
 }
 
+/// The ratio is checked to be within 0..=1, never NaN.
+impl Eq for TraceSettings {}
+
 /// A collector URL the exporters can use: `http://` or `https://` with a
 /// host (the exporters would take a URL without a scheme as https).
 pub fn check_endpoint(endpoint: &str) -> Result<(), String> {

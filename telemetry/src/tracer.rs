@@ -11,7 +11,6 @@ use opentelemetry_otlp::{Protocol, WithExportConfig, WithHttpConfig, WithTonicCo
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{Sampler, SdkTracer, SdkTracerProvider};
-use prometheus::Registry;
 use tonic::metadata::{MetadataKey, MetadataMap, MetadataValue};
 
 use crate::export::{BoundedExport, ExportMetrics};
@@ -34,15 +33,6 @@ pub fn is_grpc_server_error(code: u32) -> bool {
     matches!(code, 2 | 4 | 12 | 13 | 14 | 15)
 }
 
-/// Which program traces.
-#[derive(Debug, Clone, Copy)]
-pub struct Process {
-    /// The instrumentation scope of its spans (`gridmesh-proxy`).
-    pub scope: &'static str,
-    /// Before the export metric's name, where the registry adds none.
-    pub metric_prefix: &'static str,
-}
-
 /// Spans of one process. Cloning is cheap; the export stops when the last
 /// clone is dropped and the queue has drained.
 #[derive(Clone, Debug)]
@@ -54,16 +44,16 @@ pub struct Tracing {
 
 impl Tracing {
     /// Starts exporting on `runtime` (never the one serving requests: the
-    /// sidecar's control thread's, or [`crate::export::export_thread`]);
-    /// `process` names the spans' instrumentation scope and prefixes the
-    /// export metric in `registry`.
+    /// sidecar's control thread's, or [`crate::export::export_thread`]),
+    /// counting spans in `metrics` (which tracers of one process share);
+    /// `scope` names the spans' instrumentation scope.
     pub fn start(
         settings: &TraceSettings,
-        registry: &Registry,
-        process: Process,
+        metrics: &ExportMetrics,
+        scope: &'static str,
         runtime: &tokio::runtime::Handle,
     ) -> Result<Tracing, TracingError> {
-        let metrics = ExportMetrics::register(registry, process.metric_prefix)?;
+        let metrics = metrics.clone();
         // The gRPC exporter's channel spawns its worker where it is built.
         let _runtime = runtime.enter();
         let builder = opentelemetry_otlp::SpanExporter::builder();
@@ -113,7 +103,7 @@ impl Tracing {
             .with_resource(resource)
             .build();
         Ok(Tracing {
-            tracer: provider.tracer(process.scope),
+            tracer: provider.tracer(scope),
             propagator: TraceContextPropagator::new(),
             _provider: provider,
         })

@@ -346,3 +346,56 @@ pub fn find<'a>(spans: &'a [ReceivedSpan], service: &str, kind: i32) -> &'a Rece
         .find(|s| s.service == service && s.span.kind == kind)
         .unwrap_or_else(|| panic!("no {service} span of kind {kind} in {spans:#?}"))
 }
+
+/// Two traced sidecars in a row, as between two blocks: `client-sidecar`
+/// (listener `out`) forwards to `block-sidecar` (listener `in`), which
+/// forwards to the upstream.
+pub struct TracedChain {
+    pub client: ProxyProcess,
+    pub block: ProxyProcess,
+}
+
+/// The spans of one request through a [`TracedChain`].
+pub struct ChainSpans<'a> {
+    pub client_server: &'a ReceivedSpan,
+    pub client_call: &'a ReceivedSpan,
+    pub block_server: &'a ReceivedSpan,
+    pub block_call: &'a ReceivedSpan,
+}
+
+impl TracedChain {
+    pub async fn start(collector: &OtlpReceiver, upstream: SocketAddr) -> TracedChain {
+        let block = traced_sidecar(collector, "block-sidecar", "in", upstream).await;
+        let next = block.listener_address("in").unwrap();
+        let client = traced_sidecar(collector, "client-sidecar", "out", next).await;
+        TracedChain { client, block }
+    }
+
+    /// Where the client application sends its requests.
+    pub fn entry(&self) -> SocketAddr {
+        self.client.listener_address("out").unwrap()
+    }
+
+    /// The sidecars' spans in `spans`, checked to link up: the client
+    /// sidecar's server span under `parent` (the caller's span id), each
+    /// client span under its server span, the block sidecar's server span
+    /// under the client sidecar's client span.
+    pub fn spans<'a>(spans: &'a [ReceivedSpan], parent: &str) -> ChainSpans<'a> {
+        let chain = ChainSpans {
+            client_server: find(spans, "client-sidecar", SERVER),
+            client_call: find(spans, "client-sidecar", CLIENT),
+            block_server: find(spans, "block-sidecar", SERVER),
+            block_call: find(spans, "block-sidecar", CLIENT),
+        };
+        assert_eq!(chain.client_server.parent_span_id(), parent, "{spans:#?}");
+        let links = [
+            (chain.client_call, chain.client_server),
+            (chain.block_server, chain.client_call),
+            (chain.block_call, chain.block_server),
+        ];
+        for (child, parent) in links {
+            assert_eq!(child.parent_span_id(), parent.span_id(), "{spans:#?}");
+        }
+        chain
+    }
+}

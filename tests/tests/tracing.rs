@@ -10,7 +10,8 @@ use std::time::Duration;
 use gridmesh_proto::testing::StreamRequest;
 use gridmesh_tests::harness::{self, recording_upstream};
 use gridmesh_tests::otlp::{
-    CLIENT, OtlpReceiver, ReceivedSpan, SERVER, find, sidecar, sidecar_with, traced_sidecar,
+    CLIENT, ChainSpans, OtlpReceiver, ReceivedSpan, SERVER, TracedChain, find, sidecar,
+    sidecar_with, traced_sidecar,
 };
 use gridmesh_tests::ports::RefusingPort;
 use gridmesh_tests::process::{ManagedProcess, ProxyProcess, venv_bin, workspace_root};
@@ -36,32 +37,25 @@ async fn get(addr: SocketAddr, path: &str, traceparent: Option<&str>) -> u16 {
 async fn a_request_through_two_sidecars_is_one_trace_with_parent_links() {
     let collector = OtlpReceiver::start().await;
     let block = recording_upstream().await;
-    let inbound = traced_sidecar(&collector, "block-sidecar", "in", block.local_addr()).await;
-    let outbound = traced_sidecar(
-        &collector,
-        "client-sidecar",
-        "out",
-        inbound.listener_address("in").unwrap(),
-    )
-    .await;
+    let chain = TracedChain::start(&collector, block.local_addr()).await;
 
     let caller = format!("00-{TRACE_ID}-{CALLER_SPAN}-01");
-    let out = outbound.listener_address("out").unwrap();
-    assert_eq!(get(out, "/v2/models/m/infer", Some(&caller)).await, 200);
+    assert_eq!(
+        get(chain.entry(), "/v2/models/m/infer", Some(&caller)).await,
+        200
+    );
     let spans = collector
         .wait_for("four spans", EXPORTED_WITHIN, |s| s.len() >= 4)
         .await;
     assert_eq!(spans.len(), 4, "{spans:#?}");
     assert!(spans.iter().all(|s| s.trace_id() == TRACE_ID), "{spans:#?}");
 
-    let client_server = find(&spans, "client-sidecar", SERVER);
-    let client_call = find(&spans, "client-sidecar", CLIENT);
-    let block_server = find(&spans, "block-sidecar", SERVER);
-    let block_call = find(&spans, "block-sidecar", CLIENT);
-    assert_eq!(client_server.parent_span_id(), CALLER_SPAN);
-    assert_eq!(client_call.parent_span_id(), client_server.span_id());
-    assert_eq!(block_server.parent_span_id(), client_call.span_id());
-    assert_eq!(block_call.parent_span_id(), block_server.span_id());
+    let ChainSpans {
+        client_server,
+        client_call,
+        block_server,
+        block_call,
+    } = TracedChain::spans(&spans, CALLER_SPAN);
     // The block is handed the block sidecar's client span as its parent.
     let seen = block.last();
     assert_eq!(
@@ -310,16 +304,8 @@ async fn a_collector_that_is_down_or_silent_costs_spans_not_requests() {
 async fn a_grpc_stream_through_two_sidecars_is_one_trace_spanning_the_whole_stream() {
     let collector = OtlpReceiver::start().await;
     let echo = harness::upstream("echo").await;
-    let inbound = traced_sidecar(&collector, "block-sidecar", "in", echo.local_addr()).await;
-    let outbound = traced_sidecar(
-        &collector,
-        "client-sidecar",
-        "out",
-        inbound.listener_address("in").unwrap(),
-    )
-    .await;
-    let out = outbound.listener_address("out").unwrap();
-    let mut client = harness::grpc_echo_client(out, "echo").await;
+    let chain = TracedChain::start(&collector, echo.local_addr()).await;
+    let mut client = harness::grpc_echo_client(chain.entry(), "echo").await;
     let mut request = tonic::Request::new(StreamRequest {
         count: 5,
         payload_size: 8,
@@ -340,13 +326,11 @@ async fn a_grpc_stream_through_two_sidecars_is_one_trace_spanning_the_whole_stre
         .wait_for("four spans", EXPORTED_WITHIN, |s| s.len() >= 4)
         .await;
     assert!(spans.iter().all(|s| s.trace_id() == TRACE_ID), "{spans:#?}");
-    let client_server = find(&spans, "client-sidecar", SERVER);
-    let client_call = find(&spans, "client-sidecar", CLIENT);
-    let block_server = find(&spans, "block-sidecar", SERVER);
-    let block_call = find(&spans, "block-sidecar", CLIENT);
-    assert_eq!(client_server.parent_span_id(), CALLER_SPAN);
-    assert_eq!(block_server.parent_span_id(), client_call.span_id());
-    assert_eq!(block_call.parent_span_id(), block_server.span_id());
+    let ChainSpans {
+        client_server,
+        block_server,
+        ..
+    } = TracedChain::spans(&spans, CALLER_SPAN);
     for span in [client_server, block_server] {
         assert_eq!(span.span.name, "gridmesh.testing.v1.Echo/ServerStream");
         assert_eq!(span.int_attribute("rpc.grpc.status_code"), Some(0));
@@ -419,16 +403,9 @@ async fn instrumented_python_apps_and_the_sidecars_between_them_form_one_trace()
         .strip_prefix("listening on ")
         .and_then(|a| a.parse().ok())
         .unwrap_or_else(|| panic!("unexpected first line: {line}"));
-    let inbound = traced_sidecar(&collector, "server-sidecar", "in", server_addr).await;
-    let outbound = traced_sidecar(
-        &collector,
-        "client-sidecar",
-        "out",
-        inbound.listener_address("in").unwrap(),
-    )
-    .await;
+    let chain = TracedChain::start(&collector, server_addr).await;
 
-    let target = outbound.listener_address("out").unwrap().to_string();
+    let target = chain.entry().to_string();
     let mut client = python_app("python-client", &["client", &endpoint, &target]);
     let status = client.wait_exit(Duration::from_secs(30)).await;
     assert!(
@@ -442,20 +419,17 @@ async fn instrumented_python_apps_and_the_sidecars_between_them_form_one_trace()
         .wait_for("six spans", EXPORTED_WITHIN, |s| s.len() >= 6)
         .await;
     let app_call = find(&spans, "python-client", CLIENT);
-    let client_server = find(&spans, "client-sidecar", SERVER);
-    let client_call = find(&spans, "client-sidecar", CLIENT);
-    let server_server = find(&spans, "server-sidecar", SERVER);
-    let server_call = find(&spans, "server-sidecar", CLIENT);
     let app_server = find(&spans, "python-server", SERVER);
     assert!(
         spans.iter().all(|s| s.trace_id() == app_call.trace_id()),
         "{spans:#?}"
     );
-    assert_eq!(client_server.parent_span_id(), app_call.span_id());
-    assert_eq!(client_call.parent_span_id(), client_server.span_id());
-    assert_eq!(server_server.parent_span_id(), client_call.span_id());
-    assert_eq!(server_call.parent_span_id(), server_server.span_id());
-    assert_eq!(app_server.parent_span_id(), server_call.span_id());
+    let ChainSpans {
+        client_server,
+        block_call,
+        ..
+    } = TracedChain::spans(&spans, &app_call.span_id());
+    assert_eq!(app_server.parent_span_id(), block_call.span_id());
     assert_eq!(
         client_server.attribute("rpc.method").as_deref(),
         Some("Unary")

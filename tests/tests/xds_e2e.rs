@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use gridmesh_tests::harness::{self, http1_client, render};
 use gridmesh_tests::load::Load;
+use gridmesh_tests::otlp::OtlpReceiver;
 use gridmesh_tests::ports::ReservedPort;
 use gridmesh_tests::process::{
     self, GRIDMESH_CONTROL, GRIDMESH_PROXY, ManagedProcess, ProxyConfig, ProxyProcess,
@@ -278,6 +279,61 @@ async fn a_broken_file_is_reported_and_the_last_good_config_keeps_serving() {
     let dump = admin_json(mesh.block.admin_address().unwrap(), "/config_dump").await;
     let rejected = serde_json::to_string(&dump["xds"]["rejected"]).unwrap();
     assert!(rejected.contains("block-in"), "{dump:#}");
+
+    load.finish_without_failures(20).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tracing_and_access_logs_are_turned_on_over_xds_under_load() {
+    let upstream = harness::upstream("only").await;
+    let mesh = Mesh::start(&upstream).await;
+    let collector = OtlpReceiver::start().await;
+    let load = Load::start(mesh.client_out);
+
+    // The block sidecar's listener gets its own tracing and an access log;
+    // nothing else changes, so the listener keeps serving as it is.
+    let log = mesh.dir.path().join("block-in.access.log");
+    let observed = render(
+        MESH,
+        &[
+            ("client_out", &mesh.client_out),
+            ("block_in", &mesh.block_in),
+            ("upstream", &upstream.local_addr()),
+            ("path_regex", &"/.*"),
+        ],
+    )
+    .replace(
+        "routeTable: block-in }",
+        &format!(
+            r#"routeTable: block-in, tracing: {{ endpoint: "{}", samplingRatio: 1, resourceAttributes: {{ service.name: block-in }} }}, accessLog: {{ path: "{}" }} }}"#,
+            collector.endpoint(),
+            log.display()
+        ),
+    );
+    assert!(observed.contains("accessLog"), "{observed}");
+    write_atomically(&mesh.dir.path().join("mesh.yaml"), &observed);
+
+    let spans = collector
+        .wait_for("the block sidecar's spans", CONVERGE_WITHIN, |spans| {
+            spans.iter().any(|s| s.service == "block-in")
+        })
+        .await;
+    assert!(
+        spans.iter().all(|s| s.service == "block-in"),
+        "the client sidecar does not trace: {spans:#?}"
+    );
+    until("access log lines", async || {
+        std::fs::read_to_string(&log).is_ok_and(|text| text.lines().count() >= 5)
+    })
+    .await;
+    let text = std::fs::read_to_string(&log).unwrap();
+    let line: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+    assert_eq!(line["listener"], "block-in");
+    assert_eq!(line["cluster"], "local");
+    // The client sidecar sent no traceparent; the block sidecar started the
+    // trace, and its log line names it.
+    let trace_id = line["trace_id"].as_str().unwrap();
+    assert_eq!(trace_id.len(), 32, "{line}");
 
     load.finish_without_failures(20).await;
 }

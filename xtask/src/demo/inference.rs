@@ -48,12 +48,7 @@ pub async fn send(
     concurrency: usize,
 ) -> Result<InferenceReport> {
     let cases = load_cases(expected_json)?;
-    let channel = Endpoint::from_shared(format!("http://{outbound}"))?
-        .origin(AUTHORITY.parse().expect("a static URI"))
-        .connect_timeout(Duration::from_secs(5))
-        .connect()
-        .await
-        .with_context(|| format!("cannot connect to the client sidecar at {outbound}"))?;
+    let channel = connect(outbound).await?;
     let load_report = std::cell::RefCell::new(None);
     let clients = (0..concurrency)
         .map(|_| GrpcInferenceServiceClient::new(channel.clone()))
@@ -137,12 +132,7 @@ pub async fn traced_call(
 ) -> Result<()> {
     let cases = load_cases(expected_json)?;
     let case = cases.first().context("expected.json has no case")?;
-    let channel = Endpoint::from_shared(format!("http://{outbound}"))?
-        .origin(AUTHORITY.parse().expect("a static URI"))
-        .connect_timeout(Duration::from_secs(5))
-        .connect()
-        .await
-        .with_context(|| format!("cannot connect to the client sidecar at {outbound}"))?;
+    let channel = connect(outbound).await?;
     let mut request = tonic::Request::new(case.request.clone());
     request
         .metadata_mut()
@@ -152,6 +142,16 @@ pub async fn traced_call(
         .await
         .map_err(|status| anyhow::anyhow!("{:?}: {}", status.code(), status.message()))?;
     Ok(())
+}
+
+/// A channel to the client sidecar, for the classifier's authority.
+async fn connect(outbound: SocketAddr) -> Result<Channel> {
+    Endpoint::from_shared(format!("http://{outbound}"))?
+        .origin(AUTHORITY.parse().expect("a static URI"))
+        .connect_timeout(Duration::from_secs(5))
+        .connect()
+        .await
+        .with_context(|| format!("cannot connect to the client sidecar at {outbound}"))
 }
 
 /// The requests, from the inputs in the test models' expected.json (latest
