@@ -69,11 +69,7 @@ impl RequestRecord {
             .load_full()
             .filter(|log| log.sampled())
             .map(|log| {
-                let header = |name: http::header::HeaderName| {
-                    (req.headers().get(name))
-                        .and_then(|v| v.to_str().ok())
-                        .map(str::to_string)
-                };
+                let header = |name: http::header::HeaderName| req.headers().get(name).cloned();
                 let trace_id = match &trace {
                     Some(trace) => trace.trace_id(),
                     None => (req.headers().get("traceparent"))
@@ -85,10 +81,8 @@ impl RequestRecord {
                     listener: listener.name.clone(),
                     protocol: req.version(),
                     method: req.method().clone(),
-                    authority: (req.uri().authority().map(|a| a.to_string()))
-                        .or_else(|| header(http::header::HOST)),
-                    path: (req.uri().path_and_query())
-                        .map_or_else(|| req.uri().path().to_string(), |p| p.to_string()),
+                    uri: req.uri().clone(),
+                    host: header(http::header::HOST),
                     grpc,
                     user_agent: header(http::header::USER_AGENT),
                     request_id: header(http::HeaderName::from_static("x-request-id")),
@@ -127,15 +121,15 @@ impl RequestRecord {
     /// Phase 3 picked `route` and `cluster`: the client span starts and its
     /// context goes upstream in `headers`.
     pub fn routed(&mut self, headers: &mut HeaderMap, route: &str, cluster: &Arc<Cluster>) {
-        if self.trace.is_some() || self.log.is_some() {
-            let name = cluster.name();
-            if let Some(trace) = &mut self.trace {
-                trace.call(headers, route, &name);
-            }
-            if let Some((_, entry)) = &mut self.log {
-                entry.route = Some(route.to_string());
-                entry.cluster = Some(name);
-            }
+        // The name is a copy: made only for a recorded span or a log line.
+        let traced = self.trace.as_ref().is_some_and(RequestTrace::is_recording);
+        let name = (traced || self.log.is_some()).then(|| cluster.name());
+        if let Some(trace) = &mut self.trace {
+            trace.call(headers, route, name.as_deref().unwrap_or_default());
+        }
+        if let Some((_, entry)) = &mut self.log {
+            entry.route = Some(route.to_string());
+            entry.cluster = name;
         }
         self.cluster = Some(cluster.clone());
     }

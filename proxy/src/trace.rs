@@ -13,16 +13,20 @@ use std::time::SystemTime;
 use gridmesh_telemetry::export::ExportMetrics;
 use gridmesh_telemetry::{TraceSettings, Tracing, TracingError, is_grpc_server_error};
 use http::StatusCode;
-use opentelemetry::trace::{SpanKind, Status, TraceContextExt, Tracer};
+use opentelemetry::trace::{Span as _, SpanKind, Status, TraceContextExt, Tracer};
 use opentelemetry::{Context, KeyValue};
 use parking_lot::Mutex;
 use tokio::runtime::Handle;
 
 use crate::transport::ConnectionContext;
 
+/// The name of spans that are not recorded (never exported).
+const UNSAMPLED_NAME: &str = "unsampled";
+
 pub struct RequestTrace {
     tracing: Tracing,
-    /// The server span's name, which the client span takes too.
+    /// The server span's name, which the client span takes too (empty when
+    /// the request is not sampled).
     name: String,
     server: Context,
     client: Option<Context>,
@@ -131,42 +135,49 @@ impl RequestTrace {
         grpc: bool,
     ) -> RequestTrace {
         let parent = tracing.extract(req.headers());
-        let path = req.uri().path();
-        let rpc = grpc.then(|| crate::grpc::service_method(path)).flatten();
-        let name = match rpc {
-            Some((service, method)) => format!("{service}/{method}"),
-            None => req.method().as_str().to_string(),
-        };
-        let mut attributes = vec![
-            KeyValue::new("http.request.method", req.method().as_str().to_string()),
-            KeyValue::new("url.path", path.to_string()),
-            KeyValue::new("network.protocol.version", protocol_version(req.version())),
-            KeyValue::new("client.address", connection.peer.ip().to_string()),
-            KeyValue::new("gridmesh.listener", listener.to_string()),
-        ];
-        if let Some(authority) = req.uri().authority().map(|a| a.host()).or_else(|| {
-            req.headers()
-                .get(http::header::HOST)
-                .and_then(|h| h.to_str().ok())
-        }) {
-            attributes.push(KeyValue::new("server.address", authority.to_string()));
-        }
-        if let Some(peer) = &connection.peer_identity {
-            attributes.push(KeyValue::new("gridmesh.peer.identity", peer.to_string()));
-        }
-        if let Some((service, method)) = rpc {
-            attributes.extend([
-                KeyValue::new("rpc.system", "grpc"),
-                KeyValue::new("rpc.service", service.to_string()),
-                KeyValue::new("rpc.method", method.to_string()),
-            ]);
-        }
-        let span = tracing
+        // Sampling is decided first (the sampler looks at no attributes):
+        // an unsampled request, most of them at a low ratio, pays for no
+        // name or attribute it would never export.
+        let mut span = tracing
             .tracer()
-            .span_builder(name.clone())
+            .span_builder(UNSAMPLED_NAME)
             .with_kind(SpanKind::Server)
-            .with_attributes(attributes)
             .start_with_context(tracing.tracer(), &parent);
+        let mut name = String::new();
+        if span.is_recording() {
+            let path = req.uri().path();
+            let rpc = grpc.then(|| crate::grpc::service_method(path)).flatten();
+            name = match rpc {
+                Some((service, method)) => format!("{service}/{method}"),
+                None => req.method().as_str().to_string(),
+            };
+            span.update_name(name.clone());
+            let mut attributes = vec![
+                KeyValue::new("http.request.method", req.method().as_str().to_string()),
+                KeyValue::new("url.path", path.to_string()),
+                KeyValue::new("network.protocol.version", protocol_version(req.version())),
+                KeyValue::new("client.address", connection.peer.ip().to_string()),
+                KeyValue::new("gridmesh.listener", listener.to_string()),
+            ];
+            if let Some(authority) = req.uri().authority().map(|a| a.host()).or_else(|| {
+                req.headers()
+                    .get(http::header::HOST)
+                    .and_then(|h| h.to_str().ok())
+            }) {
+                attributes.push(KeyValue::new("server.address", authority.to_string()));
+            }
+            if let Some(peer) = &connection.peer_identity {
+                attributes.push(KeyValue::new("gridmesh.peer.identity", peer.to_string()));
+            }
+            if let Some((service, method)) = rpc {
+                attributes.extend([
+                    KeyValue::new("rpc.system", "grpc"),
+                    KeyValue::new("rpc.service", service.to_string()),
+                    KeyValue::new("rpc.method", method.to_string()),
+                ]);
+            }
+            span.set_attributes(attributes);
+        }
         RequestTrace {
             tracing: tracing.clone(),
             name,
@@ -179,23 +190,29 @@ impl RequestTrace {
     /// the request carries upstream.
     pub fn call(&mut self, headers: &mut http::HeaderMap, route: &str, cluster: &str) {
         let server = self.server.span();
-        let recording = server.is_recording();
-        let mut builder = self
-            .tracing
-            .tracer()
+        if !server.is_recording() {
+            // Nothing of this trace is recorded here: the next hop only
+            // needs the trace id and the sampling decision.
+            self.tracing.inject(&self.server, headers);
+            return;
+        }
+        server.set_attribute(KeyValue::new("gridmesh.route", route.to_string()));
+        let span = (self.tracing.tracer())
             .span_builder(self.name.clone())
-            .with_kind(SpanKind::Client);
-        if recording {
-            builder = builder.with_attributes([
+            .with_kind(SpanKind::Client)
+            .with_attributes([
                 KeyValue::new("gridmesh.route", route.to_string()),
                 KeyValue::new("gridmesh.cluster", cluster.to_string()),
-            ]);
-            server.set_attribute(KeyValue::new("gridmesh.route", route.to_string()));
-        }
-        let span = builder.start_with_context(self.tracing.tracer(), &self.server);
+            ])
+            .start_with_context(self.tracing.tracer(), &self.server);
         let client = self.server.with_span(span);
         self.tracing.inject(&client, headers);
         self.client = Some(client);
+    }
+
+    /// Whether this request's spans are recorded (sampled).
+    pub fn is_recording(&self) -> bool {
+        self.server.span().is_recording()
     }
 
     /// The trace this request belongs to (whether sampled or not).

@@ -1,7 +1,7 @@
 //! Spans leave through a bounded queue. `on_end` runs on whatever thread
 //! ended the span — a data-plane worker — so it only tries to enqueue; a
 //! task on the caller's runtime drains the queue in batches to the OTLP
-//! exporter. A full queue drops the span and counts it: a slow or absent
+//! exporter, every second or once a batch's worth waits. A full queue drops the span and counts it: a slow or absent
 //! collector never makes a request wait, and memory stays bounded.
 //!
 //! Not the SDK's own batch processor: that one runs a thread of its own
@@ -9,6 +9,7 @@
 //! its internal log.
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use opentelemetry::Context;
@@ -16,11 +17,13 @@ use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::trace::{Span, SpanData, SpanExporter, SpanProcessor};
 use prometheus::{IntCounterVec, Opts, Registry};
-use tokio::sync::mpsc;
+
+use tokio::sync::mpsc::error::TryRecvError;
+use tokio::sync::{Notify, mpsc};
 
 /// Spans sent to the collector in one request at most.
 const MAX_BATCH: usize = 512;
-/// How long a span waits for its batch to fill before it is sent anyway.
+/// How long a span waits at most before it is sent.
 const BATCH_DELAY: Duration = Duration::from_secs(1);
 
 /// `<prefix>trace_spans_total{result}`:
@@ -71,6 +74,8 @@ pub fn export_thread() -> std::io::Result<tokio::runtime::Handle> {
 /// The span processor: enqueue or drop.
 pub struct BoundedExport {
     queue: mpsc::Sender<SpanData>,
+    /// Wakes the drain early, once a batch's worth is waiting.
+    batch_ready: Arc<Notify>,
     metrics: ExportMetrics,
 }
 
@@ -101,8 +106,19 @@ impl BoundedExport {
         // one's exporter lives in the drain, so it gets it first.
         exporter.set_resource(resource);
         let (queue, spans) = mpsc::channel(capacity.max(1));
-        runtime.spawn(drain(spans, exporter, timeout, metrics.clone()));
-        BoundedExport { queue, metrics }
+        let batch_ready = Arc::new(Notify::new());
+        runtime.spawn(drain(
+            spans,
+            batch_ready.clone(),
+            exporter,
+            timeout,
+            metrics.clone(),
+        ));
+        BoundedExport {
+            queue,
+            batch_ready,
+            metrics,
+        }
     }
 }
 
@@ -112,6 +128,12 @@ impl SpanProcessor for BoundedExport {
     fn on_end(&self, span: SpanData) {
         if self.queue.try_send(span).is_err() {
             self.metrics.count("dropped", 1);
+        }
+        // Past the mark (spans end on many threads: none may see it
+        // exactly); a wake-up already pending absorbs the repeats.
+        let waiting = self.queue.max_capacity() - self.queue.capacity();
+        if waiting >= MAX_BATCH.min(self.queue.max_capacity() / 2).max(1) {
+            self.batch_ready.notify_one();
         }
     }
 
@@ -126,34 +148,64 @@ impl SpanProcessor for BoundedExport {
     }
 }
 
+/// Every [`BATCH_DELAY`], or as soon as a batch's worth waits, sends what
+/// the queue holds in batches of up to [`MAX_BATCH`]. Never woken per span:
+/// that would cost the thread ending spans a wake-up of this one each time.
 async fn drain<E: SpanExporter>(
     mut spans: mpsc::Receiver<SpanData>,
+    batch_ready: Arc<Notify>,
     exporter: E,
     timeout: Duration,
     metrics: ExportMetrics,
 ) {
-    let mut batch = Vec::with_capacity(MAX_BATCH);
-    while let Some(first) = spans.recv().await {
-        batch.push(first);
-        let deadline = tokio::time::Instant::now() + BATCH_DELAY;
-        while batch.len() < MAX_BATCH {
-            match tokio::time::timeout_at(deadline, spans.recv()).await {
-                Ok(Some(span)) => batch.push(span),
-                Ok(None) | Err(_) => break,
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(BATCH_DELAY) => {}
+            () = batch_ready.notified() => {}
+        }
+        loop {
+            let mut batch = Vec::with_capacity(MAX_BATCH);
+            let mut closed = false;
+            while batch.len() < MAX_BATCH {
+                match spans.try_recv() {
+                    Ok(span) => batch.push(span),
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => {
+                        closed = true;
+                        break;
+                    }
+                }
+            }
+            let full = batch.len() == MAX_BATCH;
+            if !batch.is_empty() {
+                export(&exporter, batch, timeout, &metrics).await;
+            }
+            if closed {
+                return;
+            }
+            if !full {
+                break;
             }
         }
-        let count = batch.len();
-        let sent = std::mem::replace(&mut batch, Vec::with_capacity(MAX_BATCH));
-        match tokio::time::timeout(timeout, exporter.export(sent)).await {
-            Ok(Ok(())) => metrics.count("exported", count),
-            Ok(Err(error)) => {
-                metrics.count("failed", count);
-                tracing::warn!(%error, spans = count, "trace export failed");
-            }
-            Err(_) => {
-                metrics.count("failed", count);
-                tracing::warn!(?timeout, spans = count, "trace export timed out");
-            }
+    }
+}
+
+async fn export<E: SpanExporter>(
+    exporter: &E,
+    batch: Vec<SpanData>,
+    timeout: Duration,
+    metrics: &ExportMetrics,
+) {
+    let count = batch.len();
+    match tokio::time::timeout(timeout, exporter.export(batch)).await {
+        Ok(Ok(())) => metrics.count("exported", count),
+        Ok(Err(error)) => {
+            metrics.count("failed", count);
+            tracing::warn!(%error, spans = count, "trace export failed");
+        }
+        Err(_) => {
+            metrics.count("failed", count);
+            tracing::warn!(?timeout, spans = count, "trace export timed out");
         }
     }
 }

@@ -171,7 +171,7 @@ async fn every_request_is_one_json_line_with_its_fields() {
     assert_eq!(missing["upstream"], Value::Null);
 
     let grpc = &lines[2];
-    assert_eq!(grpc["protocol"], "HTTP/2.0");
+    assert_eq!(grpc["protocol"], "HTTP/2");
     assert_eq!(grpc["grpc_service"], "gridmesh.testing.v1.Echo");
     assert_eq!(grpc["grpc_method"], "Unary");
     assert_eq!(grpc["status"], 200);
