@@ -634,6 +634,22 @@ fn problems_locate_their_resource() {
     );
 }
 
+/// A ratio written to the JSON mapping (as `/config_dump` does) loads back
+/// bit for bit: the shortest decimal form of a double needs a correctly
+/// rounded parser, which serde_json's default fast path is not (this value
+/// came back one unit in the last place off before `float_roundtrip`).
+#[test]
+fn ratios_survive_the_json_mapping_bit_for_bit() {
+    let mut b = good();
+    b.listeners[0].access_log = Some(pb::AccessLog {
+        path: "stdout".into(),
+        sampling_ratio: Some(-0.47882810971195283),
+    });
+    let json = serde_json::to_string(&b).unwrap();
+    let back: Bootstrap = serde_json::from_str(&json).unwrap();
+    assert_eq!(back, b, "{json}");
+}
+
 /// What a control plane serves is validated like a sidecar's bootstrap,
 /// except that listeners of different sidecars may share an address and
 /// sidecar-local settings are refused.
