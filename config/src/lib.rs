@@ -17,6 +17,7 @@
 pub mod authz;
 pub mod route;
 mod validate;
+pub mod vdag;
 
 #[cfg(test)]
 mod tests;

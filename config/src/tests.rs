@@ -417,6 +417,7 @@ fn bootstrap() -> impl Strategy<Value = Bootstrap> {
         })),
         prop::collection::vec(authorization_policy(), 0..3),
         proptest::option::of(tracing()),
+        prop::collection::vec(vdag(), 0..2),
     )
         .prop_map(
             |(
@@ -429,6 +430,7 @@ fn bootstrap() -> impl Strategy<Value = Bootstrap> {
                 identity,
                 authorization_policies,
                 tracing,
+                vdags,
             )| {
                 Bootstrap {
                     admin,
@@ -441,9 +443,53 @@ fn bootstrap() -> impl Strategy<Value = Bootstrap> {
                     identity,
                     authorization_policies,
                     tracing,
+                    vdags,
                 }
             },
         )
+}
+
+/// Small graphs over three labels, most of them wrong in some way.
+fn vdag() -> impl Strategy<Value = pb::VDag> {
+    let label = || prop::sample::select(vec!["a", "b", "c", ""]).prop_map(String::from);
+    let node = (
+        label(),
+        name(),
+        prop::collection::vec(label(), 0..2),
+        duration(),
+        0u32..12,
+    )
+        .prop_map(
+            |(label, cluster, inputs, timeout, max_retries)| pb::VDagNode {
+                label,
+                cluster,
+                inputs,
+                timeout,
+                max_retries,
+                ..Default::default()
+            },
+        );
+    let mapping =
+        (label(), label()).prop_map(|(output, input)| pb::TensorMapping { output, input });
+    let edge = (label(), label(), prop::collection::vec(mapping, 0..2))
+        .prop_map(|(from, to, tensors)| pb::VDagEdge { from, to, tensors });
+    (
+        name(),
+        prop::collection::vec(node, 0..4),
+        prop::collection::vec(edge, 0..4),
+        prop::collection::vec(label(), 0..2),
+        prop::collection::vec(label(), 0..2),
+        duration(),
+    )
+        .prop_map(|(name, nodes, edges, entry, tails, timeout)| pb::VDag {
+            name,
+            version: "1".into(),
+            nodes,
+            edges,
+            entry,
+            tails,
+            timeout,
+        })
 }
 
 fn tracing() -> impl Strategy<Value = pb::Tracing> {

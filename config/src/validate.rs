@@ -24,6 +24,7 @@ use crate::route::{
     GrpcMatch, HeaderMatchKind, HeaderMatcher, HeaderMutation, PathMatch, RetryPolicy, Route,
     RouteAction, RouteMatcher, RouteTable, Target, Timeouts, VirtualHost,
 };
+use crate::vdag::{self, VDagSpec};
 
 use gridmesh_identity::{IdentityFiles, SpiffeId};
 pub use gridmesh_proto::config::listener::DownstreamProtocol as Protocol;
@@ -57,7 +58,7 @@ const DEFAULT_REPLAY_BYTES: u32 = 64 * 1024;
 const DEFAULT_RETRY_BACKOFF: Duration = Duration::from_millis(25);
 const DEFAULT_RING_REPLICAS: u32 = 64;
 /// More retries than this only multiply load on a failing upstream.
-const MAX_RETRIES: u32 = 10;
+pub(crate) const MAX_RETRIES: u32 = 10;
 /// Weights are relative; this bound keeps weighted schedules small.
 const MAX_ENDPOINT_WEIGHT: u32 = 10_000;
 /// google.protobuf.Duration's range: about 10,000 years, nanos below one second.
@@ -85,6 +86,8 @@ pub struct Snapshot {
     pub identity: Option<IdentitySource>,
     /// Where spans go; `None`: no spans (trace context still forwarded).
     pub tracing: Option<TraceSettings>,
+    /// The vDAGs this sidecar originates and forwards, by name.
+    pub vdags: HashMap<String, Arc<VDagSpec>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -233,7 +236,7 @@ pub enum EndpointAddress {
 }
 
 /// Collects problems against the resource currently being checked.
-struct Checker {
+pub(crate) struct Checker {
     problems: Vec<Problem>,
     resource: String,
     at: Option<ResourceAt>,
@@ -242,7 +245,7 @@ struct Checker {
 impl Checker {
     /// Starts checking the `index`th resource of `kind`, named in messages
     /// by its name or, without one, by its position.
-    fn enter(&mut self, kind: Kind, index: usize, name: &str) {
+    pub(crate) fn enter(&mut self, kind: Kind, index: usize, name: &str) {
         self.resource = if name.is_empty() {
             format!("{kind}[{index}]")
         } else {
@@ -251,7 +254,11 @@ impl Checker {
         self.at = Some(ResourceAt { kind, index });
     }
 
-    fn problem(&mut self, field: impl Into<String>, message: impl Into<String>) {
+    pub(crate) fn problem_count(&self) -> usize {
+        self.problems.len()
+    }
+
+    pub(crate) fn problem(&mut self, field: impl Into<String>, message: impl Into<String>) {
         self.problems.push(Problem {
             resource: self.resource.clone(),
             at: self.at,
@@ -292,7 +299,11 @@ impl Checker {
     }
 
     /// A duration that must be positive when set.
-    fn positive(&mut self, field: &str, d: Option<&pbjson_types::Duration>) -> Option<Duration> {
+    pub(crate) fn positive(
+        &mut self,
+        field: &str,
+        d: Option<&pbjson_types::Duration>,
+    ) -> Option<Duration> {
         let d = self.duration(field, d)?;
         if d.is_zero() {
             self.problem(field, "must be greater than zero when set");
@@ -553,6 +564,11 @@ fn build(
     );
 
     let authorization = authorization(&mut c, &bootstrap.authorization_policies, &listeners);
+    let vdags: HashMap<String, Arc<VDagSpec>> = (bootstrap.vdags.iter().enumerate())
+        .filter_map(|(i, v)| vdag::vdag(&mut c, i, v, &cluster_index))
+        .map(|v| (v.name.clone(), Arc::new(v)))
+        .collect();
+    index_names(&mut c, Kind::VDag, bootstrap.vdags.iter().map(|v| &v.name));
     let tracing = bootstrap.tracing.as_ref().and_then(|t| tracing(&mut c, t));
 
     if !c.problems.is_empty() {
@@ -571,6 +587,7 @@ fn build(
         route_tables,
         clusters,
         authorization,
+        vdags,
         identity,
         tracing,
     })

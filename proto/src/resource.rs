@@ -16,6 +16,7 @@ pub enum Kind {
     Cluster,
     Endpoints,
     AuthorizationPolicy,
+    VDag,
     Listener,
     RouteTable,
 }
@@ -25,12 +26,13 @@ impl Kind {
     /// referred to arrives before what refers to it, so a client never sees
     /// a route to a cluster it does not know yet. Authorization policies
     /// come before the listeners they select, so that a new listener never
-    /// serves a request its policies would have denied. Removals go in
-    /// reverse.
-    pub const PUSH_ORDER: [Kind; 5] = [
+    /// serves a request its policies would have denied. vDAGs name clusters
+    /// and routes name vDAGs. Removals go in reverse.
+    pub const PUSH_ORDER: [Kind; 6] = [
         Kind::Cluster,
         Kind::Endpoints,
         Kind::AuthorizationPolicy,
+        Kind::VDag,
         Kind::Listener,
         Kind::RouteTable,
     ];
@@ -40,6 +42,7 @@ impl Kind {
             Kind::Cluster => "type.googleapis.com/gridmesh.v1.Cluster",
             Kind::Endpoints => "type.googleapis.com/gridmesh.v1.Endpoints",
             Kind::AuthorizationPolicy => "type.googleapis.com/gridmesh.v1.AuthorizationPolicy",
+            Kind::VDag => "type.googleapis.com/gridmesh.v1.VDag",
             Kind::Listener => "type.googleapis.com/gridmesh.v1.Listener",
             Kind::RouteTable => "type.googleapis.com/gridmesh.v1.RouteTable",
         }
@@ -55,6 +58,7 @@ impl Kind {
             Kind::Cluster => "cluster",
             Kind::Endpoints => "endpoints",
             Kind::AuthorizationPolicy => "authorizationPolicy",
+            Kind::VDag => "vdag",
             Kind::Listener => "listener",
             Kind::RouteTable => "routeTable",
         }
@@ -70,6 +74,7 @@ impl Kind {
             Kind::AuthorizationPolicy => (set.authorization_policies.iter())
                 .map(|r| r.name.as_str())
                 .collect(),
+            Kind::VDag => set.vdags.iter().map(|r| r.name.as_str()).collect(),
             Kind::Listener => set.listeners.iter().map(|r| r.name.as_str()).collect(),
             Kind::RouteTable => set.route_tables.iter().map(|r| r.name.as_str()).collect(),
         }
@@ -101,6 +106,7 @@ impl Kind {
                 .iter()
                 .map(|r| packed(url, &r.name, r))
                 .collect(),
+            Kind::VDag => set.vdags.iter().map(|r| packed(url, &r.name, r)).collect(),
             Kind::Listener => set
                 .listeners
                 .iter()
@@ -140,6 +146,11 @@ impl Kind {
                 set.authorization_policies.push(r);
                 set.authorization_policies.last().map(|r| r.name.clone())
             }
+            Kind::VDag => {
+                let r = Message::decode(bytes)?;
+                set.vdags.push(r);
+                set.vdags.last().map(|r| r.name.clone())
+            }
             Kind::Listener => {
                 let r = Message::decode(bytes)?;
                 set.listeners.push(r);
@@ -160,6 +171,7 @@ impl Kind {
             Kind::Cluster => set.clusters.len(),
             Kind::Endpoints => set.endpoints.len(),
             Kind::AuthorizationPolicy => set.authorization_policies.len(),
+            Kind::VDag => set.vdags.len(),
             Kind::Listener => set.listeners.len(),
             Kind::RouteTable => set.route_tables.len(),
         }
@@ -186,7 +198,7 @@ pub enum UnpackError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{AuthorizationPolicy, Cluster, Endpoints};
+    use crate::config::{AuthorizationPolicy, Cluster, Endpoints, VDag};
 
     #[test]
     fn packs_and_unpacks_every_kind_by_name() {
@@ -201,6 +213,10 @@ mod tests {
             }],
             authorization_policies: vec![AuthorizationPolicy {
                 name: "p".into(),
+                ..Default::default()
+            }],
+            vdags: vec![VDag {
+                name: "g".into(),
                 ..Default::default()
             }],
             ..Default::default()

@@ -386,3 +386,71 @@ async fn sidecars_outlive_a_control_plane_restart_under_load() {
 
     load.finish_without_failures(0).await;
 }
+
+/// A two-node chain over the mesh's clusters, at `version`; `closing`
+/// adds an edge back from the tail (a cycle).
+fn chain_vdag(version: u32, closing: bool) -> String {
+    let back = if closing {
+        "\n      - { from: second, to: first }"
+    } else {
+        ""
+    };
+    format!(
+        r#"
+vdags:
+  - name: chain
+    version: "{version}"
+    entry: [first]
+    tails: [second]
+    nodes:
+      - {{ label: first, cluster: block }}
+      - {{ label: second, cluster: local }}
+    edges:
+      - {{ from: first, to: second }}{back}
+"#
+    )
+}
+
+/// vDAGs travel over xDS like any resource: the sidecars hold what the
+/// control plane serves (and show it), and a graph the control plane
+/// refuses — here a cycle, named — never replaces the last good one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vdags_reach_the_sidecars_and_a_cyclic_one_is_refused() {
+    let upstream = harness::upstream("only").await;
+    let mesh = Mesh::start(&upstream).await;
+    let vdag_file = mesh.dir.path().join("vdag.yaml");
+    let admin = mesh.block.admin_address().unwrap();
+    let served_version = async || {
+        let dump = admin_json(admin, "/config_dump").await;
+        let vdags = dump["bootstrap"]["vdags"].as_array().cloned();
+        let listed = dump["resources"]["vdag"].as_array().map_or(0, Vec::len);
+        vdags
+            .filter(|v| v.len() == 1 && listed == 1)
+            .map(|v| v[0]["version"].as_str().unwrap_or_default().to_string())
+    };
+
+    write_atomically(&vdag_file, &chain_vdag(1, false));
+    until("the block sidecar holds the vDAG", async || {
+        served_version().await.as_deref() == Some("1")
+    })
+    .await;
+    let dump = admin_json(admin, "/config_dump").await;
+    let nodes = &dump["bootstrap"]["vdags"][0]["nodes"];
+    assert_eq!(nodes[1]["cluster"], "local", "{dump:#}");
+
+    write_atomically(&vdag_file, &chain_vdag(2, true));
+    until("the control plane refuses the cycle", async || {
+        let status = mesh.control_status().await;
+        let problems = serde_json::to_string(&status["config"]["last_error"]).unwrap();
+        problems.contains("vdag.yaml") && problems.contains("cycle: first -> second -> first")
+    })
+    .await;
+    assert_eq!(served_version().await.as_deref(), Some("1"));
+
+    // And a good change after it lands.
+    write_atomically(&vdag_file, &chain_vdag(3, false));
+    until("the fixed vDAG lands", async || {
+        served_version().await.as_deref() == Some("3")
+    })
+    .await;
+}

@@ -103,6 +103,7 @@ fn bootstrap(hop: &HopPlan) -> Bootstrap {
             })),
         }),
         authorization_policies: Vec::new(),
+        vdags: Vec::new(),
         tracing: hop.tracing.as_ref().map(|(endpoint, ratio)| Tracing {
             endpoint: endpoint.clone(),
             sampling_ratio: Some(*ratio),

@@ -484,6 +484,7 @@ fn retain(set: &mut Bootstrap, kind: Kind, keep: impl Fn(&str) -> bool) {
         Kind::Cluster => set.clusters.retain(|r| keep(&r.name)),
         Kind::Endpoints => set.endpoints.retain(|r| keep(&r.cluster)),
         Kind::AuthorizationPolicy => set.authorization_policies.retain(|r| keep(&r.name)),
+        Kind::VDag => set.vdags.retain(|r| keep(&r.name)),
         Kind::Listener => set.listeners.retain(|r| keep(&r.name)),
         Kind::RouteTable => set.route_tables.retain(|r| keep(&r.name)),
     }
@@ -507,6 +508,7 @@ fn upsert(set: &mut Bootstrap, kind: Kind, name: &str, from: &Bootstrap) {
             &from.authorization_policies,
             |r| r.name == name,
         ),
+        Kind::VDag => put(&mut set.vdags, &from.vdags, |r| r.name == name),
         Kind::Listener => put(&mut set.listeners, &from.listeners, |r| r.name == name),
         Kind::RouteTable => put(&mut set.route_tables, &from.route_tables, |r| {
             r.name == name
@@ -522,6 +524,7 @@ fn merge(into: &mut Bootstrap, from: &Bootstrap) {
         clusters,
         endpoints,
         authorization_policies,
+        vdags,
         ..
     } = from;
     into.listeners.extend(listeners.iter().cloned());
@@ -530,6 +533,7 @@ fn merge(into: &mut Bootstrap, from: &Bootstrap) {
     into.endpoints.extend(endpoints.iter().cloned());
     into.authorization_policies
         .extend(authorization_policies.iter().cloned());
+    into.vdags.extend(vdags.iter().cloned());
 }
 
 fn describe(problems: &[config::Problem]) -> String {
@@ -1049,6 +1053,10 @@ authorizationPolicies:
   - { name: deny-admin, listeners: [l], action: DENY, rules: [{ requests: [{ prefix: /admin }] }] }
   - { name: allow-mesh, rules: [{ peers: [{ trustDomain: gridmesh.test }] }] }
   - { name: bad-peer, rules: [{ peers: [{ exact: "not a spiffe id" }] }] }
+vdags:
+  - { name: chain, entry: [a], tails: [b], nodes: [{ label: a, cluster: up }, { label: b, cluster: spare }], edges: [{ from: a, to: b }] }
+  - { name: loop, entry: [a], tails: [c], nodes: [{ label: a, cluster: up }, { label: b, cluster: up }, { label: c, cluster: up }], edges: [{ from: a, to: b }, { from: b, to: a }, { from: b, to: c }] }
+  - { name: elsewhere, entry: [a], tails: [a], nodes: [{ label: a, cluster: gone }] }
 "#;
 
         #[derive(Debug, Clone)]
@@ -1084,6 +1092,8 @@ authorizationPolicies:
                         "x",
                         "deny-admin",
                         "bad-peer",
+                        "chain",
+                        "elsewhere",
                     ])
                     .prop_map(str::to_string),
                     0..3,
@@ -1126,8 +1136,9 @@ authorizationPolicies:
                 .map(|t| (&t.name, &t.virtual_hosts))
                 .collect();
             let authorization: BTreeMap<_, _> = snapshot.authorization.iter().collect();
+            let vdags: BTreeMap<_, _> = snapshot.vdags.iter().collect();
             format!(
-                "{:?}\n{tables:?}\n{:?}\n{authorization:?}",
+                "{:?}\n{tables:?}\n{:?}\n{authorization:?}\n{vdags:?}",
                 snapshot.clusters, snapshot.listeners
             )
         }

@@ -147,6 +147,7 @@ pub fn load(contents: &Contents, dir: &Path) -> Result<Loaded, Rejected> {
         merged
             .authorization_policies
             .extend(file.authorization_policies);
+        merged.vdags.extend(file.vdags);
     }
     if problems.is_empty()
         && let Err(e) = validate_served(merged.clone(), &dir.display().to_string())
