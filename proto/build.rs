@@ -9,6 +9,7 @@ use std::path::PathBuf;
 const PROTOS: &[&str] = &[
     "proto/gridmesh/v1/config.proto",
     "proto/gridmesh/v1/ca.proto",
+    "proto/gridmesh/vdag/v1/hop.proto",
     "proto/gridmesh/testing/v1/echo.proto",
     "proto/envoy/service/discovery/v3/ads.proto",
     "proto/inference/grpc_service.proto",

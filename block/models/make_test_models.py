@@ -15,6 +15,12 @@ directory can also be served by Triton itself to compare behaviour:
   batch_probe  reports the batch size it was run with and spins for as long as the
                request asks, so tests can observe batching, queueing and overload
   strings      BYTES in and out (TorchScript List[str]), batched
+  vdag_*       four small FP32 models that compose into vDAGs: vdag_pre (x -> features),
+               vdag_left (features -> left), vdag_right (features -> right) and
+               vdag_join (left, right -> y)
+
+OUT_DIR/vdag_expected.json holds an input x and what the graphs the vDAG tests build
+from the vdag_* models give for it, composed here in PyTorch from the saved files.
 
 OUT_DIR/expected.json holds a fixed input for every model except batch_probe (whose
 outputs depend on how requests were batched) and the outputs the saved model gives
@@ -268,6 +274,79 @@ def strings() -> Model:
     )
 
 
+class Affine(nn.Module):
+    """tanh(W x + b): small, and every output depends on every input."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(4, 4)
+
+    def forward(self, features: Tensor) -> Tensor:
+        return torch.tanh(self.linear(features))
+
+
+class Pre(Affine):
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.tanh(self.linear(x))
+
+
+class Join(nn.Module):
+    def forward(self, left: Tensor, right: Tensor) -> Tensor:
+        return left * 2.0 + right
+
+
+def vdag_model(name: str, module_type: type[nn.Module], seed: int, inputs: list[str], output: str) -> Model:
+    torch.manual_seed(seed)
+    module = module_type()
+    return Model(
+        name=name,
+        max_batch_size=8,
+        inputs=[Io(i, "FP32", (4,)) for i in inputs],
+        outputs=[Io(output, "FP32", (4,))],
+        config_tail=["dynamic_batching { max_queue_delay_microseconds: 500 }"],
+        versions={1: script(module)},
+        example=None,
+    )
+
+
+def vdag_models() -> list[Model]:
+    # The forward's argument names are the input names: the server binds
+    # inputs by name.
+    return [
+        vdag_model("vdag_pre", Pre, 11, ["x"], "features"),
+        vdag_model("vdag_left", Affine, 12, ["features"], "left"),
+        vdag_model("vdag_right", Affine, 13, ["features"], "right"),
+        vdag_model("vdag_join", Join, 0, ["left", "right"], "y"),
+    ]
+
+
+def vdag_expected(out_dir: Path) -> dict:
+    """The graphs the vDAG tests build, run here on the saved models."""
+
+    def load(name: str) -> torch.jit.ScriptModule:
+        return torch.jit.load(str(out_dir / name / "1" / "model.pt"), map_location="cpu")
+
+    pre, left, right, join = (load(f"vdag_{n}") for n in ("pre", "left", "right", "join"))
+    torch.manual_seed(200)
+    x = torch.randn(2, 4)
+
+    def flat(t: Tensor) -> list[float]:
+        return t.reshape(-1).tolist()
+
+    with torch.inference_mode():
+        features = pre(x)
+        return {
+            "x": flat(x),
+            "shape": list(x.shape),
+            # pre -> left -> right, the edge mapping left onto features
+            "chain": {"right": flat(right(left(features)))},
+            # pre -> (left, right) -> join
+            "diamond": {"y": flat(join(left(features), right(features)))},
+            # pre -> left and pre -> right, both tails
+            "two_tails": {"left/left": flat(left(features)), "right/right": flat(right(features))},
+        }
+
+
 def config_pbtxt(model: Model) -> str:
     def tensors(kind: str, ios: list[Io]) -> list[str]:
         entries = [
@@ -342,10 +421,11 @@ def main() -> None:
     torch.use_deterministic_algorithms(True)
 
     expected = {}
-    for build in (mlp, cnn, two_io, dtypes, batch_probe, strings):
-        model = build()
+    for model in [build() for build in (mlp, cnn, two_io, dtypes, batch_probe, strings)] + vdag_models():
         if versions := write_model(model, out_dir):
             expected[model.name] = versions
+    vdag = vdag_expected(out_dir)
+    (out_dir / "vdag_expected.json").write_text(json.dumps(vdag, sort_keys=True, indent=1) + "\n")
     (out_dir / "expected.json").write_text(json.dumps(expected, sort_keys=True, indent=1) + "\n")
     print(f"expected outputs -> {out_dir / 'expected.json'}")
 

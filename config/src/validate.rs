@@ -219,6 +219,31 @@ pub struct EndpointSpec {
 }
 
 impl ClusterSpec {
+    /// An HTTP/2 cluster of one endpoint with every other setting at its
+    /// default: for calls a proxy makes on its own account to an address no
+    /// config names (a vDAG tail's output, to the request's origin).
+    pub fn single_endpoint(name: &str, address: SocketAddr, identity: Option<SpiffeId>) -> Self {
+        let mut checker = Checker {
+            problems: Vec::new(),
+            resource: name.into(),
+            at: None,
+        };
+        let settings = pb::Cluster {
+            name: name.into(),
+            protocol: UpstreamProtocol::Http2 as i32,
+            ..Default::default()
+        };
+        let endpoint = EndpointSpec {
+            address: EndpointAddress::Socket(address),
+            weight: 1,
+            identity: None,
+        };
+        let mut spec = cluster(&mut checker, &settings, vec![endpoint], false);
+        debug_assert!(checker.problems.is_empty(), "defaults are valid");
+        spec.identity = identity;
+        spec
+    }
+
     /// The identity `endpoint` must present; `None`: plaintext.
     pub fn identity_of<'a>(&'a self, endpoint: &'a EndpointSpec) -> Option<&'a SpiffeId> {
         endpoint.identity.as_ref().or(self.identity.as_ref())

@@ -15,6 +15,12 @@ pub mod gridmesh {
         include!(concat!(env!("OUT_DIR"), "/gridmesh.v1.rs"));
         include!(concat!(env!("OUT_DIR"), "/gridmesh.v1.serde.rs"));
     }
+    /// How sidecars carry vDAG requests between them (internal).
+    pub mod vdag {
+        pub mod v1 {
+            include!(concat!(env!("OUT_DIR"), "/gridmesh.vdag.v1.rs"));
+        }
+    }
     pub mod testing {
         pub mod v1 {
             include!(concat!(env!("OUT_DIR"), "/gridmesh.testing.v1.rs"));
@@ -61,3 +67,4 @@ pub mod resource;
 pub use envoy::service::discovery::v3 as discovery;
 pub use gridmesh::testing::v1 as testing;
 pub use gridmesh::v1 as config;
+pub use gridmesh::vdag::v1 as hop;

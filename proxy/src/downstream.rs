@@ -15,6 +15,7 @@ use crate::filter::Filters;
 use crate::istio::ListenerIstio;
 use crate::metrics::ListenerMetrics;
 use crate::transport::{Observed, ReadObserver};
+use crate::vdag::VDags;
 use gridmesh_telemetry::Tracing;
 
 /// What every connection and request of one listener shares.
@@ -38,6 +39,11 @@ pub struct ListenerContext {
     pub access_log: ArcSwapOption<AccessLog>,
     /// Istio's request metrics, reported from this listener's side.
     pub istio: Arc<ListenerIstio>,
+    /// In front of the local block: takes vDAG hops and deliveries from
+    /// other sidecars.
+    pub inbound: bool,
+    /// The vDAG requests this proxy is origin of or forwarding.
+    pub vdags: Arc<VDags>,
 }
 
 impl ListenerContext {

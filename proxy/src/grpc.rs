@@ -14,6 +14,9 @@ pub const GRPC_MESSAGE: &str = "grpc-message";
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
 pub enum Code {
+    InvalidArgument = 3,
+    NotFound = 5,
+    FailedPrecondition = 9,
     Internal = 13,
     DeadlineExceeded = 4,
     PermissionDenied = 7,
@@ -25,7 +28,10 @@ pub enum Code {
 impl Code {
     pub fn header_value(self) -> HeaderValue {
         HeaderValue::from_static(match self {
+            Code::InvalidArgument => "3",
             Code::DeadlineExceeded => "4",
+            Code::NotFound => "5",
+            Code::FailedPrecondition => "9",
             Code::PermissionDenied => "7",
             Code::ResourceExhausted => "8",
             Code::Unimplemented => "12",

@@ -38,6 +38,7 @@ mod shared;
 mod tcp;
 mod trace;
 mod transport;
+mod vdag;
 mod xds;
 
 use std::net::SocketAddr;
@@ -62,6 +63,7 @@ use crate::listeners::Listeners;
 use crate::metrics::Metrics;
 use crate::shared::Shared;
 use crate::trace::Tracers;
+use crate::vdag::VDags;
 use gridmesh_config::Snapshot;
 
 /// Property and fuzz tests run `cases` cases, or `GRIDMESH_FUZZ_CASES` when
@@ -132,7 +134,7 @@ impl ProxyBuilder {
     /// plane, and is ready once its first complete config is applied.
     pub async fn start(self) -> Result<Proxy, StartError> {
         let ProxyBuilder { snapshot, filters } = self;
-        let metrics = Metrics::default();
+        let metrics = Arc::new(Metrics::default());
         let control = control::start().map_err(StartError::Control)?;
         let tracers = Tracers::new(
             snapshot.tracing.as_ref(),
@@ -157,6 +159,10 @@ impl ProxyBuilder {
             tracers,
             AccessLogs::new(metrics.access_logs()),
             istio,
+            Arc::new(VDags::new(
+                metrics.clone(),
+                identity.as_ref().map(|i| i.store.clone()),
+            )),
         );
         let resolver = Mutex::new(None);
         let admin_error = |source| StartError::Admin {

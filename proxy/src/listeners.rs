@@ -32,9 +32,10 @@ use crate::metrics::Metrics;
 use crate::runtime::Runtime;
 use crate::server;
 use crate::transport::Terminator;
+use crate::vdag::VDags;
 use gridmesh_config::{ListenerSpec, LogDestination};
 use gridmesh_identity::IdentityStore;
-use gridmesh_proto::config::listener::Direction;
+use gridmesh_proto::config::listener::{Direction, TlsMode};
 use gridmesh_telemetry::{Tracing, TracingError};
 
 use crate::trace::Tracers;
@@ -81,6 +82,7 @@ pub struct Listeners {
     tracers: Tracers,
     access_logs: AccessLogs,
     istio: IstioMetrics,
+    vdags: Arc<VDags>,
 }
 
 struct Active {
@@ -113,6 +115,7 @@ impl Listeners {
         tracers: Tracers,
         access_logs: AccessLogs,
         istio: IstioMetrics,
+        vdags: Arc<VDags>,
     ) -> Listeners {
         Listeners {
             data_plane,
@@ -123,6 +126,7 @@ impl Listeners {
             tracers,
             access_logs,
             istio,
+            vdags,
         }
     }
 
@@ -250,7 +254,13 @@ impl Listeners {
                 istio: Arc::new(
                     (self.istio).listener(planned.spec.direction == Direction::Inbound),
                 ),
+                inbound: planned.spec.direction == Direction::Inbound,
+                vdags: self.vdags.clone(),
             });
+            if planned.spec.direction == Direction::Inbound {
+                let mtls = planned.spec.tls_mode != TlsMode::Disable;
+                self.vdags.set_inbound(planned.local_addr, mtls);
+            }
             self.data_plane.spawn(server::accept_loop(
                 planned.socket.clone(),
                 planned.spec.clone(),

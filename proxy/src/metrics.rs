@@ -122,7 +122,12 @@ pub struct ListenerMetrics {
     name: String,
 }
 
-fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+pub(crate) fn counter(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> IntCounterVec {
     let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric definition");
     registry
         .register(Box::new(c.clone()))
@@ -130,7 +135,7 @@ fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntC
     c
 }
 
-fn gauge(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+pub(crate) fn gauge(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
     let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric definition");
     registry
         .register(Box::new(g.clone()))
@@ -139,8 +144,17 @@ fn gauge(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGau
 }
 
 fn histogram(registry: &Registry, name: &str, help: &str) -> HistogramVec {
+    latency_histogram(registry, name, help, &["cluster"])
+}
+
+pub(crate) fn latency_histogram(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> HistogramVec {
     let opts = HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec());
-    let h = HistogramVec::new(opts, &["cluster"]).expect("valid metric definition");
+    let h = HistogramVec::new(opts, labels).expect("valid metric definition");
     registry
         .register(Box::new(h.clone()))
         .expect("unique metric name");

@@ -6,14 +6,16 @@
 //!    locally, or pause.
 //! 2. **authorize** — the listener's authorization policies (DENY, then
 //!    ALLOW) against the caller's SPIFFE ID and the request head.
-//! 3. **route**   — the runtime the request is served with from start to
+//! 3. **vDAG**    — a client's call of a vDAG, or a hop or a delivery from
+//!    another sidecar, is served by [`crate::vdag`] instead of a route.
+//! 4. **route**   — the runtime the request is served with from start to
 //!    end; the listener's route table picks a route and its cluster.
-//! 4. **prepare** — the deadline (route max duration, client `grpc-timeout`),
+//! 5. **prepare** — the deadline (route max duration, client `grpc-timeout`),
 //!    who the mTLS caller was (`x-forwarded-client-cert`), the route's
 //!    request-header mutations, hop-by-hop headers dropped.
-//! 5. **call**    — the cluster call ([`crate::call`]): admission, pick,
+//! 6. **call**    — the cluster call ([`crate::call`]): admission, pick,
 //!    connect, timeouts, retries.
-//! 6. **respond** — hop-by-hop headers dropped, the route's response-header
+//! 7. **respond** — hop-by-hop headers dropped, the route's response-header
 //!    mutations, response filters in reverse order, and the body wrapped to
 //!    enforce the stream's limits and account for it when it ends.
 //!
@@ -41,6 +43,7 @@ use crate::headers;
 use crate::record::{Ending, RequestRecord};
 use crate::runtime::Runtime;
 use crate::transport::ConnectionContext;
+use crate::vdag::VDags;
 use gridmesh_config::authz::{Denial, ListenerAuthz};
 use gridmesh_config::route::Route;
 use gridmesh_identity::SpiffeId;
@@ -128,14 +131,23 @@ async fn forward(
         authorize(authz, &parts, peer.as_ref(), listener)?;
     }
 
-    // 3. route
+    // 3. vDAG
+    if let Some(step) = VDags::step(&parts, listener) {
+        let vdags = &listener.vdags;
+        // Boxed: rare next to routed requests, and large.
+        let served = Box::pin(vdags.serve(step, runtime, listener, parts, body, start));
+        let served: std::pin::Pin<Box<dyn Future<Output = Response<Body>> + Send + '_>> = served;
+        return Ok(served.await);
+    }
+
+    // 4. route
     let table = runtime
         .route_table(&listener.name)
         .ok_or(ProxyError::ListenerRemoved)?;
     let route = table.route(&parts).ok_or(ProxyError::RouteNotFound)?;
     let cluster = runtime.clusters[route.action.target.pick()].clone();
 
-    // 4. prepare
+    // 5. prepare
     let deadline = deadline(&parts, grpc, route, start)?;
     headers::set_forwarded_client_cert(&mut parts.headers, peer.as_ref());
     route.request_headers.apply(&mut parts.headers);
@@ -145,7 +157,7 @@ async fn forward(
         body = record.count_request_body(body);
     }
 
-    // 5. call
+    // 6. call
     let policy = CallPolicy {
         deadline,
         response_headers_timeout: route.action.timeouts.response_headers,
@@ -163,7 +175,7 @@ async fn forward(
         .response_headers
         .observe(start.elapsed().as_secs_f64());
 
-    // 6. respond
+    // 7. respond
     if let Some(record) = record.as_mut() {
         record.responded();
     }

@@ -23,7 +23,7 @@ use gridmesh_identity::IdentityStore;
 pub struct Shared {
     /// What requests are served with, swapped whole by [`Shared::apply`].
     pub runtime: Arc<ArcSwap<Runtime>>,
-    pub metrics: Metrics,
+    pub metrics: Arc<Metrics>,
     pub drain: Drain,
     pub listeners: Listeners,
     /// Whether the first complete config is being served (`/ready`).
@@ -105,7 +105,7 @@ impl Shared {
     pub fn new(
         staged: Staged,
         listeners: Listeners,
-        metrics: Metrics,
+        metrics: Arc<Metrics>,
         resolver: Mutex<Option<TokioResolver>>,
         ready: bool,
         identity: Option<Identity>,

@@ -779,6 +779,11 @@ impl BlockServer {
         self.process.wait_exit(timeout).await
     }
 
+    /// SIGKILL: the process dies mid-request, as a crash would.
+    pub async fn kill(&mut self) {
+        self.process.kill().await;
+    }
+
     /// SIGTERM, then wait up to [`STOP_GRACE`] for the exit.
     pub async fn terminate(&mut self) -> Result<ExitStatus> {
         self.process.terminate(STOP_GRACE).await

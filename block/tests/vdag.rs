@@ -1,0 +1,407 @@
+//! vDAGs end to end: sidecars (in-process proxies on real sockets) in front
+//! of real gridmesh-block servers serving the `vdag_*` models. Composed
+//! results are checked against the same saved models run in PyTorch
+//! (`vdag_expected.json`, written by make_test_models.py); failures,
+//! deadlines, a block killed mid-request, duplicate hops and load are
+//! checked through the client's answers and the sidecars' metrics.
+
+mod support;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use gridmesh_proto::hop::v_dag_hop_client::VDagHopClient;
+use gridmesh_proto::hop::{Hop, hop_progress};
+use gridmesh_proto::inference::{ModelInferRequest, ModelInferResponse};
+use gridmesh_tests::harness::{self, TestProxy};
+use gridmesh_tests::prometheus;
+use serde_json::Value;
+use support::*;
+use tokio::time::Instant;
+use tonic::{Code, Status};
+
+/// The vDAGs every test's sidecars hold. Node clusters `node-<x>` are the
+/// inbound listeners of sidecar `<x>`.
+const VDAGS: &str = r#"
+vdags:
+  - name: chain
+    version: "1"
+    entry: [a]
+    tails: [c]
+    nodes:
+      - { label: a, cluster: node-a, model: vdag_pre, inputs: [x] }
+      - { label: b, cluster: node-b, model: vdag_left }
+      - { label: c, cluster: node-c, model: vdag_right, inputs: [features] }
+    edges:
+      - { from: a, to: b }
+      - { from: b, to: c, tensors: [{ output: left, input: features }] }
+  - name: diamond
+    version: "1"
+    entry: [pre]
+    tails: [join]
+    nodes:
+      - { label: pre, cluster: node-a, model: vdag_pre }
+      - { label: left, cluster: node-b, model: vdag_left }
+      - { label: right, cluster: node-c, model: vdag_right }
+      - { label: join, cluster: node-d, model: vdag_join }
+    edges:
+      - { from: pre, to: left }
+      - { from: pre, to: right }
+      - { from: left, to: join }
+      - { from: right, to: join }
+  - name: two-tails
+    version: "1"
+    entry: [pre]
+    tails: [left, right]
+    nodes:
+      - { label: pre, cluster: node-a, model: vdag_pre }
+      - { label: left, cluster: node-b, model: vdag_left }
+      - { label: right, cluster: node-c, model: vdag_right }
+    edges:
+      - { from: pre, to: left }
+      - { from: pre, to: right }
+  - name: broken
+    version: "1"
+    entry: [pre]
+    tails: [missing]
+    nodes:
+      - { label: pre, cluster: node-a, model: vdag_pre }
+      - { label: missing, cluster: node-b, model: no_such_model }
+    edges:
+      - { from: pre, to: missing }
+  - name: slow
+    version: "1"
+    entry: [probe]
+    tails: [probe]
+    nodes:
+      - { label: probe, cluster: node-a, model: batch_probe }
+"#;
+
+/// Sidecars in front of blocks, and an origin sidecar for the client.
+struct Mesh {
+    sidecars: HashMap<&'static str, TestProxy>,
+    origin: TestProxy,
+}
+
+/// A sidecar's config: its inbound listener (hops, deliveries, the block)
+/// and an outbound one (the client's calls), both to its block; with
+/// `nodes`, the clusters of every node sidecar and the vDAGs.
+fn sidecar_yaml(block: SocketAddr, nodes: &[(&str, SocketAddr)], vdags: &str) -> String {
+    let clusters: String = nodes
+        .iter()
+        .map(|(name, _)| format!("  - {{ name: node-{name}, connectTimeout: 1s }}\n"))
+        .collect();
+    let endpoints: String = nodes
+        .iter()
+        .map(|(name, addr)| {
+            format!("  - {{ cluster: node-{name}, endpoints: [{{ address: \"{addr}\" }}] }}\n")
+        })
+        .collect();
+    format!(
+        r#"
+listeners:
+  - {{ name: in, address: "127.0.0.1:0", direction: INBOUND, routeTable: local }}
+  - {{ name: out, address: "127.0.0.1:0", direction: OUTBOUND, routeTable: local }}
+routeTables:
+  - name: local
+    virtualHosts: [{{ name: all, domains: ["*"], routes: [{{ name: all, route: {{ cluster: local }} }}] }}]
+clusters:
+  - {{ name: local }}
+{clusters}
+endpoints:
+  - {{ cluster: local, endpoints: [{{ address: "{block}" }}] }}
+{endpoints}
+{vdags}
+"#
+    )
+}
+
+impl Mesh {
+    /// Sidecars a-d, a in front of `a_block` and the others of `block`,
+    /// then every sidecar given the whole mesh: listeners keep the ports
+    /// they bound.
+    async fn start(a_block: SocketAddr, block: SocketAddr) -> Mesh {
+        let blocks = [("a", a_block), ("b", block), ("c", block), ("d", block)];
+        let mut sidecars = HashMap::new();
+        for (name, block) in &blocks {
+            let proxy = harness::proxy(&sidecar_yaml(*block, &[], "")).await;
+            sidecars.insert(*name, proxy);
+        }
+        let origin = harness::proxy(&sidecar_yaml(blocks[0].1, &[], "")).await;
+        let nodes: Vec<(&str, SocketAddr)> = sidecars
+            .iter()
+            .map(|(name, proxy)| (*name, proxy.addr("in")))
+            .collect();
+        for (name, block) in &blocks {
+            let yaml = sidecar_yaml(*block, &nodes, VDAGS);
+            sidecars[name].apply(harness::snapshot(&yaml)).unwrap();
+        }
+        let yaml = sidecar_yaml(blocks[0].1, &nodes, VDAGS);
+        origin.apply(harness::snapshot(&yaml)).unwrap();
+        Mesh { sidecars, origin }
+    }
+
+    async fn call(
+        &self,
+        vdag: &str,
+        input: ModelInferRequest,
+        timeout: Duration,
+    ) -> Result<ModelInferResponse, Status> {
+        let mut client = Client::connect(format!("http://{}", self.origin.addr("out")))
+            .await
+            .unwrap();
+        let mut request = tonic::Request::new(input);
+        request
+            .metadata_mut()
+            .insert("x-gridmesh-vdag", vdag.parse().unwrap());
+        request.set_timeout(timeout);
+        client.model_infer(request).await.map(|r| r.into_inner())
+    }
+}
+
+/// A block server with the vdag_* models and batch_probe.
+async fn vdag_block() -> (BlockServer, tempfile::TempDir) {
+    let models = copy_models(&[
+        "vdag_pre",
+        "vdag_left",
+        "vdag_right",
+        "vdag_join",
+        "batch_probe",
+    ]);
+    (BlockServer::start_ready(models.path()).await, models)
+}
+
+/// The input x and each graph's outputs, as PyTorch computed them.
+fn expected() -> Value {
+    let path = test_models().dir.join("vdag_expected.json");
+    serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
+}
+
+fn floats(value: &Value) -> Vec<f64> {
+    value
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| f64::from(v.as_f64().unwrap() as f32))
+        .collect()
+}
+
+fn input_x(expected: &Value) -> ModelInferRequest {
+    let shape: Vec<i64> = expected["shape"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d.as_i64().unwrap())
+        .collect();
+    let x = TensorData::new("x", "FP32", &shape, &floats(&expected["x"]));
+    infer_request("ignored: the vDAG names the models", "", &[x], Form::Raw)
+}
+
+const CALL_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A chain (with an edge renaming a tensor), a diamond (fan-out and a join)
+/// and a graph with two tails give what the same models give in PyTorch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chains_diamonds_and_two_tails_compose_as_in_pytorch() {
+    let (block, _models) = vdag_block().await;
+    let mesh = Mesh::start(block.grpc, block.grpc).await;
+    let expected = expected();
+    for (vdag, outputs) in [
+        ("chain", "chain"),
+        ("diamond", "diamond"),
+        ("two-tails", "two_tails"),
+    ] {
+        let answer = mesh
+            .call(vdag, input_x(&expected), CALL_TIMEOUT)
+            .await
+            .unwrap_or_else(|s| panic!("{vdag}: {s:?}"));
+        assert_eq!(answer.model_name, vdag);
+        let outputs = expected[outputs].as_object().unwrap();
+        let mut names: Vec<&str> = output_names(&answer);
+        names.sort_unstable();
+        let mut wanted: Vec<&str> = outputs.keys().map(String::as_str).collect();
+        wanted.sort_unstable();
+        assert_eq!(names, wanted, "{vdag}: outputs");
+        for (name, data) in outputs {
+            let tensor = TensorData::new(name, "FP32", &[2, 4], &floats(data));
+            assert_output(&answer, &tensor, Tolerance::Fp32);
+        }
+    }
+    let diamond_joins = mesh.sidecars["d"]
+        .metric(
+            "gridmesh_vdag_node_duration_seconds_count",
+            &[("vdag", "diamond"), ("node", "join")],
+        )
+        .await;
+    assert_eq!(
+        diamond_joins,
+        Some(1.0),
+        "the join ran once, with both parts"
+    );
+}
+
+/// A node whose block fails, mid-graph, fails the request at once with an
+/// error naming the node; a node slower than the deadline fails it at the
+/// deadline, naming the node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_node_and_a_slow_one_are_named_promptly() {
+    let (block, _models) = vdag_block().await;
+    let mesh = Mesh::start(block.grpc, block.grpc).await;
+
+    let started = Instant::now();
+    let failed = mesh
+        .call("broken", input_x(&expected()), CALL_TIMEOUT)
+        .await;
+    let took = started.elapsed();
+    assert_status(
+        failed,
+        Code::NotFound,
+        &["vDAG broken", "node missing", "no_such_model"],
+        "a node whose block fails",
+    );
+    assert!(took < Duration::from_secs(2), "the failure took {took:?}");
+
+    // ~0.35 ms per unit of work: 3000 units is about a second.
+    let deadline = Duration::from_millis(300);
+    let started = Instant::now();
+    let late = mesh
+        .call("slow", probe_request(&[1.0], 3000), deadline)
+        .await;
+    let took = started.elapsed();
+    assert_status(
+        late,
+        Code::DeadlineExceeded,
+        &["vDAG slow", "node probe", "deadline"],
+        "a node slower than the deadline",
+    );
+    // The graph gets 90% of the client's time; the rest is for the late
+    // node's report to reach the client before its own deadline does.
+    assert!(
+        took >= deadline * 9 / 10 && took < deadline + Duration::from_millis(500),
+        "the deadline error came after {took:?}"
+    );
+}
+
+/// A block killed while it runs a node's hop fails the request within
+/// about a second, naming the node — long before the deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_block_killed_mid_request_fails_it_within_a_second() {
+    let (block, _models) = vdag_block().await;
+    let (mut doomed, _doomed_models) = vdag_block().await;
+    let mesh = Mesh::start(doomed.grpc, block.grpc).await;
+    let call = mesh.call("slow", probe_request(&[1.0], 30_000), CALL_TIMEOUT);
+    let killed = async {
+        doomed
+            .poll("the hop running in the doomed block", async || {
+                let metrics = doomed.metrics().await;
+                let labels = model_labels("batch_probe", "1");
+                let running =
+                    prometheus::sum(&metrics, "gridmesh_block:num_requests_running", &labels);
+                (running == Some(1.0)).then_some(())
+            })
+            .await;
+        doomed.kill().await;
+        Instant::now()
+    };
+    let (answer, killed_at) = tokio::join!(call, killed);
+    let took = killed_at.elapsed();
+    assert_status(
+        answer,
+        Code::Unavailable,
+        &["vDAG slow", "node probe"],
+        "a block killed mid-request",
+    );
+    assert!(
+        took < Duration::from_millis(1500),
+        "the error came {took:?} after the kill"
+    );
+}
+
+/// A hop sent twice to one instance (a sender's retry after a lost answer)
+/// runs the block once; both copies are handed on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_duplicate_hop_runs_once() {
+    let (block, _models) = vdag_block().await;
+    let mesh = Mesh::start(block.grpc, block.grpc).await;
+    let mut stats_client = block.client().await;
+    let before = model_stats(&mut stats_client, "vdag_right", "1")
+        .await
+        .inference_count;
+    let features = TensorData::new("features", "FP32", &[1, 4], &[0.1, 0.2, 0.3, 0.4]);
+    let hop = Hop {
+        request_id: "duplicate-1".into(),
+        vdag: "chain".into(),
+        version: "1".into(),
+        node: "c".into(),
+        from: "b".into(),
+        origin: mesh.origin.addr("in").to_string(),
+        origin_identity: String::new(),
+        request: Some(infer_request("", "", &[features], Form::Raw)),
+    };
+    let sidecar = mesh.sidecars["c"].addr("in");
+    let mut client = VDagHopClient::connect(format!("http://{sidecar}"))
+        .await
+        .unwrap();
+    for copy in ["first", "second"] {
+        let mut request = tonic::Request::new(hop.clone());
+        request.set_timeout(Duration::from_secs(10));
+        let mut progress = client.forward(request).await.unwrap().into_inner();
+        let mut steps = Vec::new();
+        while let Some(step) = progress.message().await.unwrap() {
+            steps.push(step.step.unwrap());
+        }
+        assert!(
+            matches!(
+                steps.as_slice(),
+                [
+                    hop_progress::Step::Accepted(_),
+                    hop_progress::Step::HandedOn(_)
+                ]
+            ),
+            "{copy} copy: {steps:?}"
+        );
+    }
+    let after = model_stats(&mut stats_client, "vdag_right", "1")
+        .await
+        .inference_count;
+    assert_eq!(after - before, 1, "the block ran the hop once");
+}
+
+/// 200 vDAG requests at once all succeed, and nothing is held for them
+/// afterwards at any sidecar.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_all_finish_and_leave_nothing_behind() {
+    let (block, _models) = vdag_block().await;
+    let mesh = Mesh::start(block.grpc, block.grpc).await;
+    let expected = expected();
+    let calls = (0..200).map(|_| mesh.call("chain", input_x(&expected), CALL_TIMEOUT));
+    let answers = futures_util::future::join_all(calls).await;
+    let failed: Vec<_> = answers.iter().filter_map(|a| a.as_ref().err()).collect();
+    assert!(
+        failed.is_empty(),
+        "{} failed, first {:?}",
+        failed.len(),
+        failed.first()
+    );
+    let ok = mesh
+        .origin
+        .metric(
+            "gridmesh_vdag_requests_total",
+            &[("vdag", "chain"), ("grpc_status", "0")],
+        )
+        .await;
+    assert_eq!(ok, Some(200.0));
+    for (name, node) in [("a", "a"), ("b", "b"), ("c", "c")] {
+        let labels = [("vdag", "chain"), ("node", node)];
+        let sidecar = &mesh.sidecars[name];
+        let ran = sidecar
+            .metric("gridmesh_vdag_node_duration_seconds_count", &labels)
+            .await;
+        assert_eq!(ran, Some(200.0), "sidecar {name}");
+        let held = sidecar
+            .metric("gridmesh_vdag_hops_in_flight", &labels)
+            .await;
+        assert_eq!(held, Some(0.0), "sidecar {name} still holds hops");
+    }
+}

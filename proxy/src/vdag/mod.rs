@@ -1,0 +1,362 @@
+//! vDAG requests (docs/vdag.md): the pipeline's vDAG step.
+//!
+//! A client's call naming a vDAG (`x-gridmesh-vdag: <name>[:<version>]`)
+//! makes this proxy the request's **origin** ([`origin`]): it hands the
+//! client's input to the entry nodes and answers once every tail has
+//! delivered, or with the first failure, or at the deadline. Every other
+//! step happens at the sidecars of the blocks ([`node`]): a hop arrives on
+//! the inbound listener, the local block runs it, and the same sidecar hands
+//! the output on to the next nodes' sidecars ([`send`]) — never back
+//! through the origin — or, at a tail, delivers it to the origin.
+//!
+//! Ownership: a hop's sender keeps the hop's stream open until the receiver
+//! says `handed_on` (its node and everything after it is done or its
+//! failure reported), so a receiver that dies — sidecar or block — is
+//! noticed by the reset stream within a round trip, and the hop is retried
+//! at another instance or reported to the origin naming the node.
+//!
+//! What this module keeps per request is bounded and ends with it: the
+//! origin's delivery queue, hops taken (deduplication), and the parts of a
+//! join waiting for the rest, all dropped at the request's deadline.
+
+mod node;
+mod origin;
+mod send;
+mod tensors;
+mod wire;
+
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+
+use http::request::Parts;
+use http::{HeaderValue, Method, Response};
+use parking_lot::Mutex;
+use prometheus::{HistogramVec, IntCounterVec, IntGaugeVec};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::body::Body;
+use crate::cluster::Cluster;
+use crate::downstream::ListenerContext;
+use crate::grpc::{self, Code};
+use crate::metrics::{Metrics, counter, gauge, latency_histogram};
+use crate::runtime::Runtime;
+use gridmesh_config::ClusterSpec;
+use gridmesh_identity::{IdentityStore, SpiffeId};
+use gridmesh_proto::hop::Delivery;
+use gridmesh_proto::inference::ModelInferRequest;
+use wire::Status;
+
+/// Names the vDAG a client calls: `<name>` or `<name>:<version>`.
+pub const VDAG_HEADER: &str = "x-gridmesh-vdag";
+const FORWARD_PATH: &str = "/gridmesh.vdag.v1.VDagHop/Forward";
+const DELIVER_PATH: &str = "/gridmesh.vdag.v1.VDagHop/Deliver";
+/// Requests one origin serves at once; more are shed (RESOURCE_EXHAUSTED)
+/// before anything is sent, never midway through a graph.
+const MAX_ORIGIN_REQUESTS: usize = 4096;
+/// Hops one sidecar remembers for deduplication, and join inputs it holds:
+/// beyond these a hop is refused as overload, not buffered.
+const MAX_TAKEN_HOPS: usize = 65_536;
+const MAX_PENDING_JOINS: usize = 4096;
+/// Cached connections to origins (one per origin sidecar in practice).
+const MAX_ORIGIN_CLUSTERS: usize = 1024;
+
+/// What the vDAG step does with a request, decided from its head.
+pub enum Step {
+    /// A client's call of a vDAG: this proxy is its origin.
+    Call(HeaderValue),
+    /// Another sidecar hands this one's block a node's input.
+    Forward,
+    /// A tail's output or a failure, for a request this proxy is origin of.
+    Deliver,
+}
+
+/// The vDAG requests this proxy is origin of or carries a hop of.
+pub struct VDags {
+    metrics: Arc<Metrics>,
+    identity: Option<Arc<IdentityStore>>,
+    observed: VDagMetrics,
+    /// Request id -> where its deliveries go.
+    origins: Mutex<HashMap<String, mpsc::Sender<Delivery>>>,
+    /// Hops taken and not yet expired: a retry that reaches this instance
+    /// again, or a duplicate delivery, runs once.
+    taken: Mutex<HashSet<HopKey>>,
+    joins: Mutex<HashMap<JoinKey, JoinParts>>,
+    origin_clusters: Mutex<HashMap<OriginKey, Arc<Cluster>>>,
+    /// Where deliveries for requests this proxy is origin of are sent: its
+    /// inbound listener, and whether that one takes mTLS.
+    inbound: Mutex<Option<(SocketAddr, bool)>>,
+}
+
+/// (request id, node label) of a join.
+type JoinKey = (String, String);
+/// The inputs a join has so far, by predecessor node.
+type JoinParts = Vec<(usize, ModelInferRequest)>;
+/// An origin's delivery address and the identity it presents.
+type OriginKey = (SocketAddr, Option<SpiffeId>);
+
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct HopKey {
+    request_id: String,
+    node: String,
+    from: String,
+}
+
+struct VDagMetrics {
+    requests: IntCounterVec,
+    duration: HistogramVec,
+    node_duration: HistogramVec,
+    node_failures: IntCounterVec,
+    hop_retries: IntCounterVec,
+    in_flight: IntGaugeVec,
+}
+
+impl VDagMetrics {
+    fn new(metrics: &Metrics) -> Self {
+        let r = &metrics.registry;
+        VDagMetrics {
+            requests: counter(
+                r,
+                "vdag_requests_total",
+                "vDAG requests answered by this proxy as their origin, by gRPC status.",
+                &["vdag", "grpc_status"],
+            ),
+            duration: latency_histogram(
+                r,
+                "vdag_request_duration_seconds",
+                "Time from a vDAG request's arrival at its origin to its answer.",
+                &["vdag"],
+            ),
+            node_duration: latency_histogram(
+                r,
+                "vdag_node_duration_seconds",
+                "Time a node's block took to answer a hop, at the block's sidecar.",
+                &["vdag", "node"],
+            ),
+            node_failures: counter(
+                r,
+                "vdag_node_failures_total",
+                "Hops a node's block or sidecar failed, by gRPC status.",
+                &["vdag", "node", "grpc_status"],
+            ),
+            hop_retries: counter(
+                r,
+                "vdag_hop_retries_total",
+                "Hops sent again to another instance of the node after a failure.",
+                &["vdag", "node"],
+            ),
+            in_flight: gauge(
+                r,
+                "vdag_hops_in_flight",
+                "Hops this sidecar holds for its block (a join's waiting parts included).",
+                &["vdag", "node"],
+            ),
+        }
+    }
+}
+
+impl VDags {
+    pub fn new(metrics: Arc<Metrics>, identity: Option<Arc<IdentityStore>>) -> Self {
+        VDags {
+            observed: VDagMetrics::new(&metrics),
+            metrics,
+            identity,
+            origins: Mutex::new(HashMap::new()),
+            taken: Mutex::new(HashSet::new()),
+            joins: Mutex::new(HashMap::new()),
+            origin_clusters: Mutex::new(HashMap::new()),
+            inbound: Mutex::new(None),
+        }
+    }
+
+    /// Records the inbound listener's address, where this proxy takes
+    /// deliveries as an origin. A wildcard address is reached at the pod's
+    /// IP (`POD_IP`), or on loopback for a mesh on one machine.
+    pub fn set_inbound(&self, addr: SocketAddr, mtls: bool) {
+        let ip = match addr.ip() {
+            ip if !ip.is_unspecified() => ip,
+            _ => std::env::var("POD_IP")
+                .ok()
+                .and_then(|ip| ip.parse().ok())
+                .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+        };
+        *self.inbound.lock() = Some((SocketAddr::new(ip, addr.port()), mtls));
+    }
+
+    /// What the vDAG step does with this request, if anything.
+    pub fn step(parts: &Parts, listener: &ListenerContext) -> Option<Step> {
+        if let Some(name) = parts.headers.get(VDAG_HEADER) {
+            return Some(Step::Call(name.clone()));
+        }
+        if !listener.inbound || parts.method != Method::POST || !grpc::is_grpc(&parts.headers) {
+            return None;
+        }
+        match parts.uri.path() {
+            FORWARD_PATH => Some(Step::Forward),
+            DELIVER_PATH => Some(Step::Deliver),
+            _ => None,
+        }
+    }
+
+    /// Serves a request the vDAG step took. Never fails: errors are gRPC
+    /// answers naming what failed.
+    pub async fn serve(
+        self: &Arc<Self>,
+        step: Step,
+        runtime: Arc<Runtime>,
+        listener: &ListenerContext,
+        parts: Parts,
+        body: Body,
+        start: Instant,
+    ) -> Response<Body> {
+        match step {
+            Step::Call(name) => origin::serve(self, runtime, &name, parts, body, start).await,
+            Step::Forward => node::forward(self, runtime, &listener.name, parts, body).await,
+            Step::Deliver => match wire::read_one::<Delivery>(body).await {
+                Ok(delivery) => {
+                    self.delivered(delivery);
+                    wire::unary(&gridmesh_proto::hop::Delivered {})
+                }
+                Err(status) => wire::error(&status),
+            },
+        }
+    }
+
+    /// Hands a delivery to the origin request waiting for it; one for a
+    /// request that already ended is dropped (nothing outlives a request).
+    fn delivered(&self, delivery: Delivery) {
+        let origins = self.origins.lock();
+        match origins.get(&delivery.request_id) {
+            // Full: the request already has a failure or all its tails.
+            Some(queue) => drop(queue.try_send(delivery)),
+            None => tracing::debug!(
+                request = %delivery.request_id,
+                "delivery for a vDAG request that is no longer waiting"
+            ),
+        }
+    }
+
+    /// Registers a request this proxy is origin of; `None` when too many
+    /// are in flight.
+    fn register(self: &Arc<Self>, capacity: usize) -> Option<Registered> {
+        let mut origins = self.origins.lock();
+        if origins.len() >= MAX_ORIGIN_REQUESTS {
+            return None;
+        }
+        let request_id = format!("{:032x}", rand::random::<u128>());
+        let (queue, deliveries) = mpsc::channel(capacity);
+        origins.insert(request_id.clone(), queue);
+        Some(Registered {
+            vdags: self.clone(),
+            request_id,
+            deliveries,
+        })
+    }
+
+    /// Takes a hop unless this instance already took it; what is taken is
+    /// forgotten at the request's deadline.
+    fn take(self: &Arc<Self>, key: HopKey, deadline: Instant) -> Result<bool, Status> {
+        {
+            let mut taken = self.taken.lock();
+            if taken.len() >= MAX_TAKEN_HOPS {
+                return Err(Status::new(
+                    Code::ResourceExhausted,
+                    format!("this sidecar holds {MAX_TAKEN_HOPS} vDAG hops"),
+                ));
+            }
+            if !taken.insert(key.clone()) {
+                return Ok(false);
+            }
+        }
+        let vdags = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep_until(deadline).await;
+            vdags.taken.lock().remove(&key);
+        });
+        Ok(true)
+    }
+
+    /// Adds one predecessor's part to a join. Returns the parts in the
+    /// node's predecessor order once all of `expected` have arrived.
+    fn join_part(
+        self: &Arc<Self>,
+        key: JoinKey,
+        from: usize,
+        part: ModelInferRequest,
+        expected: &[usize],
+        deadline: Instant,
+    ) -> Result<Option<Vec<ModelInferRequest>>, Status> {
+        let mut joins = self.joins.lock();
+        let first = !joins.contains_key(&key);
+        if first && joins.len() >= MAX_PENDING_JOINS {
+            return Err(Status::new(
+                Code::ResourceExhausted,
+                format!("this sidecar holds {MAX_PENDING_JOINS} joins waiting for inputs"),
+            ));
+        }
+        let parts = joins.entry(key.clone()).or_default();
+        parts.push((from, part));
+        if expected.iter().all(|p| parts.iter().any(|(f, _)| f == p)) {
+            let mut parts = joins.remove(&key).expect("just filled");
+            parts.sort_by_key(|(f, _)| expected.iter().position(|p| p == f));
+            return Ok(Some(parts.into_iter().map(|(_, p)| p).collect()));
+        }
+        if first {
+            let vdags = self.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep_until(deadline).await;
+                vdags.joins.lock().remove(&key);
+            });
+        }
+        Ok(None)
+    }
+
+    /// A connection to an origin, kept for its later deliveries.
+    fn origin_cluster(
+        &self,
+        addr: SocketAddr,
+        identity: Option<SpiffeId>,
+    ) -> Result<Arc<Cluster>, Status> {
+        let key = (addr, identity);
+        if let Some(cluster) = self.origin_clusters.lock().get(&key) {
+            return Ok(cluster.clone());
+        }
+        let spec = ClusterSpec::single_endpoint("vdag-origins", addr, key.1.clone());
+        let cluster = Cluster::new(Arc::new(spec), &self.metrics, None, self.identity.as_ref())
+            .map_err(|e| Status::new(Code::Internal, e.to_string()))?;
+        let mut clusters = self.origin_clusters.lock();
+        if clusters.len() >= MAX_ORIGIN_CLUSTERS {
+            clusters.clear();
+        }
+        Ok(clusters.entry(key).or_insert(cluster).clone())
+    }
+
+    /// This proxy as an origin: its delivery address and SPIFFE ID (empty:
+    /// plaintext).
+    fn origin_address(&self) -> Option<(SocketAddr, String)> {
+        let (addr, mtls) = (*self.inbound.lock())?;
+        let identity = match (mtls, &self.identity) {
+            (true, Some(store)) => store
+                .credentials()
+                .map(|c| c.svid.id.to_string())
+                .unwrap_or_default(),
+            _ => String::new(),
+        };
+        Some((addr, identity))
+    }
+}
+
+/// A request this proxy is origin of; unregistered when dropped, so no
+/// path out of the request leaves its entry behind.
+struct Registered {
+    vdags: Arc<VDags>,
+    request_id: String,
+    deliveries: mpsc::Receiver<Delivery>,
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        self.vdags.origins.lock().remove(&self.request_id);
+    }
+}

@@ -1,0 +1,368 @@
+//! A hop at the sidecar of the node's block, in phases:
+//!
+//! 1. **take**   — decode, check the vDAG and node against this sidecar's
+//!    config, drop a duplicate (request, node, sender), answer `accepted`.
+//! 2. **join**   — a join node waits for all its predecessors' parts (the
+//!    hop that completes it carries the join on; the others are handed on
+//!    once stored).
+//! 3. **run**    — the local block's ModelInfer, through the inbound
+//!    listener's route, within the node's timeout and the deadline.
+//! 4. **hand on** — the output along every edge in parallel, and to the
+//!    origin at a tail; `handed_on` once all of that is done or its failure
+//!    reported to the origin.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
+use http::request::Parts;
+use http::{HeaderMap, Response};
+use http_body_util::channel::Sender;
+use tokio::time::Instant;
+
+use super::send::{self, carried, failure};
+use super::wire::{self, Status};
+use super::{HopKey, VDags, tensors};
+use crate::body::{Body, BoxError};
+use crate::grpc::{self, Code};
+use crate::runtime::Runtime;
+use gridmesh_config::vdag::VDagSpec;
+use gridmesh_proto::hop::{
+    Accepted, Delivery, HandedOn, Hop, HopFailure, HopProgress, TailOutput, delivery, hop_progress,
+};
+use gridmesh_proto::inference::{ModelInferRequest, ModelInferResponse};
+
+const MODEL_INFER_PATH: &str = "/inference.GRPCInferenceService/ModelInfer";
+
+/// Serves one `Forward` call from another sidecar (or the origin).
+pub async fn forward(
+    vdags: &Arc<VDags>,
+    runtime: Arc<Runtime>,
+    listener: &Arc<str>,
+    parts: Parts,
+    body: Body,
+) -> Response<Body> {
+    // 1. take
+    let job = match wire::read_one::<Hop>(body).await {
+        Ok(hop) => Job::new(vdags, runtime, listener, &parts, hop),
+        Err(status) => Err(status),
+    };
+    let job = match job {
+        Ok(job) => job,
+        Err(status) => return wire::error(&status),
+    };
+    let key = HopKey {
+        request_id: job.hop.request_id.clone(),
+        node: job.hop.node.clone(),
+        from: job.hop.from.clone(),
+    };
+    let (mut progress, response) = wire::streamed();
+    match vdags.take(key, job.deadline) {
+        Err(status) => return wire::error(&status),
+        Ok(false) => {
+            // A retry of a hop this instance already has: the first copy
+            // carries it on; this one is done.
+            tracing::debug!(request = %job.hop.request_id, node = %job.hop.node, "duplicate hop dropped");
+            tokio::spawn(async move {
+                report(&mut progress, hop_progress::Step::Accepted(Accepted {})).await;
+                report(&mut progress, hop_progress::Step::HandedOn(HandedOn {})).await;
+                let _ = progress.send_trailers(wire::ok_trailers()).await;
+            });
+        }
+        Ok(true) => {
+            tokio::spawn(async move {
+                report(&mut progress, hop_progress::Step::Accepted(Accepted {})).await;
+                let step = match job.carry().await {
+                    Ok(()) => hop_progress::Step::HandedOn(HandedOn {}),
+                    Err(f) => hop_progress::Step::Failed(f),
+                };
+                report(&mut progress, step).await;
+                let _ = progress.send_trailers(wire::ok_trailers()).await;
+            });
+        }
+    }
+    response
+}
+
+/// Tells the hop's sender how it is going. A sender that went away is not
+/// waited for: the hop is carried on regardless (it may then run twice,
+/// once here and once where the sender retried it).
+async fn report(progress: &mut Sender<Bytes, BoxError>, step: hop_progress::Step) {
+    let message = HopProgress { step: Some(step) };
+    let _ = progress.send_data(wire::frame(&message)).await;
+}
+
+/// One hop this sidecar took.
+struct Job {
+    vdags: Arc<VDags>,
+    runtime: Arc<Runtime>,
+    listener: Arc<str>,
+    spec: Arc<VDagSpec>,
+    node: usize,
+    /// The predecessor it came from; `None` from the origin.
+    from: Option<usize>,
+    hop: Hop,
+    input: ModelInferRequest,
+    deadline: Instant,
+    authority: String,
+    carried: HeaderMap,
+}
+
+impl Job {
+    fn new(
+        vdags: &Arc<VDags>,
+        runtime: Arc<Runtime>,
+        listener: &Arc<str>,
+        parts: &Parts,
+        mut hop: Hop,
+    ) -> Result<Job, Status> {
+        let spec = runtime
+            .snapshot
+            .vdags
+            .get(&hop.vdag)
+            .cloned()
+            .ok_or_else(|| {
+                Status::new(
+                    Code::FailedPrecondition,
+                    format!("this sidecar has no vDAG {:?}", hop.vdag),
+                )
+            })?;
+        if spec.version != hop.version {
+            return Err(Status::new(
+                Code::FailedPrecondition,
+                format!(
+                    "this sidecar holds vDAG {} version {:?}, the hop is for version {:?}",
+                    spec.name, spec.version, hop.version
+                ),
+            ));
+        }
+        let node = spec.node(&hop.node).ok_or_else(|| {
+            Status::new(
+                Code::FailedPrecondition,
+                format!("vDAG {} has no node {:?}", spec.name, hop.node),
+            )
+        })?;
+        let from = match hop.from.as_str() {
+            "" => None,
+            label => Some(
+                spec.node(label)
+                    .filter(|f| spec.nodes[node].previous.contains(f))
+                    .ok_or_else(|| {
+                        Status::new(
+                            Code::FailedPrecondition,
+                            format!(
+                                "in vDAG {}, {label:?} does not lead to {}",
+                                spec.name, hop.node
+                            ),
+                        )
+                    })?,
+            ),
+        };
+        let deadline = match parts.headers.get(grpc::GRPC_TIMEOUT) {
+            Some(value) => {
+                let left = grpc::parse_timeout(value)
+                    .ok_or_else(|| Status::new(Code::InvalidArgument, "malformed grpc-timeout"))?;
+                Instant::now() + left
+            }
+            None => Instant::now() + spec.timeout,
+        };
+        let input = hop
+            .request
+            .take()
+            .ok_or_else(|| Status::new(Code::InvalidArgument, "the hop carries no request"))?;
+        Ok(Job {
+            vdags: vdags.clone(),
+            runtime,
+            listener: listener.clone(),
+            spec,
+            node,
+            from,
+            hop,
+            input,
+            deadline,
+            authority: parts
+                .uri
+                .authority()
+                .map_or_else(|| "block".to_string(), |a| a.to_string()),
+            carried: carried(&parts.headers),
+        })
+    }
+
+    fn label(&self) -> &str {
+        &self.spec.nodes[self.node].label
+    }
+
+    /// Phases 2-4. An error is this node's own failure, for the sender to
+    /// retry elsewhere or report; what fails after the block answered is
+    /// reported to the origin here.
+    async fn carry(self) -> Result<(), HopFailure> {
+        let labels = [self.spec.name.as_str(), self.label()];
+        let in_flight = self.vdags.observed.in_flight.with_label_values(&labels);
+        in_flight.inc();
+        let result = self.join_run_hand_on().await;
+        in_flight.dec();
+        result
+    }
+
+    async fn join_run_hand_on(mut self) -> Result<(), HopFailure> {
+        // 2. join
+        let node = &self.spec.nodes[self.node];
+        let input = std::mem::take(&mut self.input);
+        let input = match (node.previous.len() > 1, self.from) {
+            (true, Some(from)) => {
+                let key = (self.hop.request_id.clone(), node.label.clone());
+                let parts = self
+                    .vdags
+                    .join_part(key, from, input, &node.previous, self.deadline)
+                    .map_err(|s| failure(&node.label, s))?;
+                match parts {
+                    // Stored: the last part's hop carries the join on.
+                    None => return Ok(()),
+                    Some(parts) => tensors::join(parts)
+                        .map_err(|m| failure(&node.label, Status::new(Code::InvalidArgument, m)))?,
+                }
+            }
+            _ => input,
+        };
+
+        // 3. run
+        let answer = self.run(input).await?;
+
+        // 4. hand on
+        let mut next_hops = Vec::with_capacity(node.next.len());
+        for edge in &node.next {
+            let request = tensors::along_edge(&answer, edge)
+                .map_err(|m| failure(&node.label, Status::new(Code::FailedPrecondition, m)))?;
+            next_hops.push((
+                edge.to,
+                Hop {
+                    node: self.spec.nodes[edge.to].label.clone(),
+                    from: node.label.clone(),
+                    request: Some(request),
+                    ..self.hop.clone()
+                },
+            ));
+        }
+        let mut sends = FuturesUnordered::new();
+        for (to, hop) in &next_hops {
+            sends.push(send::hand_on(
+                &self.vdags,
+                &self.runtime,
+                &self.spec,
+                *to,
+                hop,
+                self.deadline,
+                &self.carried,
+            ));
+        }
+        let tail = self.spec.tails.contains(&self.node).then(|| {
+            let output = TailOutput {
+                node: node.label.clone(),
+                response: Some(answer),
+            };
+            self.deliver(delivery::Result::Tail(output))
+        });
+        let handed_on = async {
+            while let Some(sent) = sends.next().await {
+                if let Err(f) = sent {
+                    // Past the deadline the origin has answered already,
+                    // and the node that was late reported itself.
+                    if Instant::now() < self.deadline {
+                        self.deliver(delivery::Result::Failure(f)).await;
+                    }
+                }
+            }
+        };
+        match tail {
+            Some(tail) => drop(tokio::join!(tail, handed_on)),
+            None => handed_on.await,
+        }
+        Ok(())
+    }
+
+    /// The local block's answer for `input`.
+    async fn run(&self, mut input: ModelInferRequest) -> Result<ModelInferResponse, HopFailure> {
+        let node = &self.spec.nodes[self.node];
+        input.model_name.clone_from(&node.model);
+        input.model_version.clone_from(&node.model_version);
+        input.id.clone_from(&self.hop.request_id);
+        let node_deadline = node.timeout.map(|t| Instant::now() + t);
+        let deadline = node_deadline.map_or(self.deadline, |n| n.min(self.deadline));
+        let head = send::grpc_head(&self.authority, MODEL_INFER_PATH, deadline, &self.carried);
+        let started = Instant::now();
+        let result = match self
+            .runtime
+            .route_table(&self.listener)
+            .and_then(|t| t.route(&head))
+        {
+            Some(route) => {
+                let cluster = &self.runtime.clusters[route.action.target.pick()];
+                send::unary::<ModelInferResponse>(cluster, head, wire::frame(&input), deadline)
+                    .await
+            }
+            None => Err(Status::new(
+                Code::Unimplemented,
+                format!("listener {} has no route to the block", self.listener),
+            )),
+        };
+        let labels = [self.spec.name.as_str(), node.label.as_str()];
+        let observed = &self.vdags.observed;
+        let mut status = match result {
+            Ok(answer) => {
+                observed
+                    .node_duration
+                    .with_label_values(&labels)
+                    .observe(started.elapsed().as_secs_f64());
+                return Ok(answer);
+            }
+            Err(status) => status,
+        };
+        let code = status.code.to_string();
+        observed
+            .node_failures
+            .with_label_values(&[labels[0], labels[1], &code])
+            .inc();
+        let late = Instant::now() >= deadline;
+        if late && deadline == self.deadline {
+            status = Status::new(
+                Code::DeadlineExceeded,
+                "its block did not answer before the request's deadline",
+            );
+            let f = failure(&node.label, status);
+            // The node that was late says so itself: every sidecar before
+            // it only sees the deadline pass.
+            self.deliver(delivery::Result::Failure(f.clone())).await;
+            return Err(f);
+        }
+        if late {
+            let timeout = node.timeout.unwrap_or_default();
+            status.message =
+                format!("its block did not answer within the node's timeout of {timeout:?}");
+            let mut f = failure(&node.label, status);
+            // Another instance may be faster.
+            f.retryable = true;
+            return Err(f);
+        }
+        status.message = format!(
+            "its block (model {:?}) failed: {}",
+            node.model, status.message
+        );
+        Err(failure(&node.label, status))
+    }
+
+    async fn deliver(&self, result: delivery::Result) {
+        let delivery = Delivery {
+            request_id: self.hop.request_id.clone(),
+            result: Some(result),
+        };
+        send::deliver(
+            &self.vdags,
+            &self.hop.origin,
+            &self.hop.origin_identity,
+            delivery,
+            &self.carried,
+        )
+        .await;
+    }
+}

@@ -1,0 +1,262 @@
+//! The origin of a vDAG request: the sidecar the client called. It fixes
+//! the request's id and deadline, hands the client's input to the entry
+//! nodes, and answers once every tail has delivered — or with the first
+//! failure reported from anywhere in the graph, or at the deadline. The
+//! client never waits past its deadline, whatever happens in the graph.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
+use http::request::Parts;
+use http::{HeaderName, HeaderValue, Response};
+use tokio::time::Instant;
+
+use super::send::{self, carried};
+use super::wire::{self, Status};
+use super::{Registered, VDags, tensors};
+use crate::body::Body;
+use crate::grpc::{self, Code};
+use crate::runtime::Runtime;
+use gridmesh_config::vdag::VDagSpec;
+use gridmesh_proto::hop::{Hop, HopFailure, delivery};
+use gridmesh_proto::inference::{ModelInferRequest, ModelInferResponse};
+
+/// The answer's header with the request id the hops carried, for finding
+/// the request in logs and traces.
+const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-gridmesh-vdag-request");
+/// The part of the client's deadline the graph does not get (a tenth, at
+/// most this): the time the node that was late has to say so and the origin
+/// to pass it on, so that the client hears which node it was before its own
+/// deadline ends the call.
+const LATE_NODE_RESERVE: Duration = Duration::from_millis(100);
+
+/// Serves a client's call of the vDAG `name`.
+pub async fn serve(
+    vdags: &Arc<VDags>,
+    runtime: Arc<Runtime>,
+    name: &HeaderValue,
+    parts: Parts,
+    body: Body,
+    start: Instant,
+) -> Response<Body> {
+    let called = match called(&runtime, name, &parts) {
+        Ok(called) => called,
+        Err(status) => return wire::error(&status),
+    };
+    let (spec, timeout) = called;
+    let deadline = Instant::now() + timeout;
+    let observed = &vdags.observed;
+    let (result, request_id) = match vdags.register(spec.tails.len() + 1) {
+        Some(registered) => {
+            let request_id = registered.request_id.clone();
+            let reserve = (timeout / 10).min(LATE_NODE_RESERVE);
+            let deadlines = (deadline - reserve, deadline);
+            let result = run(vdags, &runtime, &spec, registered, &parts, body, deadlines).await;
+            (result, Some(request_id))
+        }
+        None => (
+            Err(Status::new(
+                Code::ResourceExhausted,
+                format!(
+                    "this origin has {} vDAG requests in flight",
+                    super::MAX_ORIGIN_REQUESTS
+                ),
+            )),
+            None,
+        ),
+    };
+    let code = result.as_ref().map_or_else(|s| s.code, |_| 0);
+    observed
+        .requests
+        .with_label_values(&[&spec.name, &code.to_string()])
+        .inc();
+    observed
+        .duration
+        .with_label_values(&[&spec.name])
+        .observe(start.elapsed().as_secs_f64());
+    let mut response = match result {
+        Ok(answer) => wire::unary(&answer),
+        Err(mut status) => {
+            status.message = format!("vDAG {}: {}", spec.name, status.message);
+            wire::error(&status)
+        }
+    };
+    if let Some(id) = request_id.and_then(|id| HeaderValue::try_from(id).ok()) {
+        response.headers_mut().insert(REQUEST_ID_HEADER, id);
+    }
+    response
+}
+
+/// The vDAG the header names (at the version it names, if any) and the
+/// request's time: the client's `grpc-timeout` or the vDAG's, whichever is
+/// shorter.
+fn called(
+    runtime: &Runtime,
+    name: &HeaderValue,
+    parts: &Parts,
+) -> Result<(Arc<VDagSpec>, Duration), Status> {
+    let named = name
+        .to_str()
+        .map_err(|_| Status::new(Code::InvalidArgument, "x-gridmesh-vdag is not text"))?;
+    let (name, version) = match named.split_once(':') {
+        Some((name, version)) => (name, Some(version)),
+        None => (named, None),
+    };
+    let spec = runtime
+        .snapshot
+        .vdags
+        .get(name)
+        .ok_or_else(|| Status::new(Code::NotFound, format!("no vDAG named {name:?}")))?;
+    if let Some(version) = version
+        && version != spec.version
+    {
+        return Err(Status::new(
+            Code::NotFound,
+            format!(
+                "vDAG {name} is at version {:?}, not {version:?}",
+                spec.version
+            ),
+        ));
+    }
+    if !grpc::is_grpc(&parts.headers) {
+        return Err(Status::new(
+            Code::InvalidArgument,
+            "a vDAG is called with a gRPC ModelInfer request",
+        ));
+    }
+    let mut timeout = spec.timeout;
+    if let Some(value) = parts.headers.get(grpc::GRPC_TIMEOUT) {
+        let client = grpc::parse_timeout(value)
+            .ok_or_else(|| Status::new(Code::InvalidArgument, "malformed grpc-timeout"))?;
+        timeout = timeout.min(client);
+    }
+    Ok((spec.clone(), timeout))
+}
+
+async fn run(
+    vdags: &Arc<VDags>,
+    runtime: &Runtime,
+    spec: &VDagSpec,
+    mut registered: Registered,
+    parts: &Parts,
+    body: Body,
+    (graph_deadline, deadline): (Instant, Instant),
+) -> Result<ModelInferResponse, Status> {
+    let (origin, origin_identity) = vdags.origin_address().ok_or_else(|| {
+        Status::new(
+            Code::Unavailable,
+            "this sidecar has no inbound listener for the tails to deliver to",
+        )
+    })?;
+    let input: ModelInferRequest = wire::read_one(body).await?;
+    let client_id = input.id.clone();
+    let carried = carried(&parts.headers);
+    let entry_hops: Vec<(usize, Hop)> = spec
+        .entry
+        .iter()
+        .map(|&entry| {
+            let hop = Hop {
+                request_id: registered.request_id.clone(),
+                vdag: spec.name.clone(),
+                version: spec.version.clone(),
+                node: spec.nodes[entry].label.clone(),
+                from: String::new(),
+                origin: origin.to_string(),
+                origin_identity: origin_identity.clone(),
+                request: Some(input.clone()),
+            };
+            (entry, hop)
+        })
+        .collect();
+    let mut entries: FuturesUnordered<_> = entry_hops
+        .iter()
+        .map(|(entry, hop)| {
+            send::hand_on(vdags, runtime, spec, *entry, hop, graph_deadline, &carried)
+        })
+        .collect();
+    let mut answers: Vec<Option<ModelInferResponse>> = vec![None; spec.tails.len()];
+    let deliveries = &mut registered.deliveries;
+    loop {
+        tokio::select! {
+            Some(sent) = entries.next() => {
+                // Late: the deadline branch answers, naming the late node.
+                if let Err(f) = sent && f.code != Code::DeadlineExceeded as u32 {
+                    return Err(failed(f));
+                }
+            }
+            Some(delivery) = deliveries.recv() => match delivery.result {
+                Some(delivery::Result::Tail(output)) => {
+                    let tail = spec.tails.iter().position(|&t| spec.nodes[t].label == output.node);
+                    if let Some(slot) = tail.and_then(|t| answers.get_mut(t))
+                        && slot.is_none()
+                    {
+                        *slot = Some(output.response.unwrap_or_default());
+                    }
+                    if answers.iter().all(Option::is_some) {
+                        break;
+                    }
+                }
+                Some(delivery::Result::Failure(f)) => return Err(failed(f)),
+                None => {}
+            },
+            () = tokio::time::sleep_until(graph_deadline) => {
+                return Err(late(spec, &answers, deliveries, deadline).await);
+            }
+        }
+    }
+    let tails = spec
+        .tails
+        .iter()
+        .zip(answers)
+        .map(|(&t, answer)| (spec.nodes[t].label.as_str(), answer.unwrap_or_default()))
+        .collect();
+    let mut answer = tensors::answer(tails).map_err(|m| Status::new(Code::Internal, m))?;
+    answer.model_name.clone_from(&spec.name);
+    answer.model_version.clone_from(&spec.version);
+    answer.id = client_id;
+    Ok(answer)
+}
+
+fn failed(f: HopFailure) -> Status {
+    Status {
+        code: f.code,
+        message: f.message,
+    }
+}
+
+/// The graph's deadline passed: the late node's own report if it comes
+/// before the client's deadline, else which tails never answered.
+async fn late(
+    spec: &VDagSpec,
+    answers: &[Option<ModelInferResponse>],
+    deliveries: &mut tokio::sync::mpsc::Receiver<gridmesh_proto::hop::Delivery>,
+    deadline: Instant,
+) -> Status {
+    let reported = tokio::time::timeout_at(deadline, async {
+        while let Some(delivery) = deliveries.recv().await {
+            if let Some(delivery::Result::Failure(f)) = delivery.result {
+                return failed(f);
+            }
+        }
+        std::future::pending().await
+    });
+    if let Ok(status) = reported.await {
+        return status;
+    }
+    let missing: Vec<&str> = spec
+        .tails
+        .iter()
+        .zip(answers)
+        .filter(|(_, a)| a.is_none())
+        .map(|(&t, _)| spec.nodes[t].label.as_str())
+        .collect();
+    Status::new(
+        Code::DeadlineExceeded,
+        format!(
+            "the deadline passed before tail(s) {} answered",
+            missing.join(", ")
+        ),
+    )
+}

@@ -1,0 +1,293 @@
+//! The calls a sidecar makes for a vDAG: a hop to an instance of the next
+//! node (held until handed on, retried at another instance when the one
+//! holding it fails), a delivery to the origin, and the local block's
+//! ModelInfer. All are gRPC over the clusters' own connections (mTLS where
+//! the cluster says so), bounded by the request's deadline, which travels
+//! on as `grpc-timeout` with the trace context.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{CONTENT_TYPE, TE};
+use http::request::Parts;
+use http::{HeaderMap, HeaderValue, Request, Version};
+use http_body_util::{BodyExt, Limited};
+use prost::Message;
+use tokio::time::Instant;
+
+use super::wire::{self, Frames, Status};
+use super::{DELIVER_PATH, FORWARD_PATH, VDags};
+use crate::body::full;
+use crate::call::{self, Answer, CallPolicy};
+use crate::cluster::Cluster;
+use crate::grpc::{self, Code};
+use crate::runtime::Runtime;
+use gridmesh_config::vdag::VDagSpec;
+use gridmesh_identity::SpiffeId;
+use gridmesh_proto::hop::{Delivery, Hop, HopFailure, HopProgress, hop_progress};
+
+/// Headers that travel with every call a request makes: its trace context.
+const CARRIED: [&str; 2] = ["traceparent", "tracestate"];
+/// Tries to reach the origin with a delivery. Losing one is not silent:
+/// the origin still answers its client at the deadline.
+const DELIVERY_ATTEMPTS: u32 = 3;
+/// How long a delivery may take, whatever is left of the request's time: a
+/// late node reports after the graph's deadline, while the origin still
+/// waits for its report (an origin that stopped waiting drops it).
+const DELIVERY_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The headers of `headers` that every call of the request carries on.
+pub fn carried(headers: &HeaderMap) -> HeaderMap {
+    let mut kept = HeaderMap::new();
+    for name in CARRIED {
+        if let Some(value) = headers.get(name) {
+            kept.insert(name, value.clone());
+        }
+    }
+    kept
+}
+
+/// Whether another instance may succeed where this failure happened: the
+/// instance, its sidecar or its block was unreachable, gone or overloaded.
+pub fn retryable(code: u32) -> bool {
+    code == Code::Unavailable as u32 || code == Code::ResourceExhausted as u32
+}
+
+/// A failure of `node`, with the message naming it.
+pub fn failure(node: &str, status: Status) -> HopFailure {
+    HopFailure {
+        node: node.to_string(),
+        retryable: retryable(status.code),
+        code: status.code,
+        message: format!("node {node}: {}", status.message),
+    }
+}
+
+/// A gRPC request head for `path` at `authority`, with what is left of the
+/// deadline and the request's carried headers.
+pub fn grpc_head(authority: &str, path: &str, deadline: Instant, carried: &HeaderMap) -> Parts {
+    let uri = format!("http://{authority}{path}");
+    let (mut parts, ()) = Request::post(uri)
+        .version(Version::HTTP_2)
+        .body(())
+        .unwrap_or_default()
+        .into_parts();
+    let headers = &mut parts.headers;
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+    headers.insert(TE, HeaderValue::from_static("trailers"));
+    let left = deadline.saturating_duration_since(Instant::now());
+    headers.insert(grpc::GRPC_TIMEOUT, grpc::format_timeout(left));
+    for (name, value) in carried {
+        headers.insert(name, value.clone());
+    }
+    parts
+}
+
+/// A unary gRPC call to `cluster`, its answer decoded.
+pub async fn unary<M: Message + Default>(
+    cluster: &Arc<Cluster>,
+    head: Parts,
+    request: Bytes,
+    deadline: Instant,
+) -> Result<M, Status> {
+    let policy = CallPolicy {
+        deadline: Some(deadline),
+        ..CallPolicy::default()
+    };
+    let Answer {
+        response,
+        in_flight: _in_flight,
+        admission: _admission,
+        lease: _lease,
+    } = call::call(cluster, head, full(request), &policy)
+        .await
+        .map_err(|e| Status::new(e.grpc_code(), e.to_string()))?;
+    let (head, body) = response.into_parts();
+    wire::check_head(head.status, &head.headers)?;
+    let read = tokio::time::timeout_at(
+        deadline,
+        Limited::new(body, wire::MAX_MESSAGE + 5).collect(),
+    )
+    .await
+    .map_err(|_| Status::new(Code::DeadlineExceeded, "no answer within the deadline"))?
+    .map_err(|e| Status::new(Code::Unavailable, format!("the answer broke off: {e}")))?;
+    if let Some(status) = read.trailers().and_then(wire::status_of)
+        && status.code != 0
+    {
+        return Err(status);
+    }
+    let mut frames = Frames::default();
+    frames.push(&read.to_bytes());
+    frames
+        .next()?
+        .ok_or_else(|| Status::new(Code::Internal, "the answer held no message"))
+}
+
+/// Hands `hop` to an instance of node `node` and holds it until that
+/// instance says it is handed on. What an instance failed at (its sidecar
+/// died, its block failed or is unreachable) is retried at another, up to
+/// the node's retries and within the deadline.
+pub async fn hand_on(
+    vdags: &VDags,
+    runtime: &Runtime,
+    spec: &VDagSpec,
+    node: usize,
+    hop: &Hop,
+    deadline: Instant,
+    carried: &HeaderMap,
+) -> Result<(), HopFailure> {
+    let node = &spec.nodes[node];
+    let cluster = &runtime.clusters[node.cluster];
+    let request = wire::frame(hop);
+    let mut attempt = 0;
+    loop {
+        let head = grpc_head(&cluster.name(), FORWARD_PATH, deadline, carried);
+        let result = forward_once(cluster, head, request.clone(), deadline, &node.label).await;
+        match result {
+            Err(f) if f.retryable && attempt < node.max_retries && Instant::now() < deadline => {
+                tracing::debug!(vdag = %spec.name, node = %node.label, error = %f.message, "retrying a hop at another instance");
+                vdags
+                    .observed
+                    .hop_retries
+                    .with_label_values(&[&spec.name, &node.label])
+                    .inc();
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// One attempt at a hop: the stream is read until `handed_on`, `failed`,
+/// or its end — which, before `handed_on`, means the receiver died.
+async fn forward_once(
+    cluster: &Arc<Cluster>,
+    head: Parts,
+    request: Bytes,
+    deadline: Instant,
+    label: &str,
+) -> Result<(), HopFailure> {
+    let policy = CallPolicy {
+        deadline: Some(deadline),
+        ..CallPolicy::default()
+    };
+    let Answer {
+        response,
+        in_flight: _in_flight,
+        admission: _admission,
+        lease: _lease,
+    } = call::call(cluster, head, full(request), &policy)
+        .await
+        .map_err(|e| failure(label, Status::new(e.grpc_code(), e.to_string())))?;
+    let (head, mut body) = response.into_parts();
+    wire::check_head(head.status, &head.headers).map_err(|s| failure(label, s))?;
+    let mut frames = Frames::default();
+    loop {
+        let next = tokio::time::timeout_at(deadline, body.frame())
+            .await
+            .map_err(|_| {
+                failure(
+                    label,
+                    Status::new(Code::DeadlineExceeded, "not done within the deadline"),
+                )
+            })?;
+        let frame = match next {
+            Some(Ok(frame)) => frame,
+            Some(Err(e)) => {
+                let gone = format!("its sidecar went away mid-hop ({e})");
+                return Err(failure(label, Status::new(Code::Unavailable, gone)));
+            }
+            None => {
+                let gone = "its sidecar ended the hop before handing it on";
+                return Err(failure(label, Status::new(Code::Unavailable, gone)));
+            }
+        };
+        let data = match frame.into_data() {
+            Ok(data) => data,
+            Err(frame) => {
+                let status = frame.trailers_ref().and_then(wire::status_of);
+                let status = status.filter(|s| s.code != 0).unwrap_or_else(|| {
+                    Status::new(
+                        Code::Unavailable,
+                        "its sidecar ended the hop before handing it on",
+                    )
+                });
+                return Err(failure(label, status));
+            }
+        };
+        frames.push(&data);
+        while let Some(progress) = frames
+            .next::<HopProgress>()
+            .map_err(|s| failure(label, s))?
+        {
+            match progress.step {
+                Some(hop_progress::Step::HandedOn(_)) => return Ok(()),
+                Some(hop_progress::Step::Failed(f)) => return Err(f),
+                Some(hop_progress::Step::Accepted(_)) | None => {}
+            }
+        }
+    }
+}
+
+/// Delivers a tail's output or a failure to the request's origin (`origin`
+/// "ip:port", reached with mTLS when `origin_identity` is set).
+pub async fn deliver(
+    vdags: &VDags,
+    origin: &str,
+    origin_identity: &str,
+    delivery: Delivery,
+    carried: &HeaderMap,
+) {
+    let request_id = delivery.request_id.clone();
+    let deadline = Instant::now() + DELIVERY_TIMEOUT;
+    if let Err(error) =
+        try_deliver(vdags, origin, origin_identity, delivery, deadline, carried).await
+    {
+        // The origin answers its client at the deadline regardless.
+        tracing::warn!(request = %request_id, %origin, error = %error.message, "vDAG delivery to the origin failed");
+    }
+}
+
+async fn try_deliver(
+    vdags: &VDags,
+    origin: &str,
+    origin_identity: &str,
+    delivery: Delivery,
+    deadline: Instant,
+    carried: &HeaderMap,
+) -> Result<(), Status> {
+    let addr: SocketAddr = origin.parse().map_err(|_| {
+        Status::new(
+            Code::InvalidArgument,
+            format!("origin {origin:?} is not ip:port"),
+        )
+    })?;
+    if vdags.origin_address().is_some_and(|(own, _)| own == addr) {
+        vdags.delivered(delivery);
+        return Ok(());
+    }
+    let identity = match origin_identity {
+        "" => None,
+        id => Some(SpiffeId::parse(id).map_err(|e| {
+            Status::new(
+                Code::InvalidArgument,
+                format!("origin identity {id:?}: {e}"),
+            )
+        })?),
+    };
+    let cluster = vdags.origin_cluster(addr, identity)?;
+    let request = wire::frame(&delivery);
+    let mut attempt = 1;
+    loop {
+        let head = grpc_head(origin, DELIVER_PATH, deadline, carried);
+        match unary::<gridmesh_proto::hop::Delivered>(&cluster, head, request.clone(), deadline)
+            .await
+        {
+            Ok(_) => return Ok(()),
+            Err(status) if retryable(status.code) && attempt < DELIVERY_ATTEMPTS => attempt += 1,
+            Err(status) => return Err(status),
+        }
+    }
+}
