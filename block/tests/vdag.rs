@@ -87,15 +87,18 @@ struct Mesh {
 /// A sidecar's config: its inbound listener (hops, deliveries, the block)
 /// and an outbound one (the client's calls), both to its block; with
 /// `nodes`, the clusters of every node sidecar and the vDAGs.
-fn sidecar_yaml(block: SocketAddr, nodes: &[(&str, SocketAddr)], vdags: &str) -> String {
+fn sidecar_yaml(block: SocketAddr, nodes: &[(&str, Vec<SocketAddr>)], vdags: &str) -> String {
     let clusters: String = nodes
         .iter()
         .map(|(name, _)| format!("  - {{ name: node-{name}, connectTimeout: 1s }}\n"))
         .collect();
     let endpoints: String = nodes
         .iter()
-        .map(|(name, addr)| {
-            format!("  - {{ cluster: node-{name}, endpoints: [{{ address: \"{addr}\" }}] }}\n")
+        .map(|(name, addrs)| {
+            format!(
+                "  - {{ cluster: node-{name}, endpoints: {} }}\n",
+                harness::endpoints(addrs)
+            )
         })
         .collect();
     format!(
@@ -118,21 +121,30 @@ endpoints:
 }
 
 impl Mesh {
-    /// Sidecars a-d, a in front of `a_block` and the others of `block`,
+    /// Sidecars a-e, a in front of `a_block` and the others of `block`,
     /// then every sidecar given the whole mesh: listeners keep the ports
-    /// they bound.
+    /// they bound. Node cluster node-d has two instances, sidecars d and e.
     async fn start(a_block: SocketAddr, block: SocketAddr) -> Mesh {
-        let blocks = [("a", a_block), ("b", block), ("c", block), ("d", block)];
+        let blocks = [
+            ("a", a_block),
+            ("b", block),
+            ("c", block),
+            ("d", block),
+            ("e", block),
+        ];
         let mut sidecars = HashMap::new();
         for (name, block) in &blocks {
             let proxy = harness::proxy(&sidecar_yaml(*block, &[], "")).await;
             sidecars.insert(*name, proxy);
         }
         let origin = harness::proxy(&sidecar_yaml(blocks[0].1, &[], "")).await;
-        let nodes: Vec<(&str, SocketAddr)> = sidecars
-            .iter()
-            .map(|(name, proxy)| (*name, proxy.addr("in")))
-            .collect();
+        let addr = |name: &str| sidecars[name].addr("in");
+        let nodes = [
+            ("a", vec![addr("a")]),
+            ("b", vec![addr("b")]),
+            ("c", vec![addr("c")]),
+            ("d", vec![addr("d"), addr("e")]),
+        ];
         for (name, block) in &blocks {
             let yaml = sidecar_yaml(*block, &nodes, VDAGS);
             sidecars[name].apply(harness::snapshot(&yaml)).unwrap();
@@ -202,20 +214,14 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// A chain (with an edge renaming a tensor), a diamond (fan-out and a join)
 /// and a graph with two tails give what the same models give in PyTorch.
+/// The join node has two instances: each request's two parts meet at one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chains_diamonds_and_two_tails_compose_as_in_pytorch() {
     let (block, _models) = vdag_block().await;
     let mesh = Mesh::start(block.grpc, block.grpc).await;
     let expected = expected();
-    for (vdag, outputs) in [
-        ("chain", "chain"),
-        ("diamond", "diamond"),
-        ("two-tails", "two_tails"),
-    ] {
-        let answer = mesh
-            .call(vdag, input_x(&expected), CALL_TIMEOUT)
-            .await
-            .unwrap_or_else(|s| panic!("{vdag}: {s:?}"));
+    let check = |vdag: &str, answer: Result<ModelInferResponse, Status>, outputs: &str| {
+        let answer = answer.unwrap_or_else(|s| panic!("{vdag}: {s:?}"));
         assert_eq!(answer.model_name, vdag);
         let outputs = expected[outputs].as_object().unwrap();
         let mut names: Vec<&str> = output_names(&answer);
@@ -227,17 +233,35 @@ async fn chains_diamonds_and_two_tails_compose_as_in_pytorch() {
             let tensor = TensorData::new(name, "FP32", &[2, 4], &floats(data));
             assert_output(&answer, &tensor, Tolerance::Fp32);
         }
+    };
+    for (vdag, outputs) in [("chain", "chain"), ("two-tails", "two_tails")] {
+        let answer = mesh.call(vdag, input_x(&expected), CALL_TIMEOUT).await;
+        check(vdag, answer, outputs);
     }
-    let diamond_joins = mesh.sidecars["d"]
-        .metric(
-            "gridmesh_vdag_node_duration_seconds_count",
-            &[("vdag", "diamond"), ("node", "join")],
-        )
-        .await;
+    const DIAMONDS: usize = 20;
+    let diamonds = (0..DIAMONDS).map(|_| mesh.call("diamond", input_x(&expected), CALL_TIMEOUT));
+    for answer in futures_util::future::join_all(diamonds).await {
+        check("diamond", answer, "diamond");
+    }
+    let mut joins = Vec::new();
+    for instance in ["d", "e"] {
+        let ran = mesh.sidecars[instance]
+            .metric(
+                "gridmesh_vdag_node_duration_seconds_count",
+                &[("vdag", "diamond"), ("node", "join")],
+            )
+            .await;
+        joins.push(ran.unwrap_or_default());
+    }
+    // Random request ids: both instances take some (all 20 on one: 2^-19).
+    assert!(
+        joins.iter().all(|&n| n > 0.0),
+        "joins per instance: {joins:?}"
+    );
     assert_eq!(
-        diamond_joins,
-        Some(1.0),
-        "the join ran once, with both parts"
+        joins.iter().sum::<f64>(),
+        DIAMONDS as f64,
+        "one join run per request"
     );
 }
 

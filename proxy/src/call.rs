@@ -36,6 +36,9 @@ pub struct CallPolicy<'a> {
     /// How long each attempt may wait for response headers.
     pub response_headers_timeout: Option<Duration>,
     pub retry: Option<&'a RetryPolicy>,
+    /// Sends every attempt to the endpoint this key belongs to
+    /// ([`Cluster::pick_by_key`]) instead of the balancer's choice.
+    pub affinity: Option<&'a [u8]>,
     /// Told where each attempt goes and why one is retried (the request's
     /// trace).
     pub attempts: Option<&'a dyn Attempts>,
@@ -85,7 +88,7 @@ pub async fn call(
     } = match policy.retry {
         Some(retry) => send_with_retries(cluster, &upstream, parts, body, retry, policy).await?,
         None => {
-            let endpoint = cluster.pick(&parts.headers)?;
+            let endpoint = pick(cluster, &parts.headers, policy)?;
             if let Some(attempts) = policy.attempts {
                 attempts.sending(0, &endpoint);
             }
@@ -99,6 +102,17 @@ pub async fn call(
         admission,
         lease,
     })
+}
+
+fn pick(
+    cluster: &Cluster,
+    headers: &http::HeaderMap,
+    policy: &CallPolicy<'_>,
+) -> Result<Arc<Endpoint>, ProxyError> {
+    match policy.affinity {
+        Some(key) => cluster.pick_by_key(key),
+        None => cluster.pick(headers),
+    }
 }
 
 /// How requests are addressed upstream: the URI form and authority each
@@ -214,7 +228,7 @@ async fn send_with_retries(
     let replay = Replay::new(body, retry.max_replay_body_bytes);
     let mut attempt = 0;
     loop {
-        let endpoint = cluster.pick(&parts.headers)?;
+        let endpoint = pick(cluster, &parts.headers, policy)?;
         let body = match replay.attempt() {
             Some(body) => body.boxed_unsync(),
             None => return Err(ProxyError::UpstreamReset),

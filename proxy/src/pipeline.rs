@@ -162,6 +162,7 @@ async fn forward(
         deadline,
         response_headers_timeout: route.action.timeouts.response_headers,
         retry: route.action.retry.as_ref(),
+        affinity: None,
         attempts: record.as_ref().map(|r| r as &dyn call::Attempts),
     };
     let Answer {

@@ -381,6 +381,23 @@ impl Cluster {
             .ok_or(ProxyError::NoHealthyUpstream)
     }
 
+    /// The endpoint `key` belongs to, the same on every proxy that holds
+    /// the same endpoint set (rendezvous hashing: a change moves only the
+    /// keys of the endpoints that came or went). For requests that must
+    /// meet at one instance: the parts of a vDAG join.
+    pub fn pick_by_key(&self, key: &[u8]) -> Result<Arc<Endpoint>, ProxyError> {
+        let balancer = self.balancer.load();
+        balancer
+            .endpoints()
+            .iter()
+            .max_by_key(|e| {
+                let seed = twox_hash::XxHash64::oneshot(0, e.addr.to_string().as_bytes());
+                twox_hash::XxHash64::oneshot(seed, key)
+            })
+            .cloned()
+            .ok_or(ProxyError::NoHealthyUpstream)
+    }
+
     /// The protocol to speak upstream for a request that arrived as `downstream`.
     pub fn upstream_version(&self, downstream: Version) -> Version {
         match self.spec.load().protocol {

@@ -89,6 +89,15 @@ pub struct VDags {
     inbound: Mutex<Option<(SocketAddr, bool)>>,
 }
 
+/// Where a join stands after a part arrived.
+enum JoinStep {
+    Complete(Vec<ModelInferRequest>),
+    /// `first`: the join's first part; its hop sees to its expiry.
+    Waiting {
+        first: bool,
+    },
+}
+
 /// (request id, node label) of a join.
 type JoinKey = (String, String);
 /// The inputs a join has so far, by predecessor node.
@@ -277,16 +286,15 @@ impl VDags {
         Ok(true)
     }
 
-    /// Adds one predecessor's part to a join. Returns the parts in the
-    /// node's predecessor order once all of `expected` have arrived.
+    /// Adds one predecessor's part to a join: all of them once all of
+    /// `expected` have arrived, in that order.
     fn join_part(
-        self: &Arc<Self>,
+        &self,
         key: JoinKey,
         from: usize,
         part: ModelInferRequest,
         expected: &[usize],
-        deadline: Instant,
-    ) -> Result<Option<Vec<ModelInferRequest>>, Status> {
+    ) -> Result<JoinStep, Status> {
         let mut joins = self.joins.lock();
         let first = !joins.contains_key(&key);
         if first && joins.len() >= MAX_PENDING_JOINS {
@@ -300,16 +308,18 @@ impl VDags {
         if expected.iter().all(|p| parts.iter().any(|(f, _)| f == p)) {
             let mut parts = joins.remove(&key).expect("just filled");
             parts.sort_by_key(|(f, _)| expected.iter().position(|p| p == f));
-            return Ok(Some(parts.into_iter().map(|(_, p)| p).collect()));
+            return Ok(JoinStep::Complete(
+                parts.into_iter().map(|(_, p)| p).collect(),
+            ));
         }
-        if first {
-            let vdags = self.clone();
-            tokio::spawn(async move {
-                tokio::time::sleep_until(deadline).await;
-                vdags.joins.lock().remove(&key);
-            });
-        }
-        Ok(None)
+        Ok(JoinStep::Waiting { first })
+    }
+
+    /// Drops a join that is still waiting; returns the predecessors whose
+    /// parts had arrived, or `None` when it completed.
+    fn expire_join(&self, key: &JoinKey) -> Option<Vec<usize>> {
+        let parts = self.joins.lock().remove(key)?;
+        Some(parts.into_iter().map(|(from, _)| from).collect())
     }
 
     /// A connection to an origin, kept for its later deliveries.

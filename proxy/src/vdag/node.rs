@@ -23,7 +23,7 @@ use tokio::time::Instant;
 
 use super::send::{self, carried, failure};
 use super::wire::{self, Status};
-use super::{HopKey, VDags, tensors};
+use super::{HopKey, JoinKey, JoinStep, VDags, tensors};
 use crate::body::{Body, BoxError};
 use crate::grpc::{self, Code};
 use crate::runtime::Runtime;
@@ -212,14 +212,19 @@ impl Job {
         let input = match (node.previous.len() > 1, self.from) {
             (true, Some(from)) => {
                 let key = (self.hop.request_id.clone(), node.label.clone());
-                let parts = self
+                let step = self
                     .vdags
-                    .join_part(key, from, input, &node.previous, self.deadline)
+                    .join_part(key.clone(), from, input, &node.previous)
                     .map_err(|s| failure(&node.label, s))?;
-                match parts {
+                match step {
                     // Stored: the last part's hop carries the join on.
-                    None => return Ok(()),
-                    Some(parts) => tensors::join(parts)
+                    JoinStep::Waiting { first } => {
+                        if first {
+                            tokio::spawn(self.expire_join(key));
+                        }
+                        return Ok(());
+                    }
+                    JoinStep::Complete(parts) => tensors::join(parts)
                         .map_err(|m| failure(&node.label, Status::new(Code::InvalidArgument, m)))?,
                 }
             }
@@ -349,6 +354,31 @@ impl Job {
             node.model, status.message
         );
         Err(failure(&node.label, status))
+    }
+
+    /// At the deadline, drops the join if parts are still missing and tells
+    /// the origin which (a part sent to another instance, or never sent).
+    async fn expire_join(self, key: JoinKey) {
+        tokio::time::sleep_until(self.deadline).await;
+        let Some(arrived) = self.vdags.expire_join(&key) else {
+            return;
+        };
+        let node = &self.spec.nodes[self.node];
+        let missing: Vec<&str> = node
+            .previous
+            .iter()
+            .filter(|p| !arrived.contains(p))
+            .map(|&p| self.spec.nodes[p].label.as_str())
+            .collect();
+        let status = Status::new(
+            Code::DeadlineExceeded,
+            format!(
+                "the join's input from {} did not arrive before the deadline",
+                missing.join(", ")
+            ),
+        );
+        let f = failure(&node.label, status);
+        self.deliver(delivery::Result::Failure(f)).await;
     }
 
     async fn deliver(&self, result: delivery::Result) {

@@ -202,7 +202,10 @@ async fn run(
                 None => {}
             },
             () = tokio::time::sleep_until(graph_deadline) => {
-                return Err(late(spec, &answers, deliveries, deadline).await);
+                // Half the reserve for the late node's report, half for
+                // the answer to reach the client.
+                let report_by = graph_deadline + (deadline - graph_deadline) / 2;
+                return Err(late(spec, &answers, deliveries, report_by).await);
             }
         }
     }
@@ -226,15 +229,15 @@ fn failed(f: HopFailure) -> Status {
     }
 }
 
-/// The graph's deadline passed: the late node's own report if it comes
-/// before the client's deadline, else which tails never answered.
+/// The graph's deadline passed: the late node's own report if it comes by
+/// `report_by`, else which tails never answered.
 async fn late(
     spec: &VDagSpec,
     answers: &[Option<ModelInferResponse>],
     deliveries: &mut tokio::sync::mpsc::Receiver<gridmesh_proto::hop::Delivery>,
-    deadline: Instant,
+    report_by: Instant,
 ) -> Status {
-    let reported = tokio::time::timeout_at(deadline, async {
+    let reported = tokio::time::timeout_at(report_by, async {
         while let Some(delivery) = deliveries.recv().await {
             if let Some(delivery::Result::Failure(f)) = delivery.result {
                 return failed(f);

@@ -141,10 +141,18 @@ pub async fn hand_on(
     let node = &spec.nodes[node];
     let cluster = &runtime.clusters[node.cluster];
     let request = wire::frame(hop);
+    // A join's parts must meet at one instance: every predecessor's sidecar
+    // picks the one the request id hashes to.
+    let affinity = (node.previous.len() > 1).then_some(hop.request_id.as_bytes());
+    let policy = CallPolicy {
+        deadline: Some(deadline),
+        affinity,
+        ..CallPolicy::default()
+    };
     let mut attempt = 0;
     loop {
         let head = grpc_head(&cluster.name(), FORWARD_PATH, deadline, carried);
-        let result = forward_once(cluster, head, request.clone(), deadline, &node.label).await;
+        let result = forward_once(cluster, head, request.clone(), &policy, &node.label).await;
         match result {
             Err(f) if f.retryable && attempt < node.max_retries && Instant::now() < deadline => {
                 tracing::debug!(vdag = %spec.name, node = %node.label, error = %f.message, "retrying a hop at another instance");
@@ -166,19 +174,16 @@ async fn forward_once(
     cluster: &Arc<Cluster>,
     head: Parts,
     request: Bytes,
-    deadline: Instant,
+    policy: &CallPolicy<'_>,
     label: &str,
 ) -> Result<(), HopFailure> {
-    let policy = CallPolicy {
-        deadline: Some(deadline),
-        ..CallPolicy::default()
-    };
+    let deadline = policy.deadline.unwrap_or_else(Instant::now);
     let Answer {
         response,
         in_flight: _in_flight,
         admission: _admission,
         lease: _lease,
-    } = call::call(cluster, head, full(request), &policy)
+    } = call::call(cluster, head, full(request), policy)
         .await
         .map_err(|e| failure(label, Status::new(e.grpc_code(), e.to_string())))?;
     let (head, mut body) = response.into_parts();
