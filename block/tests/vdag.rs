@@ -15,6 +15,8 @@ use gridmesh_proto::hop::v_dag_hop_client::VDagHopClient;
 use gridmesh_proto::hop::{Hop, hop_progress};
 use gridmesh_proto::inference::{ModelInferRequest, ModelInferResponse};
 use gridmesh_tests::harness::{self, TestProxy};
+use gridmesh_tests::pki::{TestPki, WorkloadFiles};
+use gridmesh_tests::process::{self, GRIDMESH_PROXY, ProxyConfig, ProxyProcess};
 use gridmesh_tests::prometheus;
 use serde_json::Value;
 use support::*;
@@ -76,6 +78,12 @@ vdags:
     tails: [probe]
     nodes:
       - { label: probe, cluster: node-a, model: batch_probe }
+  - name: slow-b
+    version: "1"
+    entry: [probe]
+    tails: [probe]
+    nodes:
+      - { label: probe, cluster: node-b, model: batch_probe }
 "#;
 
 /// Sidecars in front of blocks, and an origin sidecar for the client.
@@ -84,13 +92,34 @@ struct Mesh {
     origin: TestProxy,
 }
 
+/// How sidecars reach each other's inbound listeners.
+#[derive(Clone, Copy)]
+enum Hops<'a> {
+    Plaintext,
+    /// Every sidecar presents `files` (SPIFFE ID `id`); inbound listeners
+    /// are STRICT, node clusters expect `id`.
+    Mtls {
+        files: &'a WorkloadFiles,
+        id: &'a str,
+    },
+}
+
 /// A sidecar's config: its inbound listener (hops, deliveries, the block)
 /// and an outbound one (the client's calls), both to its block; with
 /// `nodes`, the clusters of every node sidecar and the vDAGs.
-fn sidecar_yaml(block: SocketAddr, nodes: &[(&str, Vec<SocketAddr>)], vdags: &str) -> String {
+fn sidecar_yaml(
+    block: SocketAddr,
+    nodes: &[(&str, Vec<SocketAddr>)],
+    vdags: &str,
+    hops: Hops,
+) -> String {
+    let (identity, tls_mode, expect) = match hops {
+        Hops::Plaintext => (String::new(), "DISABLE", String::new()),
+        Hops::Mtls { files, id } => (files.yaml(), "STRICT", format!(", identity: \"{id}\"")),
+    };
     let clusters: String = nodes
         .iter()
-        .map(|(name, _)| format!("  - {{ name: node-{name}, connectTimeout: 1s }}\n"))
+        .map(|(name, _)| format!("  - {{ name: node-{name}, connectTimeout: 1s{expect} }}\n"))
         .collect();
     let endpoints: String = nodes
         .iter()
@@ -102,9 +131,9 @@ fn sidecar_yaml(block: SocketAddr, nodes: &[(&str, Vec<SocketAddr>)], vdags: &st
         })
         .collect();
     format!(
-        r#"
+        r#"{identity}
 listeners:
-  - {{ name: in, address: "127.0.0.1:0", direction: INBOUND, routeTable: local }}
+  - {{ name: in, address: "127.0.0.1:0", direction: INBOUND, routeTable: local, tlsMode: {tls_mode} }}
   - {{ name: out, address: "127.0.0.1:0", direction: OUTBOUND, routeTable: local }}
 routeTables:
   - name: local
@@ -134,10 +163,10 @@ impl Mesh {
         ];
         let mut sidecars = HashMap::new();
         for (name, block) in &blocks {
-            let proxy = harness::proxy(&sidecar_yaml(*block, &[], "")).await;
+            let proxy = harness::proxy(&sidecar_yaml(*block, &[], "", Hops::Plaintext)).await;
             sidecars.insert(*name, proxy);
         }
-        let origin = harness::proxy(&sidecar_yaml(blocks[0].1, &[], "")).await;
+        let origin = harness::proxy(&sidecar_yaml(blocks[0].1, &[], "", Hops::Plaintext)).await;
         let addr = |name: &str| sidecars[name].addr("in");
         let nodes = [
             ("a", vec![addr("a")]),
@@ -146,10 +175,10 @@ impl Mesh {
             ("d", vec![addr("d"), addr("e")]),
         ];
         for (name, block) in &blocks {
-            let yaml = sidecar_yaml(*block, &nodes, VDAGS);
+            let yaml = sidecar_yaml(*block, &nodes, VDAGS, Hops::Plaintext);
             sidecars[name].apply(harness::snapshot(&yaml)).unwrap();
         }
-        let yaml = sidecar_yaml(blocks[0].1, &nodes, VDAGS);
+        let yaml = sidecar_yaml(blocks[0].1, &nodes, VDAGS, Hops::Plaintext);
         origin.apply(harness::snapshot(&yaml)).unwrap();
         Mesh { sidecars, origin }
     }
@@ -212,6 +241,28 @@ fn input_x(expected: &Value) -> ModelInferRequest {
 
 const CALL_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// Checks a vDAG's answer against PyTorch's outputs under `expected[outputs]`.
+#[track_caller]
+fn assert_composed(
+    expected: &Value,
+    vdag: &str,
+    answer: Result<ModelInferResponse, Status>,
+    outputs: &str,
+) {
+    let answer = answer.unwrap_or_else(|s| panic!("{vdag}: {s:?}"));
+    assert_eq!(answer.model_name, vdag);
+    let outputs = expected[outputs].as_object().unwrap();
+    let mut names: Vec<&str> = output_names(&answer);
+    names.sort_unstable();
+    let mut wanted: Vec<&str> = outputs.keys().map(String::as_str).collect();
+    wanted.sort_unstable();
+    assert_eq!(names, wanted, "{vdag}: outputs");
+    for (name, data) in outputs {
+        let tensor = TensorData::new(name, "FP32", &[2, 4], &floats(data));
+        assert_output(&answer, &tensor, Tolerance::Fp32);
+    }
+}
+
 /// A chain (with an edge renaming a tensor), a diamond (fan-out and a join)
 /// and a graph with two tails give what the same models give in PyTorch.
 /// The join node has two instances: each request's two parts meet at one.
@@ -220,20 +271,7 @@ async fn chains_diamonds_and_two_tails_compose_as_in_pytorch() {
     let (block, _models) = vdag_block().await;
     let mesh = Mesh::start(block.grpc, block.grpc).await;
     let expected = expected();
-    let check = |vdag: &str, answer: Result<ModelInferResponse, Status>, outputs: &str| {
-        let answer = answer.unwrap_or_else(|s| panic!("{vdag}: {s:?}"));
-        assert_eq!(answer.model_name, vdag);
-        let outputs = expected[outputs].as_object().unwrap();
-        let mut names: Vec<&str> = output_names(&answer);
-        names.sort_unstable();
-        let mut wanted: Vec<&str> = outputs.keys().map(String::as_str).collect();
-        wanted.sort_unstable();
-        assert_eq!(names, wanted, "{vdag}: outputs");
-        for (name, data) in outputs {
-            let tensor = TensorData::new(name, "FP32", &[2, 4], &floats(data));
-            assert_output(&answer, &tensor, Tolerance::Fp32);
-        }
-    };
+    let check = |vdag, answer, outputs| assert_composed(&expected, vdag, answer, outputs);
     for (vdag, outputs) in [("chain", "chain"), ("two-tails", "two_tails")] {
         let answer = mesh.call(vdag, input_x(&expected), CALL_TIMEOUT).await;
         check(vdag, answer, outputs);
@@ -428,4 +466,85 @@ async fn concurrent_requests_all_finish_and_leave_nothing_behind() {
             .await;
         assert_eq!(held, Some(0.0), "sidecar {name} still holds hops");
     }
+}
+
+/// Every hop and delivery over mutual TLS (inbound listeners STRICT), one
+/// node's sidecar a real process; SIGKILLed while it holds a hop, the
+/// request fails within about a second, naming the node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hops_go_over_mtls_and_a_killed_sidecar_fails_the_request_within_a_second() {
+    let (block, _models) = vdag_block().await;
+    let pki = TestPki::new();
+    let files = pki.workload("block");
+    let id = TestPki::id("block").to_string();
+    let hops = Hops::Mtls {
+        files: &files,
+        id: &id,
+    };
+    let base = sidecar_yaml(block.grpc, &[], "", hops);
+    let mut sidecars = HashMap::new();
+    for name in ["a", "c", "d", "e"] {
+        sidecars.insert(name, harness::proxy(&base).await);
+    }
+    let origin = harness::proxy(&base).await;
+    let addr = |name: &str| sidecars[name].addr("in");
+    let nodes = |b: Vec<SocketAddr>| {
+        [
+            ("a", vec![addr("a")]),
+            ("b", b),
+            ("c", vec![addr("c")]),
+            ("d", vec![addr("d"), addr("e")]),
+        ]
+    };
+    // b knows the others from the start; they learn its port once bound.
+    let yaml = format!(
+        "admin: {{ address: \"127.0.0.1:0\" }}\n{}",
+        sidecar_yaml(block.grpc, &nodes(vec![]), VDAGS, hops)
+    );
+    let binary = process::binary(GRIDMESH_PROXY).unwrap();
+    let mut b = ProxyProcess::start(
+        &binary,
+        "sidecar-b",
+        ProxyConfig::Yaml(yaml),
+        Duration::from_secs(30),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("sidecar b did not start: {e:#}"));
+    let b_addr = b.listener_address("in").unwrap();
+    let full = sidecar_yaml(block.grpc, &nodes(vec![b_addr]), VDAGS, hops);
+    for proxy in sidecars.values().chain([&origin]) {
+        proxy.apply(harness::snapshot(&full)).unwrap();
+    }
+    let mesh = Mesh { sidecars, origin };
+
+    let expected = expected();
+    let answer = mesh.call("chain", input_x(&expected), CALL_TIMEOUT).await;
+    assert_composed(&expected, "chain", answer, "chain");
+
+    let call = mesh.call("slow-b", probe_request(&[1.0], 30_000), CALL_TIMEOUT);
+    let killed = async {
+        block
+            .poll("the hop running in b's block", async || {
+                let metrics = block.metrics().await;
+                let labels = model_labels("batch_probe", "1");
+                let running =
+                    prometheus::sum(&metrics, "gridmesh_block:num_requests_running", &labels);
+                (running == Some(1.0)).then_some(())
+            })
+            .await;
+        b.kill().await;
+        Instant::now()
+    };
+    let (answer, killed_at) = tokio::join!(call, killed);
+    let took = killed_at.elapsed();
+    assert_status(
+        answer,
+        Code::Unavailable,
+        &["vDAG slow-b", "node probe"],
+        "a sidecar killed mid-hop",
+    );
+    assert!(
+        took < Duration::from_millis(1500),
+        "the error came {took:?} after the kill"
+    );
 }

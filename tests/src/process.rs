@@ -623,6 +623,11 @@ impl ProxyProcess {
         self.process.wait_exit(timeout).await
     }
 
+    /// SIGKILL: the proxy dies at once, as a crash would.
+    pub async fn kill(&mut self) {
+        self.process.kill().await;
+    }
+
     /// See [`ManagedProcess::terminate`]; `grace` should cover the bootstrap's
     /// drain timeout.
     pub async fn terminate(&mut self, grace: Duration) -> Result<ExitStatus> {
