@@ -130,6 +130,12 @@ fn sidecar_yaml(
             )
         })
         .collect();
+    // With the vDAGs, the authority diamond.vdag routes to one.
+    let vdag_host = if vdags.is_empty() {
+        ""
+    } else {
+        "\n      - { name: vdag, domains: [diamond.vdag], routes: [{ name: diamond, route: { vdag: diamond } }] }"
+    };
     format!(
         r#"{identity}
 listeners:
@@ -137,7 +143,8 @@ listeners:
   - {{ name: out, address: "127.0.0.1:0", direction: OUTBOUND, routeTable: local }}
 routeTables:
   - name: local
-    virtualHosts: [{{ name: all, domains: ["*"], routes: [{{ name: all, route: {{ cluster: local }} }}] }}]
+    virtualHosts:{vdag_host}
+      - {{ name: all, domains: ["*"], routes: [{{ name: all, route: {{ cluster: local }} }}] }}
 clusters:
   - {{ name: local }}
 {clusters}
@@ -276,6 +283,16 @@ async fn chains_diamonds_and_two_tails_compose_as_in_pytorch() {
         let answer = mesh.call(vdag, input_x(&expected), CALL_TIMEOUT).await;
         check(vdag, answer, outputs);
     }
+    // A route may call a vDAG too: no header, the authority picks it.
+    let channel =
+        tonic::transport::Endpoint::from_shared(format!("http://{}", mesh.origin.addr("out")))
+            .unwrap()
+            .origin("http://diamond.vdag".parse().unwrap())
+            .connect()
+            .await
+            .unwrap();
+    let answer = Client::new(channel).model_infer(input_x(&expected)).await;
+    check("diamond", answer.map(|r| r.into_inner()), "diamond");
     const DIAMONDS: usize = 20;
     let diamonds = (0..DIAMONDS).map(|_| mesh.call("diamond", input_x(&expected), CALL_TIMEOUT));
     for answer in futures_util::future::join_all(diamonds).await {
@@ -298,8 +315,8 @@ async fn chains_diamonds_and_two_tails_compose_as_in_pytorch() {
     );
     assert_eq!(
         joins.iter().sum::<f64>(),
-        DIAMONDS as f64,
-        "one join run per request"
+        DIAMONDS as f64 + 1.0,
+        "one join run per request (the routed one too)"
     );
 }
 
@@ -363,6 +380,14 @@ async fn a_block_killed_mid_request_fails_it_within_a_second() {
                 (running == Some(1.0)).then_some(())
             })
             .await;
+        // While it runs, the admin views show where the request is.
+        let (status, held) = mesh.sidecars["a"].admin_get("/vdags").await;
+        assert_eq!(status, 200, "{held}");
+        let held: Value = serde_json::from_str(&held).unwrap();
+        assert_eq!(held["heldHops"]["slow"]["probe"], 1, "{held}");
+        let (_, origin) = mesh.origin.admin_get("/vdags").await;
+        let origin: Value = serde_json::from_str(&origin).unwrap();
+        assert_eq!(origin["originRequests"]["slow"], 1, "{origin}");
         doomed.kill().await;
         Instant::now()
     };

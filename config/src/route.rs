@@ -94,6 +94,8 @@ pub struct RouteAction {
 #[derive(Debug, Clone)]
 pub enum Target {
     Cluster(usize),
+    /// A vDAG request: `<name>` or `<name>:<version>`.
+    VDag(String),
     Weighted {
         clusters: Vec<(usize, u32)>,
         total: u32,
@@ -147,6 +149,7 @@ impl RouteTable {
                         *index = map(*index)?;
                     }
                 }
+                Target::VDag(_) => {}
             }
         }
         Some(table)
@@ -272,6 +275,7 @@ impl Target {
         let (single, weighted) = match self {
             Target::Cluster(index) => (Some(*index), &[][..]),
             Target::Weighted { clusters, .. } => (None, &clusters[..]),
+            Target::VDag(_) => (None, &[][..]),
         };
         single
             .into_iter()
@@ -279,20 +283,30 @@ impl Target {
     }
 
     /// The cluster index for one request; weighted targets draw at random.
-    pub fn pick(&self) -> usize {
-        match self {
+    /// `None`: the route calls a vDAG.
+    pub fn pick(&self) -> Option<usize> {
+        Some(match self {
             Target::Cluster(c) => *c,
+            Target::VDag(_) => return None,
             Target::Weighted { clusters, total } => {
                 let mut draw = rand::rng().random_range(0..*total);
                 for (cluster, weight) in clusters {
                     if draw < *weight {
-                        return *cluster;
+                        return Some(*cluster);
                     }
                     draw -= weight;
                 }
                 // Validation guarantees total == sum of weights > 0.
                 clusters[clusters.len() - 1].0
             }
+        })
+    }
+
+    /// The vDAG the route calls, `<name>` or `<name>:<version>`.
+    pub fn vdag(&self) -> Option<&str> {
+        match self {
+            Target::VDag(named) => Some(named),
+            _ => None,
         }
     }
 }

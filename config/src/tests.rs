@@ -1051,7 +1051,7 @@ routeTables:
         .target
     {
         Target::Cluster(index) => s.clusters[index].name.clone(),
-        Target::Weighted { .. } => unreachable!("single-cluster routes"),
+        Target::Weighted { .. } | Target::VDag(_) => unreachable!("single-cluster routes"),
     };
 
     // New endpoints for `second`: only that cluster is converted.

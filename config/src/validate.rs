@@ -561,7 +561,7 @@ fn build(
         })
         .collect();
     let carried_tables = carryover.map(Carryover::route_tables).unwrap_or_default();
-    let route_tables = bootstrap
+    let route_tables: Vec<Arc<RouteTable>> = bootstrap
         .route_tables
         .iter()
         .enumerate()
@@ -594,6 +594,7 @@ fn build(
         .map(|v| (v.name.clone(), Arc::new(v)))
         .collect();
     index_names(&mut c, Kind::VDag, bootstrap.vdags.iter().map(|v| &v.name));
+    vdag_routes(&mut c, &route_tables, &vdags);
     let tracing = bootstrap.tracing.as_ref().and_then(|t| tracing(&mut c, t));
 
     if !c.problems.is_empty() {
@@ -616,6 +617,37 @@ fn build(
         identity,
         tracing,
     })
+}
+
+/// Every route that calls a vDAG names one that exists (at the version it
+/// names, if any): removing a vDAG a route uses is refused.
+fn vdag_routes(
+    c: &mut Checker,
+    tables: &[Arc<RouteTable>],
+    vdags: &HashMap<String, Arc<VDagSpec>>,
+) {
+    for (t, table) in tables.iter().enumerate() {
+        for (h, host) in table.virtual_hosts.iter().enumerate() {
+            for (r, route) in host.routes.iter().enumerate() {
+                let Some(named) = route.action.target.vdag() else {
+                    continue;
+                };
+                let (name, version) = match named.split_once(':') {
+                    Some((name, version)) => (name, Some(version)),
+                    None => (named, None),
+                };
+                let problem = match vdags.get(name) {
+                    None => format!("no vDAG named {name:?}"),
+                    Some(v) if version.is_some_and(|w| w != v.version) => {
+                        format!("vDAG {name} is at version {:?}", v.version)
+                    }
+                    Some(_) => continue,
+                };
+                c.enter(Kind::RouteTable, t, &table.name);
+                c.problem(format!("virtualHosts[{h}].routes[{r}].route.vdag"), problem);
+            }
+        }
+    }
 }
 
 /// A `tracing` section (the bootstrap's, or a listener's).
@@ -1434,6 +1466,18 @@ fn route_action(
         }
         Some(ClusterSpecifier::Cluster(name)) => {
             Target::Cluster(cluster(c, format!("{field}.cluster"), name)?)
+        }
+        // That the vDAG exists is checked once every vDAG is known
+        // (`vdag_routes`), for carried-over route tables too.
+        Some(ClusterSpecifier::Vdag(named)) => {
+            if named.is_empty() || http::HeaderValue::from_str(named).is_err() {
+                c.problem(
+                    format!("{field}.vdag"),
+                    format!("{named:?} is not a vDAG name"),
+                );
+                return None;
+            }
+            Target::VDag(named.clone())
         }
         Some(ClusterSpecifier::WeightedClusters(w)) => {
             let f = format!("{field}.weightedClusters");

@@ -81,16 +81,18 @@ fn handle(shared: &Shared, xds: &XdsStatus, req: Request<Incoming>) -> Response<
             let clusters: Vec<_> = runtime.clusters.iter().map(|c| c.status()).collect();
             json(&clusters)
         }
+        (&Method::GET, "/vdags") => json(&shared.listeners.vdags().status()),
         (&Method::POST, "/drain") => {
             shared.start_drain();
             text(StatusCode::OK, "draining\n")
         }
-        (_, "/live" | "/ready" | "/metrics" | "/config_dump" | "/clusters" | "/drain") => {
-            text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
-        }
+        (
+            _,
+            "/live" | "/ready" | "/metrics" | "/config_dump" | "/clusters" | "/vdags" | "/drain",
+        ) => text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n"),
         _ => text(
             StatusCode::NOT_FOUND,
-            "not found; try /ready /live /metrics /config_dump /clusters, POST /drain\n",
+            "not found; try /ready /live /metrics /config_dump /clusters /vdags, POST /drain\n",
         ),
     }
 }

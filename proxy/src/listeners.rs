@@ -108,6 +108,11 @@ struct Planned {
 }
 
 impl Listeners {
+    /// The vDAG requests the listeners' traffic carries (admin `/vdags`).
+    pub fn vdags(&self) -> &Arc<VDags> {
+        &self.vdags
+    }
+
     pub fn new(
         data_plane: Handle,
         filters: Filters,

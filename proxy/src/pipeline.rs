@@ -6,10 +6,12 @@
 //!    locally, or pause.
 //! 2. **authorize** — the listener's authorization policies (DENY, then
 //!    ALLOW) against the caller's SPIFFE ID and the request head.
-//! 3. **vDAG**    — a client's call of a vDAG, or a hop or a delivery from
-//!    another sidecar, is served by [`crate::vdag`] instead of a route.
+//! 3. **vDAG**    — a client's call of a vDAG (`x-gridmesh-vdag`), or a hop
+//!    or a delivery from another sidecar, is served by [`crate::vdag`]
+//!    instead of a route.
 //! 4. **route**   — the runtime the request is served with from start to
-//!    end; the listener's route table picks a route and its cluster.
+//!    end; the listener's route table picks a route and its cluster — or
+//!    its vDAG, served by [`crate::vdag`] as from step 3.
 //! 5. **prepare** — the deadline (route max duration, client `grpc-timeout`),
 //!    who the mTLS caller was (`x-forwarded-client-cert`), the route's
 //!    request-header mutations, hop-by-hop headers dropped.
@@ -43,7 +45,7 @@ use crate::headers;
 use crate::record::{Ending, RequestRecord};
 use crate::runtime::Runtime;
 use crate::transport::ConnectionContext;
-use crate::vdag::VDags;
+use crate::vdag::{self, VDags};
 use gridmesh_config::authz::{Denial, ListenerAuthz};
 use gridmesh_config::route::Route;
 use gridmesh_identity::SpiffeId;
@@ -145,7 +147,17 @@ async fn forward(
         .route_table(&listener.name)
         .ok_or(ProxyError::ListenerRemoved)?;
     let route = table.route(&parts).ok_or(ProxyError::RouteNotFound)?;
-    let cluster = runtime.clusters[route.action.target.pick()].clone();
+    let Some(cluster) = route.action.target.pick() else {
+        // A route to a vDAG: this sidecar becomes the request's origin.
+        let named = route.action.target.vdag().unwrap_or_default();
+        let named = HeaderValue::from_str(named).map_err(|_| ProxyError::RouteNotFound)?;
+        let vdags = &listener.vdags;
+        let step = vdag::Step::Call(named);
+        let served = Box::pin(vdags.serve(step, runtime.clone(), listener, parts, body, start));
+        let served: std::pin::Pin<Box<dyn Future<Output = Response<Body>> + Send + '_>> = served;
+        return Ok(served.await);
+    };
+    let cluster = runtime.clusters[cluster].clone();
 
     // 5. prepare
     let deadline = deadline(&parts, grpc, route, start)?;

@@ -242,3 +242,37 @@ fn limits_and_names_are_checked() {
     b.vdags.push(twin);
     refused(b, "vdag[1]", "name", "duplicate vdag name \"pipeline\"");
 }
+
+/// A route may call a vDAG; one that names no vDAG, or another version, is
+/// refused — and so is removing a vDAG a route calls.
+#[test]
+fn routes_call_vdags_that_exist() {
+    use gridmesh_proto::config::route_action::ClusterSpecifier;
+    let with_route = |named: &str| {
+        let mut b = diamond();
+        let action = b.route_tables[0].virtual_hosts[0].routes[0]
+            .route
+            .as_mut()
+            .unwrap();
+        action.cluster_specifier = Some(ClusterSpecifier::Vdag(named.into()));
+        b
+    };
+    for named in ["pipeline", "pipeline:3"] {
+        let snapshot = build_snapshot(with_route(named), "x").unwrap_or_else(|e| panic!("{e}"));
+        let route = &snapshot.route_tables[0].virtual_hosts[0].routes[0];
+        assert_eq!(route.action.target.vdag(), Some(named));
+        assert_eq!(route.action.target.pick(), None);
+    }
+    let field = "virtualHosts[0].routes[0].route.vdag";
+    let table = "routeTable \"t\"";
+    refused(with_route("other"), table, field, "no vDAG named \"other\"");
+    refused(
+        with_route("pipeline:4"),
+        table,
+        field,
+        "vDAG pipeline is at version \"3\"",
+    );
+    let mut removed = with_route("pipeline");
+    removed.vdags.clear();
+    refused(removed, table, field, "no vDAG named \"pipeline\"");
+}

@@ -25,13 +25,14 @@ mod send;
 mod tensors;
 mod wire;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
 use http::request::Parts;
 use http::{HeaderValue, Method, Response};
 use parking_lot::Mutex;
+use prometheus::core::Collector;
 use prometheus::{HistogramVec, IntCounterVec, IntGaugeVec};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -77,8 +78,8 @@ pub struct VDags {
     metrics: Arc<Metrics>,
     identity: Option<Arc<IdentityStore>>,
     observed: VDagMetrics,
-    /// Request id -> where its deliveries go.
-    origins: Mutex<HashMap<String, mpsc::Sender<Delivery>>>,
+    /// Request id -> the request this proxy is origin of.
+    origins: Mutex<HashMap<String, Waiting>>,
     /// Hops taken and not yet expired: a retry that reaches this instance
     /// again, or a duplicate delivery, runs once.
     taken: Mutex<HashSet<HopKey>>,
@@ -96,6 +97,12 @@ enum JoinStep {
     Waiting {
         first: bool,
     },
+}
+
+/// A request this proxy is origin of, as deliveries find it.
+struct Waiting {
+    vdag: Arc<str>,
+    deliveries: mpsc::Sender<Delivery>,
 }
 
 /// (request id, node label) of a join.
@@ -238,7 +245,7 @@ impl VDags {
         let origins = self.origins.lock();
         match origins.get(&delivery.request_id) {
             // Full: the request already has a failure or all its tails.
-            Some(queue) => drop(queue.try_send(delivery)),
+            Some(waiting) => drop(waiting.deliveries.try_send(delivery)),
             None => tracing::debug!(
                 request = %delivery.request_id,
                 "delivery for a vDAG request that is no longer waiting"
@@ -248,14 +255,18 @@ impl VDags {
 
     /// Registers a request this proxy is origin of; `None` when too many
     /// are in flight.
-    fn register(self: &Arc<Self>, capacity: usize) -> Option<Registered> {
+    fn register(self: &Arc<Self>, vdag: &str, capacity: usize) -> Option<Registered> {
         let mut origins = self.origins.lock();
         if origins.len() >= MAX_ORIGIN_REQUESTS {
             return None;
         }
         let request_id = format!("{:032x}", rand::random::<u128>());
         let (queue, deliveries) = mpsc::channel(capacity);
-        origins.insert(request_id.clone(), queue);
+        let waiting = Waiting {
+            vdag: vdag.into(),
+            deliveries: queue,
+        };
+        origins.insert(request_id.clone(), waiting);
         Some(Registered {
             vdags: self.clone(),
             request_id,
@@ -340,6 +351,41 @@ impl VDags {
             clusters.clear();
         }
         Ok(clusters.entry(key).or_insert(cluster).clone())
+    }
+
+    /// What `/vdags` on the admin server shows: requests this proxy is
+    /// origin of, per vDAG, and the hops it holds, per vDAG and node.
+    pub fn status(&self) -> serde_json::Value {
+        let mut origin: BTreeMap<&str, u64> = BTreeMap::new();
+        let origins = self.origins.lock();
+        for waiting in origins.values() {
+            *origin.entry(&waiting.vdag).or_default() += 1;
+        }
+        let mut held: BTreeMap<String, BTreeMap<String, i64>> = BTreeMap::new();
+        for family in self.observed.in_flight.collect() {
+            for metric in family.get_metric() {
+                let label = |name: &str| {
+                    metric
+                        .get_label()
+                        .iter()
+                        .find(|l| l.name() == name)
+                        .map(|l| l.value().to_string())
+                        .unwrap_or_default()
+                };
+                let hops = metric.get_gauge().get_value() as i64;
+                if hops > 0 {
+                    held.entry(label("vdag"))
+                        .or_default()
+                        .insert(label("node"), hops);
+                }
+            }
+        }
+        serde_json::json!({
+            "originRequests": origin,
+            "heldHops": held,
+            "takenHops": self.taken.lock().len(),
+            "waitingJoins": self.joins.lock().len(),
+        })
     }
 
     /// This proxy as an origin: its delivery address and SPIFFE ID (empty:

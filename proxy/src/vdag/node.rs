@@ -296,19 +296,19 @@ impl Job {
         let deadline = node_deadline.map_or(self.deadline, |n| n.min(self.deadline));
         let head = send::grpc_head(&self.authority, MODEL_INFER_PATH, deadline, &self.carried);
         let started = Instant::now();
-        let result = match self
-            .runtime
-            .route_table(&self.listener)
-            .and_then(|t| t.route(&head))
-        {
-            Some(route) => {
-                let cluster = &self.runtime.clusters[route.action.target.pick()];
+        let route = (self.runtime.route_table(&self.listener)).and_then(|t| t.route(&head));
+        let result = match route.and_then(|r| r.action.target.pick()) {
+            Some(cluster) => {
+                let cluster = &self.runtime.clusters[cluster];
                 send::unary::<ModelInferResponse>(cluster, head, wire::frame(&input), deadline)
                     .await
             }
             None => Err(Status::new(
                 Code::Unimplemented,
-                format!("listener {} has no route to the block", self.listener),
+                format!(
+                    "listener {} has no route to a cluster for the block",
+                    self.listener
+                ),
             )),
         };
         let labels = [self.spec.name.as_str(), node.label.as_str()];

@@ -48,7 +48,7 @@ pub async fn serve(
     let (spec, timeout) = called;
     let deadline = Instant::now() + timeout;
     let observed = &vdags.observed;
-    let (result, request_id) = match vdags.register(spec.tails.len() + 1) {
+    let (result, request_id) = match vdags.register(&spec.name, spec.tails.len() + 1) {
         Some(registered) => {
             let request_id = registered.request_id.clone();
             let reserve = (timeout / 10).min(LATE_NODE_RESERVE);

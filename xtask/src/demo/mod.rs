@@ -10,6 +10,8 @@
 //!                    |--> block-a sidecar 127.0.0.1:15006 --> sample block "block-a" 127.0.0.1:18080
 //!                    |--> block-b sidecar 127.0.0.1:15106 --> sample block "block-b" 127.0.0.1:18081
 //!                    '--> classifier sidecar 127.0.0.1:15206 --> gridmesh-block 127.0.0.1:18001
+//!                           | vDAG hops: classifier sidecar -> classifier sidecar (one node per model)
+//!                           '--> tail's output --> client sidecar inbound 127.0.0.1:15306 (the origin)
 //! every sidecar and gridmesh-block --> OTLP receiver 127.0.0.1:14317 (in the demo process)
 //! ```
 //!
@@ -20,7 +22,9 @@
 //! through the client sidecar to the echo blocks, KServe v2 inference calls
 //! to the model server (the test models, built by
 //! `block/models/make_test_models.py`, outputs checked against PyTorch's),
-//! one call the echo blocks' AuthorizationPolicy denies, one traced
+//! a vDAG (a diamond of four models, hop by hop through the sidecars, its
+//! output checked against PyTorch's) and a vDAG whose node fails (a prompt
+//! error naming the node), one call the echo blocks' AuthorizationPolicy denies, one traced
 //! inference call whose spans it collects and prints as a tree, then changes a
 //! route in the control plane's
 //! directory while requests flow and waits for the client sidecar to serve
@@ -34,6 +38,7 @@ mod security;
 mod summary;
 mod trace_tree;
 mod traffic;
+mod vdag;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -87,6 +92,8 @@ const MODEL_SERVER_GRPC: &str = "127.0.0.1:18001";
 const MODEL_SERVER_HTTP: &str = "127.0.0.1:18002";
 /// KServe v2 calls the demo sends through the client sidecar.
 const INFERENCE_REQUESTS: usize = 300;
+/// Calls of the `features` vDAG the demo sends through the client sidecar.
+const VDAG_REQUESTS: usize = 100;
 /// Where the model server exports spans (the demo's receiver).
 const OTLP_ENDPOINT: &str = "http://127.0.0.1:14317";
 /// How long the model server may take to load its models.
@@ -382,6 +389,18 @@ async fn run_mesh(
             return Err(error);
         }
     };
+    println!(
+        "==> calling vDAG \"features\" {VDAG_REQUESTS} times and \"broken\" once through {outbound} (the origin)"
+    );
+    let vdag_expected = models_dir.0.join("vdag_expected.json");
+    let vdags = vdag::send(outbound, &vdag_expected, VDAG_REQUESTS, CONCURRENCY).await;
+    let vdags = match vdags {
+        Ok(vdags) => vdags,
+        Err(error) => {
+            summary::print_recent_output(&mesh.sidecars);
+            return Err(error);
+        }
+    };
     println!("==> sending one inference call with a sampled traceparent, collecting its spans");
     let (traceparent, trace_id) = trace_tree::new_traceparent();
     if let Err(error) = inference::traced_call(outbound, &expected, &traceparent).await {
@@ -414,6 +433,7 @@ async fn run_mesh(
     let identities = security::report(&mesh.sidecars).await;
     let failed_requests: u64 = tallies.iter().map(|(_, tally)| tally.failed()).sum::<u64>()
         + inference.tally.failed()
+        + vdags.tally.failed()
         + change.traffic.failed();
     if failed_requests > 0 {
         summary::print_recent_output(&mesh.sidecars);
@@ -440,6 +460,24 @@ async fn run_mesh(
         println!("  {line}");
     }
     println!("  {denied}");
+    println!(
+        "\nvDAGs (examples/mesh/vdags.yaml), called through the client sidecar, which is each request's origin;\n\
+         hops go sidecar to sidecar over mTLS, the tail delivers back to the origin:"
+    );
+    let p50 = vdags.tally.latency_quantile(0.5).unwrap_or_default();
+    println!(
+        "  features (pre -> left, right -> join): {}/{VDAG_REQUESTS} answered, p50 {:.1} ms, y equal to PyTorch's",
+        vdags.tally.succeeded(),
+        p50.as_secs_f64() * 1e3
+    );
+    for (reason, count) in &vdags.tally.failures {
+        println!("    {count} failed: {reason}");
+    }
+    println!(
+        "  broken (its node \"missing\" names no model the block has): failed after {:.1} ms with {}",
+        vdags.failure_after.as_secs_f64() * 1e3,
+        vdags.failure
+    );
     println!(
         "\nOne inference call's trace ({trace_id}), as exported to the OTLP receiver: start after the trace began, duration."
     );
