@@ -248,6 +248,36 @@ fn input_x(expected: &Value) -> ModelInferRequest {
 
 const CALL_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// Waits until `block`'s batch_probe runs one request (a hop's).
+async fn probe_running(block: &BlockServer) {
+    block
+        .poll("a hop running batch_probe", async || {
+            let metrics = block.metrics().await;
+            let labels = model_labels("batch_probe", "1");
+            let running = prometheus::sum(&metrics, "gridmesh_block:num_requests_running", &labels);
+            (running == Some(1.0)).then_some(())
+        })
+        .await;
+}
+
+/// A request to `vdag` whose node `probe` lost its block or sidecar at
+/// `killed_at` failed UNAVAILABLE, naming the node, within 1.5 s.
+#[track_caller]
+fn assert_failed_after_kill(
+    answer: Result<ModelInferResponse, Status>,
+    killed_at: Instant,
+    vdag: &str,
+    case: &str,
+) {
+    let took = killed_at.elapsed();
+    let named = format!("vDAG {vdag}:");
+    assert_status(answer, Code::Unavailable, &[&named, "node probe"], case);
+    assert!(
+        took < Duration::from_millis(1500),
+        "{case}: the error came {took:?} after the kill"
+    );
+}
+
 /// Checks a vDAG's answer against PyTorch's outputs under `expected[outputs]`.
 #[track_caller]
 fn assert_composed(
@@ -371,15 +401,7 @@ async fn a_block_killed_mid_request_fails_it_within_a_second() {
     let mesh = Mesh::start(doomed.grpc, block.grpc).await;
     let call = mesh.call("slow", probe_request(&[1.0], 30_000), CALL_TIMEOUT);
     let killed = async {
-        doomed
-            .poll("the hop running in the doomed block", async || {
-                let metrics = doomed.metrics().await;
-                let labels = model_labels("batch_probe", "1");
-                let running =
-                    prometheus::sum(&metrics, "gridmesh_block:num_requests_running", &labels);
-                (running == Some(1.0)).then_some(())
-            })
-            .await;
+        probe_running(&doomed).await;
         // While it runs, the admin views show where the request is.
         let (status, held) = mesh.sidecars["a"].admin_get("/vdags").await;
         assert_eq!(status, 200, "{held}");
@@ -392,17 +414,7 @@ async fn a_block_killed_mid_request_fails_it_within_a_second() {
         Instant::now()
     };
     let (answer, killed_at) = tokio::join!(call, killed);
-    let took = killed_at.elapsed();
-    assert_status(
-        answer,
-        Code::Unavailable,
-        &["vDAG slow", "node probe"],
-        "a block killed mid-request",
-    );
-    assert!(
-        took < Duration::from_millis(1500),
-        "the error came {took:?} after the kill"
-    );
+    assert_failed_after_kill(answer, killed_at, "slow", "a block killed mid-request");
 }
 
 /// A hop sent twice to one instance (a sender's retry after a lost answer)
@@ -548,28 +560,10 @@ async fn hops_go_over_mtls_and_a_killed_sidecar_fails_the_request_within_a_secon
 
     let call = mesh.call("slow-b", probe_request(&[1.0], 30_000), CALL_TIMEOUT);
     let killed = async {
-        block
-            .poll("the hop running in b's block", async || {
-                let metrics = block.metrics().await;
-                let labels = model_labels("batch_probe", "1");
-                let running =
-                    prometheus::sum(&metrics, "gridmesh_block:num_requests_running", &labels);
-                (running == Some(1.0)).then_some(())
-            })
-            .await;
+        probe_running(&block).await;
         b.kill().await;
         Instant::now()
     };
     let (answer, killed_at) = tokio::join!(call, killed);
-    let took = killed_at.elapsed();
-    assert_status(
-        answer,
-        Code::Unavailable,
-        &["vDAG slow-b", "node probe"],
-        "a sidecar killed mid-hop",
-    );
-    assert!(
-        took < Duration::from_millis(1500),
-        "the error came {took:?} after the kill"
-    );
+    assert_failed_after_kill(answer, killed_at, "slow-b", "a sidecar killed mid-hop");
 }

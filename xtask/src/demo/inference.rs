@@ -145,7 +145,7 @@ pub async fn traced_call(
 }
 
 /// A channel to the client sidecar, for the classifier's authority.
-async fn connect(outbound: SocketAddr) -> Result<Channel> {
+pub(super) async fn connect(outbound: SocketAddr) -> Result<Channel> {
     Endpoint::from_shared(format!("http://{outbound}"))?
         .origin(AUTHORITY.parse().expect("a static URI"))
         .connect_timeout(Duration::from_secs(5))

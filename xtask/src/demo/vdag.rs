@@ -20,7 +20,7 @@ use gridmesh_proto::inference::ModelInferRequest;
 use gridmesh_proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
 use gridmesh_proto::inference::model_infer_request::InferInputTensor;
 use serde_json::Value;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use super::traffic::{Tally, drive};
 
@@ -44,11 +44,9 @@ pub async fn send(
     concurrency: usize,
 ) -> Result<VDagReport> {
     let (request, expected) = load_case(expected_json)?;
-    let channel = Endpoint::from_shared(format!("http://{outbound}"))?
-        .connect_timeout(Duration::from_secs(5))
-        .connect()
-        .await
-        .with_context(|| format!("cannot connect to the client sidecar at {outbound}"))?;
+    // Its authority routes to the classifier, but a vDAG call never
+    // reaches a route: the header makes the client sidecar its origin.
+    let channel = super::inference::connect(outbound).await?;
     let clients = (0..concurrency)
         .map(|_| GrpcInferenceServiceClient::new(channel.clone()))
         .collect();
