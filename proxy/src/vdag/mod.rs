@@ -16,16 +16,18 @@
 //! at another instance or reported to the origin naming the node.
 //!
 //! What this module keeps per request is bounded and ends with it: the
-//! origin's delivery queue, hops taken (deduplication), and the parts of a
-//! join waiting for the rest, all dropped at the request's deadline.
+//! origin's delivery queue (dropped with the answer), hops taken (kept for
+//! deduplication until shortly after they finish, [`taken`]), and the parts
+//! of a join waiting for the rest (dropped at the request's deadline).
 
 mod node;
 mod origin;
 mod send;
+mod taken;
 mod tensors;
 mod wire;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
@@ -47,6 +49,7 @@ use gridmesh_config::ClusterSpec;
 use gridmesh_identity::{IdentityStore, SpiffeId};
 use gridmesh_proto::hop::Delivery;
 use gridmesh_proto::inference::ModelInferRequest;
+use taken::{REMEMBER_FINISHED, Taken};
 use wire::Status;
 
 /// Names the vDAG a client calls: `<name>` or `<name>:<version>`.
@@ -56,9 +59,8 @@ const DELIVER_PATH: &str = "/gridmesh.vdag.v1.VDagHop/Deliver";
 /// Requests one origin serves at once; more are shed (RESOURCE_EXHAUSTED)
 /// before anything is sent, never midway through a graph.
 const MAX_ORIGIN_REQUESTS: usize = 4096;
-/// Hops one sidecar remembers for deduplication, and join inputs it holds:
-/// beyond these a hop is refused as overload, not buffered.
-const MAX_TAKEN_HOPS: usize = 65_536;
+/// Joins one sidecar holds waiting for parts: beyond this a part is
+/// refused as overload, not buffered.
 const MAX_PENDING_JOINS: usize = 4096;
 /// Cached connections to origins (one per origin sidecar in practice).
 const MAX_ORIGIN_CLUSTERS: usize = 1024;
@@ -80,9 +82,9 @@ pub struct VDags {
     observed: VDagMetrics,
     /// Request id -> the request this proxy is origin of.
     origins: Mutex<HashMap<String, Waiting>>,
-    /// Hops taken and not yet expired: a retry that reaches this instance
-    /// again, or a duplicate delivery, runs once.
-    taken: Mutex<HashSet<HopKey>>,
+    /// Hops taken, remembered while they run and a while after: a retry
+    /// that reaches this instance again runs once.
+    taken: Mutex<Taken>,
     joins: Mutex<HashMap<JoinKey, JoinParts>>,
     origin_clusters: Mutex<HashMap<OriginKey, Arc<Cluster>>>,
     /// Where deliveries for requests this proxy is origin of are sent: its
@@ -179,7 +181,7 @@ impl VDags {
             metrics,
             identity,
             origins: Mutex::new(HashMap::new()),
-            taken: Mutex::new(HashSet::new()),
+            taken: Mutex::new(Taken::default()),
             joins: Mutex::new(HashMap::new()),
             origin_clusters: Mutex::new(HashMap::new()),
             inbound: Mutex::new(None),
@@ -274,27 +276,18 @@ impl VDags {
         })
     }
 
-    /// Takes a hop unless this instance already took it; what is taken is
-    /// forgotten at the request's deadline.
-    fn take(self: &Arc<Self>, key: HopKey, deadline: Instant) -> Result<bool, Status> {
-        {
-            let mut taken = self.taken.lock();
-            if taken.len() >= MAX_TAKEN_HOPS {
-                return Err(Status::new(
-                    Code::ResourceExhausted,
-                    format!("this sidecar holds {MAX_TAKEN_HOPS} vDAG hops"),
-                ));
-            }
-            if !taken.insert(key.clone()) {
-                return Ok(false);
-            }
+    /// Takes a hop unless this instance already took it (`None`). The
+    /// guard remembers it until a while after it is dropped, which the hop
+    /// is when it finishes.
+    fn take(self: &Arc<Self>, key: HopKey, deadline: Instant) -> Result<Option<TakenHop>, Status> {
+        if !self.taken.lock().take(key.clone(), Instant::now())? {
+            return Ok(None);
         }
-        let vdags = self.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep_until(deadline).await;
-            vdags.taken.lock().remove(&key);
-        });
-        Ok(true)
+        Ok(Some(TakenHop {
+            vdags: self.clone(),
+            key: Some(key),
+            deadline,
+        }))
     }
 
     /// Adds one predecessor's part to a join: all of them once all of
@@ -400,6 +393,23 @@ impl VDags {
             _ => String::new(),
         };
         Some((addr, identity))
+    }
+}
+
+/// A hop this sidecar carries; remembered for [`REMEMBER_FINISHED`] (or
+/// until its deadline, if sooner) once dropped.
+struct TakenHop {
+    vdags: Arc<VDags>,
+    key: Option<HopKey>,
+    deadline: Instant,
+}
+
+impl Drop for TakenHop {
+    fn drop(&mut self) {
+        if let Some(key) = self.key.take() {
+            let forget_at = (Instant::now() + REMEMBER_FINISHED).min(self.deadline);
+            self.vdags.taken.lock().finished(key, forget_at);
+        }
     }
 }
 

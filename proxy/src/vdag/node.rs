@@ -60,9 +60,10 @@ pub async fn forward(
     let (mut progress, response) = wire::streamed();
     match vdags.take(key, job.deadline) {
         Err(status) => return wire::error(&status),
-        Ok(false) => {
+        Ok(None) => {
             // A retry of a hop this instance already has: the first copy
-            // carries it on; this one is done.
+            // carries it on (and reports its failures to the origin); this
+            // one is done.
             tracing::debug!(request = %job.hop.request_id, node = %job.hop.node, "duplicate hop dropped");
             tokio::spawn(async move {
                 report(&mut progress, hop_progress::Step::Accepted(Accepted {})).await;
@@ -70,13 +71,14 @@ pub async fn forward(
                 let _ = progress.send_trailers(wire::ok_trailers()).await;
             });
         }
-        Ok(true) => {
+        Ok(Some(taken)) => {
             tokio::spawn(async move {
                 report(&mut progress, hop_progress::Step::Accepted(Accepted {})).await;
                 let step = match job.carry().await {
                     Ok(()) => hop_progress::Step::HandedOn(HandedOn {}),
                     Err(f) => hop_progress::Step::Failed(f),
                 };
+                drop(taken);
                 report(&mut progress, step).await;
                 let _ = progress.send_trailers(wire::ok_trailers()).await;
             });
