@@ -15,6 +15,7 @@ use gridmesh_proto::hop::v_dag_hop_client::VDagHopClient;
 use gridmesh_proto::hop::{Hop, hop_progress};
 use gridmesh_proto::inference::{ModelInferRequest, ModelInferResponse};
 use gridmesh_tests::harness::{self, TestProxy};
+use gridmesh_tests::otlp::{self, OtlpReceiver};
 use gridmesh_tests::pki::{TestPki, WorkloadFiles};
 use gridmesh_tests::process::{self, GRIDMESH_PROXY, ProxyConfig, ProxyProcess};
 use gridmesh_tests::prometheus;
@@ -161,19 +162,38 @@ impl Mesh {
     /// then every sidecar given the whole mesh: listeners keep the ports
     /// they bound. Node cluster node-d has two instances, sidecars d and e.
     async fn start(a_block: SocketAddr, block: SocketAddr) -> Mesh {
+        Mesh::start_traced(a_block, block, None).await
+    }
+
+    /// [`Mesh::start`], every sidecar tracing every request to `collector`
+    /// as service `sidecar-<name>` (`sidecar-origin` for the origin).
+    async fn start_traced(
+        a_block: SocketAddr,
+        block: SocketAddr,
+        collector: Option<&OtlpReceiver>,
+    ) -> Mesh {
         let blocks = [
             ("a", a_block),
             ("b", block),
             ("c", block),
             ("d", block),
             ("e", block),
+            ("origin", a_block),
         ];
+        let tracing = |name: &str| match collector {
+            Some(c) => format!(
+                "tracing: {{ endpoint: \"{}\", samplingRatio: 1, resourceAttributes: {{ service.name: sidecar-{name} }} }}\n",
+                c.endpoint()
+            ),
+            None => String::new(),
+        };
+        let yaml = |name: &str, block, nodes: &[(&str, Vec<SocketAddr>)], vdags| {
+            tracing(name) + &sidecar_yaml(block, nodes, vdags, Hops::Plaintext)
+        };
         let mut sidecars = HashMap::new();
-        for (name, block) in &blocks {
-            let proxy = harness::proxy(&sidecar_yaml(*block, &[], "", Hops::Plaintext)).await;
-            sidecars.insert(*name, proxy);
+        for (name, block) in blocks {
+            sidecars.insert(name, harness::proxy(&yaml(name, block, &[], "")).await);
         }
-        let origin = harness::proxy(&sidecar_yaml(blocks[0].1, &[], "", Hops::Plaintext)).await;
         let addr = |name: &str| sidecars[name].addr("in");
         let nodes = [
             ("a", vec![addr("a")]),
@@ -181,12 +201,11 @@ impl Mesh {
             ("c", vec![addr("c")]),
             ("d", vec![addr("d"), addr("e")]),
         ];
-        for (name, block) in &blocks {
-            let yaml = sidecar_yaml(*block, &nodes, VDAGS, Hops::Plaintext);
-            sidecars[name].apply(harness::snapshot(&yaml)).unwrap();
+        for (name, block) in blocks {
+            let snapshot = harness::snapshot(&yaml(name, block, &nodes, VDAGS));
+            sidecars[name].apply(snapshot).unwrap();
         }
-        let yaml = sidecar_yaml(blocks[0].1, &nodes, VDAGS, Hops::Plaintext);
-        origin.apply(harness::snapshot(&yaml)).unwrap();
+        let origin = sidecars.remove("origin").expect("started");
         Mesh { sidecars, origin }
     }
 
@@ -566,4 +585,70 @@ async fn hops_go_over_mtls_and_a_killed_sidecar_fails_the_request_within_a_secon
     };
     let (answer, killed_at) = tokio::join!(call, killed);
     assert_failed_after_kill(answer, killed_at, "slow-b", "a sidecar killed mid-hop");
+}
+
+/// Every hop adds its spans to the caller's trace: the origin's server span
+/// and its client span for the graph, then at each node's sidecar a server
+/// span for the hop (a child of the origin's client span) and a client span
+/// for its block call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_hop_adds_spans_to_the_callers_trace() {
+    let (block, _models) = vdag_block().await;
+    let collector = OtlpReceiver::start().await;
+    let mesh = Mesh::start_traced(block.grpc, block.grpc, Some(&collector)).await;
+    const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let mut client = Client::connect(format!("http://{}", mesh.origin.addr("out")))
+        .await
+        .unwrap();
+    let mut request = tonic::Request::new(input_x(&expected()));
+    let metadata = request.metadata_mut();
+    metadata.insert("x-gridmesh-vdag", "chain".parse().unwrap());
+    let traceparent = format!("00-{TRACE_ID}-00f067aa0ba902b7-01");
+    metadata.insert("traceparent", traceparent.parse().unwrap());
+    client.model_infer(request).await.unwrap();
+
+    let services = ["sidecar-origin", "sidecar-a", "sidecar-b", "sidecar-c"];
+    let spans = collector
+        .wait_for(
+            "server and client spans from the origin and every node",
+            Duration::from_secs(20),
+            |spans| {
+                services.iter().all(|service| {
+                    [otlp::SERVER, otlp::CLIENT].iter().all(|kind| {
+                        spans.iter().any(|s| {
+                            s.service == *service
+                                && s.span.kind == *kind
+                                && s.trace_id() == TRACE_ID
+                        })
+                    })
+                })
+            },
+        )
+        .await;
+    let in_trace: Vec<_> = spans
+        .into_iter()
+        .filter(|s| s.trace_id() == TRACE_ID)
+        .collect();
+    // A sidecar's server span for gRPC method `method` (the origin also
+    // serves the tail's Deliver).
+    let server = |service: &str, method: &str| {
+        in_trace
+            .iter()
+            .find(|s| {
+                s.service == service
+                    && s.span.kind == otlp::SERVER
+                    && s.attribute("rpc.method").as_deref() == Some(method)
+            })
+            .unwrap_or_else(|| panic!("no {service} {method} server span: {in_trace:#?}"))
+    };
+    let origin_server = server("sidecar-origin", "ModelInfer");
+    let origin_client = otlp::find(&in_trace, "sidecar-origin", otlp::CLIENT);
+    assert_eq!(origin_server.parent_span_id(), "00f067aa0ba902b7");
+    assert_eq!(origin_client.parent_span_id(), origin_server.span_id());
+    for node in ["sidecar-a", "sidecar-b", "sidecar-c"] {
+        let hop = server(node, "Forward");
+        let block_call = otlp::find(&in_trace, node, otlp::CLIENT);
+        assert_eq!(hop.parent_span_id(), origin_client.span_id(), "{node}");
+        assert_eq!(block_call.parent_span_id(), hop.span_id(), "{node}");
+    }
 }

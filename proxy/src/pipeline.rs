@@ -137,7 +137,7 @@ async fn forward(
     if let Some(step) = VDags::step(&parts, listener) {
         let vdags = &listener.vdags;
         // Boxed: rare next to routed requests, and large.
-        let served = Box::pin(vdags.serve(step, runtime, listener, parts, body, start));
+        let served = Box::pin(vdags.serve(step, runtime, listener, parts, body, start, record));
         let served: std::pin::Pin<Box<dyn Future<Output = Response<Body>> + Send + '_>> = served;
         return Ok(served.await);
     }
@@ -153,7 +153,9 @@ async fn forward(
         let named = HeaderValue::from_str(named).map_err(|_| ProxyError::RouteNotFound)?;
         let vdags = &listener.vdags;
         let step = vdag::Step::Call(named);
-        let served = Box::pin(vdags.serve(step, runtime.clone(), listener, parts, body, start));
+        let runtime = runtime.clone();
+        let served = vdags.serve(step, runtime, listener, parts, body, start, record);
+        let served = Box::pin(served);
         let served: std::pin::Pin<Box<dyn Future<Output = Response<Body>> + Send + '_>> = served;
         return Ok(served.await);
     };

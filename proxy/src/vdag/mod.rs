@@ -44,6 +44,7 @@ use crate::cluster::Cluster;
 use crate::downstream::ListenerContext;
 use crate::grpc::{self, Code};
 use crate::metrics::{Metrics, counter, gauge, latency_histogram};
+use crate::record::RequestRecord;
 use crate::runtime::Runtime;
 use gridmesh_config::ClusterSpec;
 use gridmesh_identity::{IdentityStore, SpiffeId};
@@ -219,6 +220,9 @@ impl VDags {
 
     /// Serves a request the vDAG step took. Never fails: errors are gRPC
     /// answers naming what failed.
+    /// `record` is taken by a call (it ends with the vDAG's answer) and a
+    /// hop (with the hop), and left to end with the answer otherwise.
+    #[allow(clippy::too_many_arguments)] // the pipeline's state, passed on
     pub async fn serve(
         self: &Arc<Self>,
         step: Step,
@@ -227,10 +231,17 @@ impl VDags {
         parts: Parts,
         body: Body,
         start: Instant,
+        record: &mut Option<RequestRecord>,
     ) -> Response<Body> {
         match step {
-            Step::Call(name) => origin::serve(self, runtime, &name, parts, body, start).await,
-            Step::Forward => node::forward(self, runtime, &listener.name, parts, body).await,
+            Step::Call(name) => {
+                let record = record.take();
+                origin::serve(self, runtime, &name, parts, body, start, record).await
+            }
+            Step::Forward => {
+                let record = record.take();
+                node::forward(self, runtime, &listener.name, parts, body, record).await
+            }
             Step::Deliver => match wire::read_one::<Delivery>(body).await {
                 Ok(delivery) => {
                     self.delivered(delivery);

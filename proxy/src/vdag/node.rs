@@ -17,7 +17,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 use http::request::Parts;
-use http::{HeaderMap, Response};
+use http::{HeaderMap, Response, StatusCode};
 use http_body_util::channel::Sender;
 use tokio::time::Instant;
 
@@ -25,7 +25,9 @@ use super::send::{self, carried, failure};
 use super::wire::{self, Status};
 use super::{HopKey, JoinKey, JoinStep, VDags, tensors};
 use crate::body::{Body, BoxError};
+use crate::call::Attempts;
 use crate::grpc::{self, Code};
+use crate::record::{Ending, RequestRecord};
 use crate::runtime::Runtime;
 use gridmesh_config::vdag::VDagSpec;
 use gridmesh_proto::hop::{
@@ -42,16 +44,21 @@ pub async fn forward(
     listener: &Arc<str>,
     parts: Parts,
     body: Body,
+    record: Option<RequestRecord>,
 ) -> Response<Body> {
     // 1. take
     let job = match wire::read_one::<Hop>(body).await {
         Ok(hop) => Job::new(vdags, runtime, listener, &parts, hop),
         Err(status) => Err(status),
     };
-    let job = match job {
+    let mut job = match job {
         Ok(job) => job,
-        Err(status) => return wire::error(&status),
+        Err(status) => {
+            finish(record, Err(status.code));
+            return wire::error(&status);
+        }
     };
+    job.record = record;
     let key = HopKey {
         request_id: job.hop.request_id.clone(),
         node: job.hop.node.clone(),
@@ -59,8 +66,12 @@ pub async fn forward(
     };
     let (mut progress, response) = wire::streamed();
     match vdags.take(key, job.deadline) {
-        Err(status) => return wire::error(&status),
+        Err(status) => {
+            finish(job.record, Err(status.code));
+            return wire::error(&status);
+        }
         Ok(None) => {
+            finish(job.record, Ok(()));
             // A retry of a hop this instance already has: the first copy
             // carries it on (and reports its failures to the origin); this
             // one is done.
@@ -87,6 +98,19 @@ pub async fn forward(
     response
 }
 
+/// Ends the hop's server span, access log line and request metrics: with
+/// the hop, not with its answer's head.
+fn finish(record: Option<RequestRecord>, result: Result<(), u32>) {
+    if let Some(record) = record {
+        record.finish(Ending {
+            status: StatusCode::OK,
+            grpc_status: Some(result.err().unwrap_or(0)),
+            error: result.is_err().then_some("vdag_hop_failed"),
+            local_body: Some(0),
+        });
+    }
+}
+
 /// Tells the hop's sender how it is going. A sender that went away is not
 /// waited for: the hop is carried on regardless (it may then run twice,
 /// once here and once where the sender retried it).
@@ -109,6 +133,8 @@ struct Job {
     deadline: Instant,
     authority: String,
     carried: HeaderMap,
+    /// What watches the hop's request: its spans, log line and metrics.
+    record: Option<RequestRecord>,
 }
 
 impl Job {
@@ -188,6 +214,7 @@ impl Job {
                 .authority()
                 .map_or_else(|| "block".to_string(), |a| a.to_string()),
             carried: carried(&parts.headers),
+            record: None,
         })
     }
 
@@ -198,16 +225,21 @@ impl Job {
     /// Phases 2-4. An error is this node's own failure, for the sender to
     /// retry elsewhere or report; what fails after the block answered is
     /// reported to the origin here.
-    async fn carry(self) -> Result<(), HopFailure> {
+    async fn carry(mut self) -> Result<(), HopFailure> {
         let labels = [self.spec.name.as_str(), self.label()];
         let in_flight = self.vdags.observed.in_flight.with_label_values(&labels);
         in_flight.inc();
-        let result = self.join_run_hand_on().await;
+        let mut record = self.record.take();
+        let result = self.join_run_hand_on(&mut record).await;
+        finish(record, result.as_ref().map(|_| ()).map_err(|f| f.code));
         in_flight.dec();
         result
     }
 
-    async fn join_run_hand_on(mut self) -> Result<(), HopFailure> {
+    async fn join_run_hand_on(
+        mut self,
+        record: &mut Option<RequestRecord>,
+    ) -> Result<(), HopFailure> {
         // 2. join
         let node = &self.spec.nodes[self.node];
         let input = std::mem::take(&mut self.input);
@@ -234,7 +266,7 @@ impl Job {
         };
 
         // 3. run
-        let answer = self.run(input).await?;
+        let answer = self.run(input, record).await?;
 
         // 4. hand on
         let mut next_hops = Vec::with_capacity(node.next.len());
@@ -288,22 +320,31 @@ impl Job {
         Ok(())
     }
 
-    /// The local block's answer for `input`.
-    async fn run(&self, mut input: ModelInferRequest) -> Result<ModelInferResponse, HopFailure> {
+    /// The local block's answer for `input`; the block call is `record`'s
+    /// client span.
+    async fn run(
+        &self,
+        mut input: ModelInferRequest,
+        record: &mut Option<RequestRecord>,
+    ) -> Result<ModelInferResponse, HopFailure> {
         let node = &self.spec.nodes[self.node];
         input.model_name.clone_from(&node.model);
         input.model_version.clone_from(&node.model_version);
         input.id.clone_from(&self.hop.request_id);
         let node_deadline = node.timeout.map(|t| Instant::now() + t);
         let deadline = node_deadline.map_or(self.deadline, |n| n.min(self.deadline));
-        let head = send::grpc_head(&self.authority, MODEL_INFER_PATH, deadline, &self.carried);
+        let mut head = send::grpc_head(&self.authority, MODEL_INFER_PATH, deadline, &self.carried);
         let started = Instant::now();
         let route = (self.runtime.route_table(&self.listener)).and_then(|t| t.route(&head));
         let result = match route.and_then(|r| r.action.target.pick()) {
             Some(cluster) => {
                 let cluster = &self.runtime.clusters[cluster];
-                send::unary::<ModelInferResponse>(cluster, head, wire::frame(&input), deadline)
-                    .await
+                if let Some(record) = record.as_mut() {
+                    record.routed(&mut head.headers, &node.label, cluster);
+                }
+                let attempts = record.as_ref().map(|r| r as &dyn Attempts);
+                let request = wire::frame(&input);
+                send::unary::<ModelInferResponse>(cluster, head, request, deadline, attempts).await
             }
             None => Err(Status::new(
                 Code::Unimplemented,

@@ -10,7 +10,7 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 use http::request::Parts;
-use http::{HeaderName, HeaderValue, Response};
+use http::{HeaderName, HeaderValue, Response, StatusCode};
 use tokio::time::Instant;
 
 use super::send::{self, carried};
@@ -18,6 +18,7 @@ use super::wire::{self, Status};
 use super::{Registered, VDags, tensors};
 use crate::body::Body;
 use crate::grpc::{self, Code};
+use crate::record::{Ending, RequestRecord};
 use crate::runtime::Runtime;
 use gridmesh_config::vdag::VDagSpec;
 use gridmesh_proto::hop::{Hop, HopFailure, delivery};
@@ -33,6 +34,8 @@ const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-gridmesh-vdag-r
 const LATE_NODE_RESERVE: Duration = Duration::from_millis(100);
 
 /// Serves a client's call of the vDAG `name`.
+/// `record` ends with the answer; the hops' spans are children of its
+/// client span.
 pub async fn serve(
     vdags: &Arc<VDags>,
     runtime: Arc<Runtime>,
@@ -40,10 +43,14 @@ pub async fn serve(
     parts: Parts,
     body: Body,
     start: Instant,
+    mut record: Option<RequestRecord>,
 ) -> Response<Body> {
     let called = match called(&runtime, name, &parts) {
         Ok(called) => called,
-        Err(status) => return wire::error(&status),
+        Err(status) => {
+            finish(record, &Err(status.clone()));
+            return wire::error(&status);
+        }
     };
     let (spec, timeout) = called;
     let deadline = Instant::now() + timeout;
@@ -53,7 +60,13 @@ pub async fn serve(
             let request_id = registered.request_id.clone();
             let reserve = (timeout / 10).min(LATE_NODE_RESERVE);
             let deadlines = (deadline - reserve, deadline);
-            let result = run(vdags, &runtime, &spec, registered, &parts, body, deadlines).await;
+            let call = Call {
+                vdags,
+                runtime: &runtime,
+                spec: &spec,
+                record: record.as_mut(),
+            };
+            let result = call.run(registered, &parts, body, deadlines).await;
             (result, Some(request_id))
         }
         None => (
@@ -67,6 +80,7 @@ pub async fn serve(
             None,
         ),
     };
+    finish(record, &result.as_ref().map(|_| ()).map_err(Clone::clone));
     let code = result.as_ref().map_or_else(|s| s.code, |_| 0);
     observed
         .requests
@@ -135,91 +149,122 @@ fn called(
     Ok((spec.clone(), timeout))
 }
 
-async fn run(
-    vdags: &Arc<VDags>,
-    runtime: &Runtime,
-    spec: &VDagSpec,
-    mut registered: Registered,
-    parts: &Parts,
-    body: Body,
-    (graph_deadline, deadline): (Instant, Instant),
-) -> Result<ModelInferResponse, Status> {
-    let (origin, origin_identity) = vdags.origin_address().ok_or_else(|| {
-        Status::new(
-            Code::Unavailable,
-            "this sidecar has no inbound listener for the tails to deliver to",
-        )
-    })?;
-    let input: ModelInferRequest = wire::read_one(body).await?;
-    let client_id = input.id.clone();
-    let carried = carried(&parts.headers);
-    let entry_hops: Vec<(usize, Hop)> = spec
-        .entry
-        .iter()
-        .map(|&entry| {
-            let hop = Hop {
-                request_id: registered.request_id.clone(),
-                vdag: spec.name.clone(),
-                version: spec.version.clone(),
-                node: spec.nodes[entry].label.clone(),
-                from: String::new(),
-                origin: origin.to_string(),
-                origin_identity: origin_identity.clone(),
-                request: Some(input.clone()),
-            };
-            (entry, hop)
-        })
-        .collect();
-    let mut entries: FuturesUnordered<_> = entry_hops
-        .iter()
-        .map(|(entry, hop)| {
-            send::hand_on(vdags, runtime, spec, *entry, hop, graph_deadline, &carried)
-        })
-        .collect();
-    let mut answers: Vec<Option<ModelInferResponse>> = vec![None; spec.tails.len()];
-    let deliveries = &mut registered.deliveries;
-    loop {
-        tokio::select! {
-            Some(sent) = entries.next() => {
-                // Late: the deadline branch answers, naming the late node.
-                if let Err(f) = sent && f.code != Code::DeadlineExceeded as u32 {
-                    return Err(failed(f));
-                }
-            }
-            Some(delivery) = deliveries.recv() => match delivery.result {
-                Some(delivery::Result::Tail(output)) => {
-                    let tail = spec.tails.iter().position(|&t| spec.nodes[t].label == output.node);
-                    if let Some(slot) = tail.and_then(|t| answers.get_mut(t))
-                        && slot.is_none()
-                    {
-                        *slot = Some(output.response.unwrap_or_default());
+/// Ends the request's server span, access log line and metrics.
+fn finish(record: Option<RequestRecord>, result: &Result<(), Status>) {
+    if let Some(record) = record {
+        record.finish(Ending {
+            status: StatusCode::OK,
+            grpc_status: Some(result.as_ref().map_or_else(|s| s.code, |()| 0)),
+            error: result.is_err().then_some("vdag_failed"),
+            local_body: None,
+        });
+    }
+}
+
+/// What one request is served with.
+struct Call<'a> {
+    vdags: &'a Arc<VDags>,
+    runtime: &'a Runtime,
+    spec: &'a VDagSpec,
+    record: Option<&'a mut RequestRecord>,
+}
+
+impl Call<'_> {
+    async fn run(
+        self,
+        mut registered: Registered,
+        parts: &Parts,
+        body: Body,
+        (graph_deadline, deadline): (Instant, Instant),
+    ) -> Result<ModelInferResponse, Status> {
+        let Call {
+            vdags,
+            runtime,
+            spec,
+            record,
+        } = self;
+        let (origin, origin_identity) = vdags.origin_address().ok_or_else(|| {
+            Status::new(
+                Code::Unavailable,
+                "this sidecar has no inbound listener for the tails to deliver to",
+            )
+        })?;
+        let input: ModelInferRequest = wire::read_one(body).await?;
+        let client_id = input.id.clone();
+        let mut carried = carried(&parts.headers);
+        // The hops' spans hang off this call's client span.
+        if let Some(record) = record {
+            let entry = &runtime.clusters[spec.nodes[spec.entry[0]].cluster];
+            record.routed(&mut carried, &spec.name, entry);
+        }
+        let entry_hops: Vec<(usize, Hop)> = spec
+            .entry
+            .iter()
+            .map(|&entry| {
+                let hop = Hop {
+                    request_id: registered.request_id.clone(),
+                    vdag: spec.name.clone(),
+                    version: spec.version.clone(),
+                    node: spec.nodes[entry].label.clone(),
+                    from: String::new(),
+                    origin: origin.to_string(),
+                    origin_identity: origin_identity.clone(),
+                    request: Some(input.clone()),
+                };
+                (entry, hop)
+            })
+            .collect();
+        let mut entries: FuturesUnordered<_> = entry_hops
+            .iter()
+            .map(|(entry, hop)| {
+                send::hand_on(vdags, runtime, spec, *entry, hop, graph_deadline, &carried)
+            })
+            .collect();
+        let mut answers: Vec<Option<ModelInferResponse>> = vec![None; spec.tails.len()];
+        let deliveries = &mut registered.deliveries;
+        loop {
+            tokio::select! {
+                Some(sent) = entries.next() => {
+                    // Late: the deadline branch answers, naming the late node.
+                    if let Err(f) = sent && f.code != Code::DeadlineExceeded as u32 {
+                        return Err(failed(f));
                     }
-                    if answers.iter().all(Option::is_some) {
-                        break;
-                    }
                 }
-                Some(delivery::Result::Failure(f)) => return Err(failed(f)),
-                None => {}
-            },
-            () = tokio::time::sleep_until(graph_deadline) => {
-                // Half the reserve for the late node's report, half for
-                // the answer to reach the client.
-                let report_by = graph_deadline + (deadline - graph_deadline) / 2;
-                return Err(late(spec, &answers, deliveries, report_by).await);
+                Some(delivery) = deliveries.recv() => match delivery.result {
+                    Some(delivery::Result::Tail(output)) => {
+                        let tail = spec.tails.iter().position(|&t| spec.nodes[t].label == output.node);
+                        if let Some(slot) = tail.and_then(|t| answers.get_mut(t))
+                            && slot.is_none()
+                        {
+                            *slot = Some(output.response.unwrap_or_default());
+                        }
+                        if answers.iter().all(Option::is_some) {
+                            break;
+                        }
+                    }
+                    Some(delivery::Result::Failure(f)) => return Err(failed(f)),
+                    None => {}
+                },
+                () = tokio::time::sleep_until(graph_deadline) => {
+                    // Half the reserve for the late node's report, half for
+                    // the answer to reach the client.
+                    let report_by = graph_deadline + (deadline - graph_deadline) / 2;
+                    return Err(late(spec, &answers, deliveries, report_by).await);
+                }
             }
         }
+        let tails = spec
+            .tails
+            .iter()
+            .zip(answers)
+            .map(|(&t, answer)| (spec.nodes[t].label.as_str(), answer.unwrap_or_default()))
+            .collect();
+        let mut answer = tensors::answer(tails).map_err(|m| Status::new(Code::Internal, m))?;
+        answer.model_name.clone_from(&spec.name);
+        answer.model_version.clone_from(&spec.version);
+        answer.id = client_id;
+        Ok(answer)
     }
-    let tails = spec
-        .tails
-        .iter()
-        .zip(answers)
-        .map(|(&t, answer)| (spec.nodes[t].label.as_str(), answer.unwrap_or_default()))
-        .collect();
-    let mut answer = tensors::answer(tails).map_err(|m| Status::new(Code::Internal, m))?;
-    answer.model_name.clone_from(&spec.name);
-    answer.model_version.clone_from(&spec.version);
-    answer.id = client_id;
-    Ok(answer)
 }
 
 fn failed(f: HopFailure) -> Status {

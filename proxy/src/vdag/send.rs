@@ -20,13 +20,13 @@ use tokio::time::Instant;
 use super::wire::{self, Frames, Status};
 use super::{DELIVER_PATH, FORWARD_PATH, VDags};
 use crate::body::full;
-use crate::call::{self, Answer, CallPolicy};
+use crate::call::{self, Answer, Attempts, CallPolicy};
 use crate::cluster::Cluster;
 use crate::grpc::{self, Code};
 use crate::runtime::Runtime;
 use gridmesh_config::vdag::VDagSpec;
 use gridmesh_identity::SpiffeId;
-use gridmesh_proto::hop::{Delivery, Hop, HopFailure, HopProgress, hop_progress};
+use gridmesh_proto::hop::{Delivered, Delivery, Hop, HopFailure, HopProgress, hop_progress};
 
 /// Headers that travel with every call a request makes: its trace context.
 const CARRIED: [&str; 2] = ["traceparent", "tracestate"];
@@ -91,9 +91,11 @@ pub async fn unary<M: Message + Default>(
     head: Parts,
     request: Bytes,
     deadline: Instant,
+    attempts: Option<&dyn Attempts>,
 ) -> Result<M, Status> {
     let policy = CallPolicy {
         deadline: Some(deadline),
+        attempts,
         ..CallPolicy::default()
     };
     let Answer {
@@ -287,9 +289,8 @@ async fn try_deliver(
     let mut attempt = 1;
     loop {
         let head = grpc_head(origin, DELIVER_PATH, deadline, carried);
-        match unary::<gridmesh_proto::hop::Delivered>(&cluster, head, request.clone(), deadline)
-            .await
-        {
+        let answer = unary::<Delivered>(&cluster, head, request.clone(), deadline, None);
+        match answer.await {
             Ok(_) => return Ok(()),
             Err(status) if retryable(status.code) && attempt < DELIVERY_ATTEMPTS => attempt += 1,
             Err(status) => return Err(status),
