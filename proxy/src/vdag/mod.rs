@@ -168,7 +168,7 @@ impl VDagMetrics {
             in_flight: gauge(
                 r,
                 "vdag_hops_in_flight",
-                "Hops this sidecar holds for its block (a join's waiting parts included).",
+                "Hops this sidecar carries for its block (a join's parts waiting for the others: /vdags).",
                 &["vdag", "node"],
             ),
         }
