@@ -79,6 +79,18 @@ vdags:
     tails: [probe]
     nodes:
       - { label: probe, cluster: node-a, model: batch_probe }
+  - name: retried
+    version: "1"
+    entry: [pre]
+    tails: [pre]
+    nodes:
+      - { label: pre, cluster: node-ab, model: vdag_pre, maxRetries: 1 }
+  - name: retried-alone
+    version: "1"
+    entry: [pre]
+    tails: [pre]
+    nodes:
+      - { label: pre, cluster: node-a, model: vdag_pre, maxRetries: 1 }
   - name: slow-b
     version: "1"
     entry: [probe]
@@ -120,7 +132,11 @@ fn sidecar_yaml(
     };
     let clusters: String = nodes
         .iter()
-        .map(|(name, _)| format!("  - {{ name: node-{name}, connectTimeout: 1s{expect} }}\n"))
+        // RANDOM: a retry reaches another instance because it avoids the
+        // one that failed, not by the balancer's turn.
+        .map(|(name, _)| {
+            format!("  - {{ name: node-{name}, connectTimeout: 1s, lbPolicy: RANDOM{expect} }}\n")
+        })
         .collect();
     let endpoints: String = nodes
         .iter()
@@ -200,6 +216,7 @@ impl Mesh {
             ("b", vec![addr("b")]),
             ("c", vec![addr("c")]),
             ("d", vec![addr("d"), addr("e")]),
+            ("ab", vec![addr("a"), addr("b")]),
         ];
         for (name, block) in blocks {
             let snapshot = harness::snapshot(&yaml(name, block, &nodes, VDAGS));
@@ -436,6 +453,70 @@ async fn a_block_killed_mid_request_fails_it_within_a_second() {
     assert_failed_after_kill(answer, killed_at, "slow", "a block killed mid-request");
 }
 
+/// A node instance whose block is gone fails its hop as retryable, and the
+/// sender tries the node's other instance: every request succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hop_is_retried_at_another_instance() {
+    let (block, _models) = vdag_block().await;
+    let (mut gone, _gone_models) = vdag_block().await;
+    gone.kill().await;
+    // Node cluster node-ab: sidecar a (its block gone) and sidecar b.
+    let mesh = Mesh::start(gone.grpc, block.grpc).await;
+    for i in 0..10 {
+        let answer = mesh
+            .call("retried", input_x(&expected()), CALL_TIMEOUT)
+            .await;
+        answer.unwrap_or_else(|s| panic!("request {i}: {s:?}"));
+    }
+    let retries = mesh
+        .origin
+        .metric(
+            "gridmesh_vdag_hop_retries_total",
+            &[("vdag", "retried"), ("node", "pre")],
+        )
+        .await;
+    assert!(
+        retries.is_some_and(|r| r > 0.0),
+        "hops retried: {retries:?}"
+    );
+    let failures = mesh.sidecars["a"]
+        .metric(
+            "gridmesh_vdag_node_failures_total",
+            &[("vdag", "retried"), ("node", "pre"), ("grpc_status", "14")],
+        )
+        .await;
+    assert_eq!(failures, retries, "every retry followed a failure at a");
+
+    // With one instance, the retry goes back to it and runs again (a
+    // failed hop is not remembered as done): a prompt error, two tries.
+    let started = Instant::now();
+    let alone = mesh
+        .call("retried-alone", input_x(&expected()), CALL_TIMEOUT)
+        .await;
+    assert_status(
+        alone,
+        Code::Unavailable,
+        &["vDAG retried-alone", "node pre"],
+        "a node whose only instance fails",
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        started.elapsed()
+    );
+    let tries = mesh.sidecars["a"]
+        .metric(
+            "gridmesh_vdag_node_failures_total",
+            &[
+                ("vdag", "retried-alone"),
+                ("node", "pre"),
+                ("grpc_status", "14"),
+            ],
+        )
+        .await;
+    assert_eq!(tries, Some(2.0));
+}
+
 /// A hop sent twice to one instance (a sender's retry after a lost answer)
 /// runs the block once; both copies are handed on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -550,6 +631,7 @@ async fn hops_go_over_mtls_and_a_killed_sidecar_fails_the_request_within_a_secon
             ("b", b),
             ("c", vec![addr("c")]),
             ("d", vec![addr("d"), addr("e")]),
+            ("ab", vec![addr("a")]),
         ]
     };
     // b knows the others from the start; they learn its port once bound.

@@ -177,6 +177,7 @@ async fn forward(
         response_headers_timeout: route.action.timeouts.response_headers,
         retry: route.action.retry.as_ref(),
         affinity: None,
+        avoid: &[],
         attempts: record.as_ref().map(|r| r as &dyn call::Attempts),
     };
     let Answer {

@@ -415,6 +415,16 @@ struct TakenHop {
     deadline: Instant,
 }
 
+impl TakenHop {
+    /// The hop failed: forgotten at once, so that the sender's retry — which
+    /// may come back to this instance — runs it again.
+    fn failed(mut self) {
+        if let Some(key) = self.key.take() {
+            self.vdags.taken.lock().failed(&key);
+        }
+    }
+}
+
 impl Drop for TakenHop {
     fn drop(&mut self) {
         if let Some(key) = self.key.take() {

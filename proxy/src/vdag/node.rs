@@ -86,10 +86,15 @@ pub async fn forward(
             tokio::spawn(async move {
                 report(&mut progress, hop_progress::Step::Accepted(Accepted {})).await;
                 let step = match job.carry().await {
-                    Ok(()) => hop_progress::Step::HandedOn(HandedOn {}),
-                    Err(f) => hop_progress::Step::Failed(f),
+                    Ok(()) => {
+                        drop(taken);
+                        hop_progress::Step::HandedOn(HandedOn {})
+                    }
+                    Err(f) => {
+                        taken.failed();
+                        hop_progress::Step::Failed(f)
+                    }
                 };
-                drop(taken);
                 report(&mut progress, step).await;
                 let _ = progress.send_trailers(wire::ok_trailers()).await;
             });

@@ -14,6 +14,7 @@ use http::header::{CONTENT_TYPE, TE};
 use http::request::Parts;
 use http::{HeaderMap, HeaderValue, Request, Version};
 use http_body_util::{BodyExt, Limited};
+use parking_lot::Mutex;
 use prost::Message;
 use tokio::time::Instant;
 
@@ -21,7 +22,7 @@ use super::wire::{self, Frames, Status};
 use super::{DELIVER_PATH, FORWARD_PATH, VDags};
 use crate::body::full;
 use crate::call::{self, Answer, Attempts, CallPolicy};
-use crate::cluster::Cluster;
+use crate::cluster::{Cluster, Endpoint};
 use crate::grpc::{self, Code};
 use crate::runtime::Runtime;
 use gridmesh_config::vdag::VDagSpec;
@@ -146,15 +147,21 @@ pub async fn hand_on(
     // A join's parts must meet at one instance: every predecessor's sidecar
     // picks the one the request id hashes to.
     let affinity = (node.previous.len() > 1).then_some(hop.request_id.as_bytes());
-    let policy = CallPolicy {
-        deadline: Some(deadline),
-        affinity,
-        ..CallPolicy::default()
-    };
+    // Other nodes' retries go to instances not tried yet.
+    let mut tried = Vec::new();
     let mut attempt = 0;
     loop {
+        let sent_to = SentTo::default();
+        let policy = CallPolicy {
+            deadline: Some(deadline),
+            affinity,
+            avoid: &tried,
+            attempts: Some(&sent_to),
+            ..CallPolicy::default()
+        };
         let head = grpc_head(&cluster.name(), FORWARD_PATH, deadline, carried);
         let result = forward_once(cluster, head, request.clone(), &policy, &node.label).await;
+        tried.extend(sent_to.0.lock().take());
         match result {
             Err(f) if f.retryable && attempt < node.max_retries && Instant::now() < deadline => {
                 tracing::debug!(vdag = %spec.name, node = %node.label, error = %f.message, "retrying a hop at another instance");
@@ -168,6 +175,18 @@ pub async fn hand_on(
             other => return other,
         }
     }
+}
+
+/// Where a hop's attempt went.
+#[derive(Default)]
+struct SentTo(Mutex<Option<SocketAddr>>);
+
+impl Attempts for SentTo {
+    fn sending(&self, _attempt: u32, endpoint: &Endpoint) {
+        *self.0.lock() = Some(endpoint.addr);
+    }
+
+    fn retrying(&self, _attempt: u32, _reason: &str) {}
 }
 
 /// One attempt at a hop: the stream is read until `handed_on`, `failed`,

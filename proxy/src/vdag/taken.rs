@@ -57,6 +57,11 @@ impl Taken {
         self.forget.push_back((forget_at, key));
     }
 
+    /// `key` failed: forgotten at once, so that a retry may run it again.
+    pub fn failed(&mut self, key: &HopKey) {
+        self.keys.remove(key);
+    }
+
     pub fn len(&self) -> usize {
         self.keys.len()
     }
@@ -91,5 +96,11 @@ mod tests {
         let after = later + REMEMBER_FINISHED;
         assert_eq!(taken.take(key("r1"), after), Ok(true), "forgotten");
         assert_eq!(taken.len(), 2, "r1 (again) and r2, which still runs");
+        taken.failed(&key("r2"));
+        assert_eq!(
+            taken.take(key("r2"), after),
+            Ok(true),
+            "a failed hop may run again"
+        );
     }
 }
