@@ -67,26 +67,7 @@ pub async fn send(
             }
             let response = response.into_inner();
             let raw = response.raw_output_contents.first().context("no output")?;
-            let outputs: Vec<f32> = raw
-                .chunks_exact(4)
-                .map(|bytes| f32::from_le_bytes(bytes.try_into().expect("4 bytes")))
-                .collect();
-            ensure!(
-                outputs.len() == case.expected.len(),
-                "{} output values, expected {}",
-                outputs.len(),
-                case.expected.len()
-            );
-            let worst = outputs
-                .iter()
-                .zip(&case.expected)
-                .map(|(got, want)| (got - want).abs() / (1.0 + want.abs()))
-                .fold(0.0f32, f32::max);
-            ensure!(
-                worst <= TOLERANCE,
-                "{} differs from PyTorch's output by {worst}",
-                case.model
-            );
+            check_fp32(raw, &case.expected).with_context(|| case.model)?;
             Ok(format!(
                 "{} v{}",
                 response.model_name, response.model_version
@@ -141,6 +122,30 @@ pub async fn traced_call(
         .model_infer(request)
         .await
         .map_err(|status| anyhow::anyhow!("{:?}: {}", status.code(), status.message()))?;
+    Ok(())
+}
+
+/// Checks raw little-endian FP32 `raw` against PyTorch's `expected`.
+pub(super) fn check_fp32(raw: &[u8], expected: &[f32]) -> Result<()> {
+    let outputs: Vec<f32> = raw
+        .chunks_exact(4)
+        .map(|bytes| f32::from_le_bytes(bytes.try_into().expect("4 bytes")))
+        .collect();
+    ensure!(
+        outputs.len() == expected.len(),
+        "{} output values, expected {}",
+        outputs.len(),
+        expected.len()
+    );
+    let worst = outputs
+        .iter()
+        .zip(expected)
+        .map(|(got, want)| (got - want).abs() / (1.0 + want.abs()))
+        .fold(0.0f32, f32::max);
+    ensure!(
+        worst <= TOLERANCE,
+        "differs from PyTorch's output by {worst}"
+    );
     Ok(())
 }
 

@@ -22,11 +22,10 @@ use gridmesh_proto::inference::model_infer_request::InferInputTensor;
 use serde_json::Value;
 use tonic::transport::Channel;
 
+use super::inference::check_fp32;
 use super::traffic::{Tally, drive};
 
 const HEADER: &str = "x-gridmesh-vdag";
-/// How far an output may be from PyTorch's (FP32, different thread counts).
-const TOLERANCE: f32 = 1e-5;
 /// The `broken` vDAG's error must come well before its deadline.
 const PROMPT: Duration = Duration::from_secs(2);
 
@@ -68,22 +67,7 @@ pub async fn send(
                 .raw_output_contents
                 .get(index)
                 .context("no raw output")?;
-            let outputs: Vec<f32> = raw
-                .chunks_exact(4)
-                .map(|bytes| f32::from_le_bytes(bytes.try_into().expect("4 bytes")))
-                .collect();
-            ensure!(
-                outputs.len() == expected.len(),
-                "{} output values, expected {}",
-                outputs.len(),
-                expected.len()
-            );
-            let worst = outputs
-                .iter()
-                .zip(&expected)
-                .map(|(got, want)| (got - want).abs() / (1.0 + want.abs()))
-                .fold(0.0f32, f32::max);
-            ensure!(worst <= TOLERANCE, "y differs from PyTorch's by {worst}");
+            check_fp32(raw, &expected).context("y")?;
             Ok(format!(
                 "vDAG {} v{}",
                 response.model_name, response.model_version
