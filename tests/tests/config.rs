@@ -412,6 +412,10 @@ async fn examples_load_and_serve() {
                 l["name"].as_str().unwrap()
             })
             .collect();
+        let mut served_listeners = served_listeners;
+        served_listeners.sort_unstable();
+        let mut wanted = wanted;
+        wanted.sort_unstable();
         assert_eq!(served_listeners, wanted, "{name}");
         let status = proxy.terminate(Duration::from_secs(15)).await.unwrap();
         assert_eq!(status.code(), Some(0), "{name}: {}", proxy.output());

@@ -105,6 +105,10 @@ struct Sidecar {
     config: &'static str,
     /// The listener it asks the control plane for.
     listener: &'static str,
+    /// The inbound listener it also asks for, where the tails of the vDAG
+    /// requests it is origin of deliver (the client's sidecar; the others'
+    /// `listener` is inbound already).
+    deliveries: Option<&'static str>,
     /// Where its listener forwards to: the block in its pod (none for the
     /// client's sidecar, which routes to other sidecars).
     block: Option<&'static str>,
@@ -116,18 +120,21 @@ const SIDECARS: [Sidecar; 4] = [
         name: "block-a-sidecar",
         config: "examples/block-a-sidecar.yaml",
         listener: "block-a-inbound",
+        deliveries: None,
         block: Some(SAMPLE_BLOCKS[0].address),
     },
     Sidecar {
         name: "block-b-sidecar",
         config: "examples/block-b-sidecar.yaml",
         listener: "block-b-inbound",
+        deliveries: None,
         block: Some(SAMPLE_BLOCKS[1].address),
     },
     Sidecar {
         name: "classifier-sidecar",
         config: "examples/classifier-sidecar.yaml",
         listener: "classifier-inbound",
+        deliveries: None,
         block: Some(MODEL_SERVER_GRPC),
     },
     CLIENT_SIDECAR,
@@ -138,6 +145,7 @@ const CLIENT_SIDECAR: Sidecar = Sidecar {
     name: "client-sidecar",
     config: "examples/client-sidecar.yaml",
     listener: "client-outbound",
+    deliveries: Some("client-inbound"),
     block: None,
 };
 
@@ -353,10 +361,14 @@ async fn run_mesh(
     security::write_tokens(programs.control, bootstraps)?;
     for sidecar in &SIDECARS {
         println!(
-            "==> starting {} with {} (listener {} over xDS{})",
+            "==> starting {} with {} (listener {} over xDS{}{})",
             sidecar.name,
             sidecar.config,
             sidecar.listener,
+            sidecar
+                .deliveries
+                .map(|inbound| format!(", and {inbound} for vDAG deliveries"))
+                .unwrap_or_default(),
             sidecar
                 .block
                 .map(|block| format!(", in front of {block}"))
@@ -655,7 +667,10 @@ mod tests {
                 .as_ref()
                 .expect("sidecars follow the control plane");
             assert_eq!(xds.address, CONTROL_XDS, "{}", sidecar.config);
-            assert_eq!(xds.listeners, [sidecar.listener], "{}", sidecar.config);
+            let wanted: Vec<&str> = std::iter::once(sidecar.listener)
+                .chain(sidecar.deliveries)
+                .collect();
+            assert_eq!(xds.listeners, wanted, "{}", sidecar.config);
             assert!(
                 bootstrap.listeners.is_empty(),
                 "{}: listeners come over xDS",
