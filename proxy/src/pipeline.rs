@@ -136,10 +136,9 @@ async fn forward(
     // 3. vDAG
     if let Some(step) = VDags::step(&parts, listener) {
         let vdags = &listener.vdags;
-        // Boxed: rare next to routed requests, and large.
-        let served = Box::pin(vdags.serve(step, runtime, listener, parts, body, start, record));
-        let served: std::pin::Pin<Box<dyn Future<Output = Response<Body>> + Send + '_>> = served;
-        return Ok(served.await);
+        return Ok(vdags
+            .serve(step, runtime, listener, parts, body, start, record)
+            .await);
     }
 
     // 4. route
@@ -151,13 +150,11 @@ async fn forward(
         // A route to a vDAG: this sidecar becomes the request's origin.
         let named = route.action.target.vdag().unwrap_or_default();
         let named = HeaderValue::from_str(named).map_err(|_| ProxyError::RouteNotFound)?;
-        let vdags = &listener.vdags;
-        let step = vdag::Step::Call(named);
+        let (vdags, step) = (&listener.vdags, vdag::Step::Call(named));
         let runtime = runtime.clone();
-        let served = vdags.serve(step, runtime, listener, parts, body, start, record);
-        let served = Box::pin(served);
-        let served: std::pin::Pin<Box<dyn Future<Output = Response<Body>> + Send + '_>> = served;
-        return Ok(served.await);
+        return Ok(vdags
+            .serve(step, runtime, listener, parts, body, start, record)
+            .await);
     };
     let cluster = runtime.clusters[cluster].clone();
 

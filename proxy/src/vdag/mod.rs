@@ -28,11 +28,13 @@ mod tensors;
 mod wire;
 
 use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::pin::Pin;
 use std::sync::Arc;
 
 use http::request::Parts;
-use http::{HeaderValue, Method, Response};
+use http::{HeaderName, HeaderValue, Method, Response};
 use parking_lot::Mutex;
 use prometheus::core::Collector;
 use prometheus::{HistogramVec, IntCounterVec, IntGaugeVec};
@@ -54,7 +56,7 @@ use taken::{REMEMBER_FINISHED, Taken};
 use wire::Status;
 
 /// Names the vDAG a client calls: `<name>` or `<name>:<version>`.
-pub const VDAG_HEADER: &str = "x-gridmesh-vdag";
+pub const VDAG_HEADER: HeaderName = HeaderName::from_static("x-gridmesh-vdag");
 const FORWARD_PATH: &str = "/gridmesh.vdag.v1.VDagHop/Forward";
 const DELIVER_PATH: &str = "/gridmesh.vdag.v1.VDagHop/Deliver";
 /// Requests one origin serves at once; more are shed (RESOURCE_EXHAUSTED)
@@ -222,34 +224,38 @@ impl VDags {
     /// answers naming what failed.
     /// `record` is taken by a call (it ends with the vDAG's answer) and a
     /// hop (with the hop), and left to end with the answer otherwise.
+    /// Boxed: rare next to routed requests, and large, it would otherwise
+    /// grow every request's future.
     #[allow(clippy::too_many_arguments)] // the pipeline's state, passed on
-    pub async fn serve(
-        self: &Arc<Self>,
+    pub fn serve<'a>(
+        self: &'a Arc<Self>,
         step: Step,
         runtime: Arc<Runtime>,
-        listener: &ListenerContext,
+        listener: &'a ListenerContext,
         parts: Parts,
         body: Body,
         start: Instant,
-        record: &mut Option<RequestRecord>,
-    ) -> Response<Body> {
-        match step {
-            Step::Call(name) => {
-                let record = record.take();
-                origin::serve(self, runtime, &name, parts, body, start, record).await
-            }
-            Step::Forward => {
-                let record = record.take();
-                node::forward(self, runtime, &listener.name, parts, body, record).await
-            }
-            Step::Deliver => match wire::read_one::<Delivery>(body).await {
-                Ok(delivery) => {
-                    self.delivered(delivery);
-                    wire::unary(&gridmesh_proto::hop::Delivered {})
+        record: &'a mut Option<RequestRecord>,
+    ) -> Pin<Box<dyn Future<Output = Response<Body>> + Send + 'a>> {
+        Box::pin(async move {
+            match step {
+                Step::Call(name) => {
+                    let record = record.take();
+                    origin::serve(self, runtime, &name, parts, body, start, record).await
                 }
-                Err(status) => wire::error(&status),
-            },
-        }
+                Step::Forward => {
+                    let record = record.take();
+                    node::forward(self, runtime, &listener.name, parts, body, record).await
+                }
+                Step::Deliver => match wire::read_one::<Delivery>(body).await {
+                    Ok(delivery) => {
+                        self.delivered(delivery);
+                        wire::unary(&gridmesh_proto::hop::Delivered {})
+                    }
+                    Err(status) => wire::error(&status),
+                },
+            }
+        })
     }
 
     /// Hands a delivery to the origin request waiting for it; one for a
