@@ -40,8 +40,8 @@ pub struct CallPolicy<'a> {
     /// Sends every attempt to the endpoint this key belongs to
     /// ([`Cluster::pick_by_key`]) instead of the balancer's choice.
     pub affinity: Option<&'a [u8]>,
-    /// Endpoints an earlier try failed at: the balancer's choice is drawn
-    /// again (a few times) when it lands on one of them.
+    /// Endpoints an earlier try failed at: when the balancer picks one of
+    /// them, another endpoint is taken if there is one.
     pub avoid: &'a [SocketAddr],
     /// Told where each attempt goes and why one is retried (the request's
     /// trace).
@@ -113,20 +113,10 @@ fn pick(
     headers: &http::HeaderMap,
     policy: &CallPolicy<'_>,
 ) -> Result<Arc<Endpoint>, ProxyError> {
-    /// Draws beyond the first when the balancer lands on an endpoint to
-    /// avoid; the last draw is taken whatever it is (all may be failing).
-    const REDRAWS: usize = 3;
-    if let Some(key) = policy.affinity {
-        return cluster.pick_by_key(key);
+    match policy.affinity {
+        Some(key) => cluster.pick_by_key(key),
+        None => cluster.pick_avoiding(headers, policy.avoid),
     }
-    let mut endpoint = cluster.pick(headers)?;
-    for _ in 0..REDRAWS {
-        if !policy.avoid.contains(&endpoint.addr) {
-            break;
-        }
-        endpoint = cluster.pick(headers)?;
-    }
-    Ok(endpoint)
 }
 
 /// How requests are addressed upstream: the URI form and authority each

@@ -381,6 +381,29 @@ impl Cluster {
             .ok_or(ProxyError::NoHealthyUpstream)
     }
 
+    /// The balancer's choice unless it is one of `avoid` (endpoints an
+    /// earlier try failed at); then another endpoint not among them, if
+    /// there is one.
+    pub fn pick_avoiding(
+        &self,
+        headers: &HeaderMap,
+        avoid: &[SocketAddr],
+    ) -> Result<Arc<Endpoint>, ProxyError> {
+        let picked = self.pick(headers)?;
+        if !avoid.contains(&picked.addr) {
+            return Ok(picked);
+        }
+        let balancer = self.balancer.load();
+        let others = balancer
+            .endpoints()
+            .iter()
+            .filter(|e| !avoid.contains(&e.addr));
+        Ok(others
+            .min_by_key(|e| e.load.in_flight())
+            .cloned()
+            .unwrap_or(picked))
+    }
+
     /// The endpoint `key` belongs to, the same on every proxy that holds
     /// the same endpoint set (rendezvous hashing: a change moves only the
     /// keys of the endpoints that came or went). For requests that must
