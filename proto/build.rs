@@ -10,6 +10,7 @@ const PROTOS: &[&str] = &[
     "proto/gridmesh/v1/config.proto",
     "proto/gridmesh/v1/ca.proto",
     "proto/gridmesh/vdag/v1/hop.proto",
+    "proto/gridmesh/vdag/v1/inference_proxy.proto",
     "proto/gridmesh/testing/v1/echo.proto",
     "proto/envoy/service/discovery/v3/ads.proto",
     "proto/inference/grpc_service.proto",

@@ -565,6 +565,15 @@ async fn a_duplicate_hop_runs_once() {
         .await
         .inference_count;
     assert_eq!(after - before, 1, "the block ran the hop once");
+    let labels = [("vdag", "chain"), ("node", "c")];
+    let duplicates = mesh.sidecars["c"]
+        .metric("gridmesh_vdag_duplicate_hops_total", &labels)
+        .await;
+    assert_eq!(
+        duplicates,
+        Some(1.0),
+        "the second copy counted as a duplicate"
+    );
 }
 
 /// 200 vDAG requests at once all succeed, and nothing is held for them

@@ -480,16 +480,21 @@ fn vdag() -> impl Strategy<Value = pb::VDag> {
         prop::collection::vec(label(), 0..2),
         prop::collection::vec(label(), 0..2),
         duration(),
+        // KSERVE_V2, INFERENCE_PROXY, and a value no release knows.
+        0i32..3,
     )
-        .prop_map(|(name, nodes, edges, entry, tails, timeout)| pb::VDag {
-            name,
-            version: "1".into(),
-            nodes,
-            edges,
-            entry,
-            tails,
-            timeout,
-        })
+        .prop_map(
+            |(name, nodes, edges, entry, tails, timeout, protocol)| pb::VDag {
+                name,
+                version: "1".into(),
+                nodes,
+                edges,
+                entry,
+                tails,
+                timeout,
+                protocol,
+            },
+        )
 }
 
 fn tracing() -> impl Strategy<Value = pb::Tracing> {

@@ -15,6 +15,15 @@ use gridmesh_proto::resource::Kind;
 
 use crate::validate::{Checker, MAX_RETRIES};
 
+/// What a vDAG's blocks speak (`gridmesh.v1.VDag.BlockProtocol`).
+pub use pb::v_dag::BlockProtocol;
+
+/// The key an INFERENCE_PROXY block sends its output to when it is a tail
+/// (`output_ptr`'s `graph.final`); no node's block id may take it.
+pub const FINAL: &str = "final";
+/// The most next hops one INFERENCE_PROXY block may have: each is told a
+/// distinct address of its sidecar, 127.0.0.1 to 127.0.0.254.
+pub const MAX_NEXT_BLOCKS: usize = 254;
 /// A request's deadline when neither the client nor the vDAG sets one.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -27,6 +36,7 @@ pub struct VDagSpec {
     pub entry: Vec<usize>,
     pub tails: Vec<usize>,
     pub timeout: Duration,
+    pub protocol: BlockProtocol,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -54,6 +64,12 @@ pub struct EdgeSpec {
 impl VDagSpec {
     pub fn node(&self, label: &str) -> Option<usize> {
         self.nodes.iter().position(|n| n.label == label)
+    }
+
+    /// The node whose block has the id `block` (its `model`): how an
+    /// INFERENCE_PROXY packet's `x-service-name` names a node.
+    pub fn node_of_block(&self, block: &str) -> Option<usize> {
+        self.nodes.iter().position(|n| n.model == block)
     }
 
     /// The indices of the clusters its nodes run on.
@@ -259,6 +275,13 @@ pub(crate) fn vdag(
             );
         }
     }
+    let protocol = BlockProtocol::try_from(v.protocol).unwrap_or_else(|_| {
+        c.problem("protocol", format!("unknown value {}", v.protocol));
+        BlockProtocol::KserveV2
+    });
+    if protocol == BlockProtocol::InferenceProxy {
+        inference_proxy_graph(c, v, &nodes, &tails);
+    }
     let timeout = c
         .positive("timeout", v.timeout.as_ref())
         .unwrap_or(DEFAULT_TIMEOUT);
@@ -269,7 +292,65 @@ pub(crate) fn vdag(
         entry,
         tails,
         timeout,
+        protocol,
     })
+}
+
+/// What an INFERENCE_PROXY vDAG cannot express: its blocks forward whole
+/// packets by block id to one `final`, so block ids name nodes uniquely,
+/// one tail answers, and there are no tensors to map or inputs to check.
+fn inference_proxy_graph(c: &mut Checker, v: &pb::VDag, nodes: &[NodeSpec], tails: &[usize]) {
+    let why = "an INFERENCE_PROXY vDAG's packets pass whole from block to block";
+    let mut blocks = HashMap::new();
+    for (i, n) in nodes.iter().enumerate() {
+        if n.model == FINAL {
+            c.problem(
+                format!("nodes[{i}].model"),
+                format!("block id {FINAL:?} is where tails send their output"),
+            );
+        } else if let Some(other) = blocks.insert(n.model.as_str(), i) {
+            c.problem(
+                format!("nodes[{i}].model"),
+                format!(
+                    "block id {:?} is also nodes[{other}]'s: packets name their next node by block id",
+                    n.model
+                ),
+            );
+        }
+        if !v.nodes[i].inputs.is_empty() {
+            c.problem(
+                format!("nodes[{i}].inputs"),
+                format!("must be empty: {why}"),
+            );
+        }
+        if !n.model_version.is_empty() {
+            c.problem(
+                format!("nodes[{i}].modelVersion"),
+                "must be empty: InferenceProxy blocks have no model versions",
+            );
+        }
+        // Each next hop gets its own loopback address (docs/vdag.md).
+        if n.next.len() > MAX_NEXT_BLOCKS {
+            c.problem(
+                format!("nodes[{i}]"),
+                format!("at most {MAX_NEXT_BLOCKS} edges may leave a block"),
+            );
+        }
+    }
+    for (i, e) in v.edges.iter().enumerate() {
+        if !e.tensors.is_empty() {
+            c.problem(
+                format!("edges[{i}].tensors"),
+                format!("must be empty: {why}"),
+            );
+        }
+    }
+    if tails.len() > 1 {
+        c.problem(
+            "tails",
+            "an INFERENCE_PROXY vDAG has one tail: its blocks send their output to one final",
+        );
+    }
 }
 
 /// The entry or tail list: known labels, each once, at least one.

@@ -262,9 +262,13 @@ impl Listeners {
                 inbound: planned.spec.direction == Direction::Inbound,
                 vdags: self.vdags.clone(),
             });
-            if planned.spec.direction == Direction::Inbound {
-                let mtls = planned.spec.tls_mode != TlsMode::Disable;
-                self.vdags.set_inbound(planned.local_addr, mtls);
+            match planned.spec.direction {
+                Direction::Inbound => {
+                    let mtls = planned.spec.tls_mode != TlsMode::Disable;
+                    self.vdags.set_inbound(planned.local_addr, mtls);
+                }
+                Direction::Outbound => self.vdags.set_outbound(planned.local_addr),
+                _ => {}
             }
             self.data_plane.spawn(server::accept_loop(
                 planned.socket.clone(),

@@ -1,5 +1,6 @@
 use gridmesh_proto::config::{self as pb, Bootstrap};
 
+use super::BlockProtocol;
 use crate::{build_snapshot, parse_bootstrap};
 
 /// A diamond: `pre` fans out to `left` and `right`, which `post` joins.
@@ -275,4 +276,64 @@ fn routes_call_vdags_that_exist() {
     let mut removed = with_route("pipeline");
     removed.vdags.clear();
     refused(removed, table, field, "no vDAG named \"pipeline\"");
+}
+
+/// A chain of InferenceProxy blocks a -> b.
+fn inference_proxy_chain() -> Bootstrap {
+    let yaml = r#"
+clusters: [{ name: a }, { name: b }]
+vdags:
+  - name: packets
+    version: "1"
+    protocol: INFERENCE_PROXY
+    entry: [a]
+    tails: [b]
+    nodes:
+      - { label: a, cluster: a, model: block-a }
+      - { label: b, cluster: b }
+    edges:
+      - { from: a, to: b }
+"#;
+    parse_bootstrap(yaml, "packets.yaml").expect("the chain parses")
+}
+
+#[test]
+fn inference_proxy_vdags_name_nodes_by_block_id() {
+    let snapshot = build_snapshot(inference_proxy_chain(), "packets.yaml").expect("valid");
+    let v = &snapshot.vdags["packets"];
+    assert_eq!(v.protocol, BlockProtocol::InferenceProxy);
+    assert_eq!(v.node_of_block("block-a"), Some(0));
+    // The block id defaults to the label.
+    assert_eq!(v.node_of_block("b"), Some(1));
+    assert_eq!(v.node_of_block("a"), None);
+}
+
+#[test]
+fn inference_proxy_vdags_refuse_what_whole_packets_cannot_do() {
+    const PACKETS: &str = "vdag \"packets\"";
+    let mut b = inference_proxy_chain();
+    vdag_of(&mut b).nodes[1].model = "block-a".into();
+    refused(b, PACKETS, "nodes[1].model", "also nodes[0]'s");
+
+    let mut b = inference_proxy_chain();
+    vdag_of(&mut b).nodes[1].model = "final".into();
+    refused(b, PACKETS, "nodes[1].model", "where tails send");
+
+    let mut b = inference_proxy_chain();
+    vdag_of(&mut b).edges[0].tensors = vec![pb::TensorMapping {
+        output: "out".into(),
+        input: "in".into(),
+    }];
+    refused(b, PACKETS, "edges[0].tensors", "must be empty");
+
+    let mut b = inference_proxy_chain();
+    vdag_of(&mut b).nodes[1].inputs = vec!["x".into()];
+    refused(b, PACKETS, "nodes[1].inputs", "must be empty");
+
+    let mut b = inference_proxy_chain();
+    let v = vdag_of(&mut b);
+    v.entry = vec!["a".into()];
+    v.tails = vec!["a".into(), "b".into()];
+    v.edges.clear();
+    refused(b, PACKETS, "tails", "one tail");
 }

@@ -9,6 +9,11 @@
 //! the output on to the next nodes' sidecars ([`send`]) — never back
 //! through the origin — or, at a tail, delivers it to the origin.
 //!
+//! Blocks of the existing network, which speak `InferenceProxy.infer` and
+//! forward their output themselves, take part through
+//! [`inference_proxy`]: there the sidecars carry the packets their blocks
+//! send instead of running the blocks.
+//!
 //! Ownership: a hop's sender keeps the hop's stream open until the receiver
 //! says `handed_on` (its node and everything after it is done or its
 //! failure reported), so a receiver that dies — sidecar or block — is
@@ -20,8 +25,10 @@
 //! deduplication until shortly after they finish, [`taken`]), and the parts
 //! of a join waiting for the rest (dropped at the request's deadline).
 
+mod inference_proxy;
 mod node;
 mod origin;
+mod packet;
 mod send;
 mod taken;
 mod tensors;
@@ -49,6 +56,7 @@ use crate::metrics::{Metrics, counter, gauge, latency_histogram};
 use crate::record::RequestRecord;
 use crate::runtime::Runtime;
 use gridmesh_config::ClusterSpec;
+use gridmesh_config::vdag::VDagSpec;
 use gridmesh_identity::{IdentityStore, SpiffeId};
 use gridmesh_proto::hop::Delivery;
 use gridmesh_proto::inference::ModelInferRequest;
@@ -76,6 +84,11 @@ pub enum Step {
     Forward,
     /// A tail's output or a failure, for a request this proxy is origin of.
     Deliver,
+    /// An `InferenceProxy.infer` packet another sidecar hands this one's
+    /// block ([`inference_proxy`]).
+    TakePacket,
+    /// The local block's `InferenceProxy.infer` of its output, to send on.
+    SendPacket,
 }
 
 /// The vDAG requests this proxy is origin of or carries a hop of.
@@ -93,6 +106,9 @@ pub struct VDags {
     /// Where deliveries for requests this proxy is origin of are sent: its
     /// inbound listener, and whether that one takes mTLS.
     inbound: Mutex<Option<(SocketAddr, bool)>>,
+    /// Where the local block sends its `InferenceProxy` packets on: the
+    /// outbound listener.
+    outbound: Mutex<Option<SocketAddr>>,
 }
 
 /// Where a join stands after a part arrived.
@@ -130,6 +146,7 @@ struct VDagMetrics {
     node_duration: HistogramVec,
     node_failures: IntCounterVec,
     hop_retries: IntCounterVec,
+    duplicates: IntCounterVec,
     in_flight: IntGaugeVec,
 }
 
@@ -167,6 +184,12 @@ impl VDagMetrics {
                 "Hops sent again to another instance of the node after a failure.",
                 &["vdag", "node"],
             ),
+            duplicates: counter(
+                r,
+                "vdag_duplicate_hops_total",
+                "Hops this sidecar's node had already taken (a retry, or an output sent twice): acknowledged, not run again.",
+                &["vdag", "node"],
+            ),
             in_flight: gauge(
                 r,
                 "vdag_hops_in_flight",
@@ -188,7 +211,18 @@ impl VDags {
             joins: Mutex::new(HashMap::new()),
             origin_clusters: Mutex::new(HashMap::new()),
             inbound: Mutex::new(None),
+            outbound: Mutex::new(None),
         }
+    }
+
+    /// Records the outbound listener's address, where the local block sends
+    /// its `InferenceProxy` packets on.
+    pub fn set_outbound(&self, addr: SocketAddr) {
+        *self.outbound.lock() = Some(addr);
+    }
+
+    fn outbound(&self) -> Option<SocketAddr> {
+        *self.outbound.lock()
     }
 
     /// Records the inbound listener's address, where this proxy takes
@@ -210,12 +244,14 @@ impl VDags {
         if let Some(name) = parts.headers.get(VDAG_HEADER) {
             return Some(Step::Call(name.clone()));
         }
-        if !listener.inbound || parts.method != Method::POST || !grpc::is_grpc(&parts.headers) {
+        if parts.method != Method::POST || !grpc::is_grpc(&parts.headers) {
             return None;
         }
-        match parts.uri.path() {
-            FORWARD_PATH => Some(Step::Forward),
-            DELIVER_PATH => Some(Step::Deliver),
+        match (parts.uri.path(), listener.inbound) {
+            (FORWARD_PATH, true) => Some(Step::Forward),
+            (DELIVER_PATH, true) => Some(Step::Deliver),
+            (inference_proxy::INFER_PATH, true) => Some(Step::TakePacket),
+            (inference_proxy::INFER_PATH, false) => Some(Step::SendPacket),
             _ => None,
         }
     }
@@ -246,6 +282,14 @@ impl VDags {
                 Step::Forward => {
                     let record = record.take();
                     node::forward(self, runtime, &listener.name, parts, body, record).await
+                }
+                Step::TakePacket => {
+                    let record = record.take();
+                    inference_proxy::take(self, runtime, &listener.name, parts, body, record).await
+                }
+                Step::SendPacket => {
+                    let record = record.take();
+                    inference_proxy::send_on(self, runtime, parts, body, record).await
                 }
                 Step::Deliver => match wire::read_one::<Delivery>(body).await {
                     Ok(delivery) => {
@@ -411,6 +455,27 @@ impl VDags {
         };
         Some((addr, identity))
     }
+}
+
+/// The vDAG `name` as this sidecar holds it, which must be at `version`:
+/// every sidecar on a request's path runs the same graph.
+fn held(runtime: &Runtime, name: &str, version: &str) -> Result<Arc<VDagSpec>, Status> {
+    let spec = runtime.snapshot.vdags.get(name).ok_or_else(|| {
+        Status::new(
+            Code::FailedPrecondition,
+            format!("this sidecar has no vDAG {name:?}"),
+        )
+    })?;
+    if spec.version != version {
+        return Err(Status::new(
+            Code::FailedPrecondition,
+            format!(
+                "this sidecar holds vDAG {name} version {:?}, the hop is for version {version:?}",
+                spec.version
+            ),
+        ));
+    }
+    Ok(spec.clone())
 }
 
 /// A hop this sidecar carries; remembered for [`REMEMBER_FINISHED`] (or

@@ -76,6 +76,8 @@ pub async fn forward(
             // carries it on (and reports its failures to the origin); this
             // one is done.
             tracing::debug!(request = %job.hop.request_id, node = %job.hop.node, "duplicate hop dropped");
+            let labels = [job.spec.name.as_str(), &job.spec.nodes[job.node].label];
+            vdags.observed.duplicates.with_label_values(&labels).inc();
             tokio::spawn(async move {
                 report(&mut progress, hop_progress::Step::Accepted(Accepted {})).await;
                 report(&mut progress, hop_progress::Step::HandedOn(HandedOn {})).await;
@@ -150,26 +152,7 @@ impl Job {
         parts: &Parts,
         mut hop: Hop,
     ) -> Result<Job, Status> {
-        let spec = runtime
-            .snapshot
-            .vdags
-            .get(&hop.vdag)
-            .cloned()
-            .ok_or_else(|| {
-                Status::new(
-                    Code::FailedPrecondition,
-                    format!("this sidecar has no vDAG {:?}", hop.vdag),
-                )
-            })?;
-        if spec.version != hop.version {
-            return Err(Status::new(
-                Code::FailedPrecondition,
-                format!(
-                    "this sidecar holds vDAG {} version {:?}, the hop is for version {:?}",
-                    spec.name, spec.version, hop.version
-                ),
-            ));
-        }
+        let spec = super::held(&runtime, &hop.vdag, &hop.version)?;
         let node = spec.node(&hop.node).ok_or_else(|| {
             Status::new(
                 Code::FailedPrecondition,
@@ -340,10 +323,8 @@ impl Job {
         let deadline = node_deadline.map_or(self.deadline, |n| n.min(self.deadline));
         let mut head = send::grpc_head(&self.authority, MODEL_INFER_PATH, deadline, &self.carried);
         let started = Instant::now();
-        let route = (self.runtime.route_table(&self.listener)).and_then(|t| t.route(&head));
-        let result = match route.and_then(|r| r.action.target.pick()) {
-            Some(cluster) => {
-                let cluster = &self.runtime.clusters[cluster];
+        let result = match send::block_cluster(&self.runtime, &self.listener, &head) {
+            Ok(cluster) => {
                 if let Some(record) = record.as_mut() {
                     record.routed(&mut head.headers, &node.label, cluster);
                 }
@@ -351,13 +332,7 @@ impl Job {
                 let request = wire::frame(&input);
                 send::unary::<ModelInferResponse>(cluster, head, request, deadline, attempts).await
             }
-            None => Err(Status::new(
-                Code::Unimplemented,
-                format!(
-                    "listener {} has no route to a cluster for the block",
-                    self.listener
-                ),
-            )),
+            Err(status) => Err(status),
         };
         let labels = [self.spec.name.as_str(), node.label.as_str()];
         let observed = &self.vdags.observed;
@@ -434,7 +409,8 @@ impl Job {
             request_id: self.hop.request_id.clone(),
             result: Some(result),
         };
-        send::deliver(
+        // Logged there; the origin answers at the deadline regardless.
+        let _ = send::deliver(
             &self.vdags,
             &self.hop.origin,
             &self.hop.origin_identity,

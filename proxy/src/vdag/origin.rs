@@ -15,12 +15,12 @@ use tokio::time::Instant;
 
 use super::send::{self, carried};
 use super::wire::{self, Status};
-use super::{Registered, VDags, tensors};
+use super::{Registered, VDags, inference_proxy, tensors};
 use crate::body::Body;
 use crate::grpc::{self, Code};
 use crate::record::{Ending, RequestRecord};
 use crate::runtime::Runtime;
-use gridmesh_config::vdag::VDagSpec;
+use gridmesh_config::vdag::{BlockProtocol, VDagSpec};
 use gridmesh_proto::hop::{Hop, HopFailure, delivery};
 use gridmesh_proto::inference::{ModelInferRequest, ModelInferResponse};
 
@@ -53,13 +53,17 @@ pub async fn serve(
         }
     };
     let (spec, timeout) = called;
-    let deadline = Instant::now() + timeout;
-    let observed = &vdags.observed;
+    if spec.protocol == BlockProtocol::InferenceProxy {
+        let (spec, runtime) = (&spec, &runtime);
+        return inference_proxy::originate(
+            vdags, runtime, spec, timeout, parts, body, start, record,
+        )
+        .await;
+    }
     let (result, request_id) = match vdags.register(&spec.name, spec.tails.len() + 1) {
         Some(registered) => {
             let request_id = registered.request_id.clone();
-            let reserve = (timeout / 10).min(LATE_NODE_RESERVE);
-            let deadlines = (deadline - reserve, deadline);
+            let deadlines = deadlines(timeout);
             let call = Call {
                 vdags,
                 runtime: &runtime,
@@ -69,27 +73,11 @@ pub async fn serve(
             let result = call.run(registered, &parts, body, deadlines).await;
             (result, Some(request_id))
         }
-        None => (
-            Err(Status::new(
-                Code::ResourceExhausted,
-                format!(
-                    "this origin has {} vDAG requests in flight",
-                    super::MAX_ORIGIN_REQUESTS
-                ),
-            )),
-            None,
-        ),
+        None => (Err(shed()), None),
     };
-    finish(record, &result.as_ref().map(|_| ()).map_err(Clone::clone));
-    let code = result.as_ref().map_or_else(|s| s.code, |_| 0);
-    observed
-        .requests
-        .with_label_values(&[&spec.name, &code.to_string()])
-        .inc();
-    observed
-        .duration
-        .with_label_values(&[&spec.name])
-        .observe(start.elapsed().as_secs_f64());
+    let outcome = result.as_ref().map(|_| ()).map_err(Clone::clone);
+    observe(vdags, &spec, &outcome, start);
+    finish(record, &outcome);
     let mut response = match result {
         Ok(answer) => wire::unary(&answer),
         Err(mut status) => {
@@ -137,7 +125,7 @@ fn called(
     if !grpc::is_grpc(&parts.headers) {
         return Err(Status::new(
             Code::InvalidArgument,
-            "a vDAG is called with a gRPC ModelInfer request",
+            "a vDAG is called over gRPC (ModelInfer, or vDAGInferenceService.infer)",
         ));
     }
     let mut timeout = spec.timeout;
@@ -149,8 +137,52 @@ fn called(
     Ok((spec.clone(), timeout))
 }
 
+/// When the graph must be done and when the client's answer is due, for a
+/// request of `timeout` from now.
+pub(super) fn deadlines(timeout: Duration) -> (Instant, Instant) {
+    let deadline = Instant::now() + timeout;
+    (deadline - (timeout / 10).min(LATE_NODE_RESERVE), deadline)
+}
+
+/// A request refused before anything is sent: the origin is saturated.
+pub(super) fn shed() -> Status {
+    Status::new(
+        Code::ResourceExhausted,
+        format!(
+            "this origin has {} vDAG requests in flight",
+            super::MAX_ORIGIN_REQUESTS
+        ),
+    )
+}
+
+pub(super) fn no_inbound() -> Status {
+    Status::new(
+        Code::Unavailable,
+        "this sidecar has no inbound listener for the tails to deliver to",
+    )
+}
+
+/// Counts a request this proxy answered as its origin.
+pub(super) fn observe(
+    vdags: &VDags,
+    spec: &VDagSpec,
+    outcome: &Result<(), Status>,
+    start: Instant,
+) {
+    let observed = &vdags.observed;
+    let code = outcome.as_ref().map_or_else(|s| s.code, |()| 0);
+    observed
+        .requests
+        .with_label_values(&[&spec.name, &code.to_string()])
+        .inc();
+    observed
+        .duration
+        .with_label_values(&[&spec.name])
+        .observe(start.elapsed().as_secs_f64());
+}
+
 /// Ends the request's server span, access log line and metrics.
-fn finish(record: Option<RequestRecord>, result: &Result<(), Status>) {
+pub(super) fn finish(record: Option<RequestRecord>, result: &Result<(), Status>) {
     if let Some(record) = record {
         record.finish(Ending {
             status: StatusCode::OK,
@@ -183,12 +215,7 @@ impl Call<'_> {
             spec,
             record,
         } = self;
-        let (origin, origin_identity) = vdags.origin_address().ok_or_else(|| {
-            Status::new(
-                Code::Unavailable,
-                "this sidecar has no inbound listener for the tails to deliver to",
-            )
-        })?;
+        let (origin, origin_identity) = vdags.origin_address().ok_or_else(no_inbound)?;
         let input: ModelInferRequest = wire::read_one(body).await?;
         let client_id = input.id.clone();
         let mut carried = carried(&parts.headers);
@@ -243,7 +270,8 @@ impl Call<'_> {
                         }
                     }
                     Some(delivery::Result::Failure(f)) => return Err(failed(f)),
-                    None => {}
+                    // Only InferenceProxy vDAGs end in packets.
+                    Some(delivery::Result::FinalPacket(_)) | None => {}
                 },
                 () = tokio::time::sleep_until(graph_deadline) => {
                     // Half the reserve for the late node's report, half for

@@ -99,12 +99,23 @@ pub async fn unary<M: Message + Default>(
         attempts,
         ..CallPolicy::default()
     };
+    unary_with(cluster, head, request, &policy).await
+}
+
+/// [`unary`] under `policy` (which must set the deadline).
+pub async fn unary_with<M: Message + Default>(
+    cluster: &Arc<Cluster>,
+    head: Parts,
+    request: Bytes,
+    policy: &CallPolicy<'_>,
+) -> Result<M, Status> {
+    let deadline = policy.deadline.unwrap_or_else(Instant::now);
     let Answer {
         response,
         in_flight: _in_flight,
         admission: _admission,
         lease: _lease,
-    } = call::call(cluster, head, full(request), &policy)
+    } = call::call(cluster, head, full(request), policy)
         .await
         .map_err(|e| Status::new(e.grpc_code(), e.to_string()))?;
     let (head, body) = response.into_parts();
@@ -128,10 +139,25 @@ pub async fn unary<M: Message + Default>(
         .ok_or_else(|| Status::new(Code::Internal, "the answer held no message"))
 }
 
+/// The cluster of the local block: where the route of `listener` (the
+/// inbound listener a hop arrived on) sends `head`.
+pub fn block_cluster<'r>(
+    runtime: &'r Runtime,
+    listener: &str,
+    head: &Parts,
+) -> Result<&'r Arc<Cluster>, Status> {
+    let route = runtime.route_table(listener).and_then(|t| t.route(head));
+    match route.and_then(|r| r.action.target.pick()) {
+        Some(cluster) => Ok(&runtime.clusters[cluster]),
+        None => Err(Status::new(
+            Code::Unimplemented,
+            format!("listener {listener} has no route to a cluster for the block"),
+        )),
+    }
+}
+
 /// Hands `hop` to an instance of node `node` and holds it until that
-/// instance says it is handed on. What an instance failed at (its sidecar
-/// died, its block failed or is unreachable) is retried at another, up to
-/// the node's retries and within the deadline.
+/// instance says it is handed on.
 pub async fn hand_on(
     vdags: &VDags,
     runtime: &Runtime,
@@ -141,39 +167,85 @@ pub async fn hand_on(
     deadline: Instant,
     carried: &HeaderMap,
 ) -> Result<(), HopFailure> {
-    let node = &spec.nodes[node];
-    let cluster = &runtime.clusters[node.cluster];
+    let label = &spec.nodes[node].label;
+    let cluster = &runtime.clusters[spec.nodes[node].cluster];
     let request = wire::frame(hop);
     // A join's parts must meet at one instance: every predecessor's sidecar
     // picks the one the request id hashes to.
-    let affinity = (node.previous.len() > 1).then_some(hop.request_id.as_bytes());
-    // Other nodes' retries go to instances not tried yet.
-    let mut tried = Vec::new();
-    let mut attempt = 0;
+    let affinity = (spec.nodes[node].previous.len() > 1).then_some(hop.request_id.as_bytes());
+    let mut instances = Instances::new(vdags, spec, node, deadline, affinity);
     loop {
-        let sent_to = SentTo::default();
-        let policy = CallPolicy {
-            deadline: Some(deadline),
-            affinity,
-            avoid: &tried,
-            attempts: Some(&sent_to),
-            ..CallPolicy::default()
-        };
         let head = grpc_head(&cluster.name(), FORWARD_PATH, deadline, carried);
-        let result = forward_once(cluster, head, request.clone(), &policy, &node.label).await;
-        tried.extend(sent_to.0.lock().take());
-        match result {
-            Err(f) if f.retryable && attempt < node.max_retries && Instant::now() < deadline => {
-                tracing::debug!(vdag = %spec.name, node = %node.label, error = %f.message, "retrying a hop at another instance");
-                vdags
-                    .observed
-                    .hop_retries
-                    .with_label_values(&[&spec.name, &node.label])
-                    .inc();
-                attempt += 1;
-            }
-            other => return other,
+        let result = forward_once(cluster, head, request.clone(), &instances.policy(), label).await;
+        if !instances.try_again(&result) {
+            return result;
         }
+    }
+}
+
+/// The attempts at one node's instances: what an instance failed at (its
+/// sidecar died, its block failed or is unreachable) is tried again at an
+/// instance not tried yet, up to the node's retries and within the
+/// deadline.
+pub struct Instances<'a> {
+    vdags: &'a VDags,
+    spec: &'a VDagSpec,
+    node: usize,
+    deadline: Instant,
+    affinity: Option<&'a [u8]>,
+    tried: Vec<SocketAddr>,
+    sent_to: SentTo,
+    retries: u32,
+}
+
+impl<'a> Instances<'a> {
+    pub fn new(
+        vdags: &'a VDags,
+        spec: &'a VDagSpec,
+        node: usize,
+        deadline: Instant,
+        affinity: Option<&'a [u8]>,
+    ) -> Self {
+        Instances {
+            vdags,
+            spec,
+            node,
+            deadline,
+            affinity,
+            tried: Vec::new(),
+            sent_to: SentTo::default(),
+            retries: 0,
+        }
+    }
+
+    /// The next attempt's call policy.
+    pub fn policy(&self) -> CallPolicy<'_> {
+        CallPolicy {
+            deadline: Some(self.deadline),
+            affinity: self.affinity,
+            avoid: &self.tried,
+            attempts: Some(&self.sent_to),
+            ..CallPolicy::default()
+        }
+    }
+
+    /// Whether to try again after an attempt ended with `result`.
+    pub fn try_again(&mut self, result: &Result<(), HopFailure>) -> bool {
+        self.tried.extend(self.sent_to.0.lock().take());
+        let node = &self.spec.nodes[self.node];
+        let again = matches!(result, Err(f) if f.retryable)
+            && self.retries < node.max_retries
+            && Instant::now() < self.deadline;
+        if let (true, Err(f)) = (again, result) {
+            tracing::debug!(vdag = %self.spec.name, node = %node.label, error = %f.message, "retrying a hop at another instance");
+            self.vdags
+                .observed
+                .hop_retries
+                .with_label_values(&[&self.spec.name, &node.label])
+                .inc();
+            self.retries += 1;
+        }
+        again
     }
 }
 
@@ -258,22 +330,23 @@ async fn forward_once(
 }
 
 /// Delivers a tail's output or a failure to the request's origin (`origin`
-/// "ip:port", reached with mTLS when `origin_identity` is set).
+/// "ip:port", reached with mTLS when `origin_identity` is set). A failure is
+/// logged here; callers need not act on it (the origin answers its client
+/// at the deadline regardless) but may pass it on.
 pub async fn deliver(
     vdags: &VDags,
     origin: &str,
     origin_identity: &str,
     delivery: Delivery,
     carried: &HeaderMap,
-) {
+) -> Result<(), Status> {
     let request_id = delivery.request_id.clone();
     let deadline = Instant::now() + DELIVERY_TIMEOUT;
-    if let Err(error) =
-        try_deliver(vdags, origin, origin_identity, delivery, deadline, carried).await
-    {
-        // The origin answers its client at the deadline regardless.
+    let delivered = try_deliver(vdags, origin, origin_identity, delivery, deadline, carried).await;
+    if let Err(error) = &delivered {
         tracing::warn!(request = %request_id, %origin, error = %error.message, "vDAG delivery to the origin failed");
     }
+    delivered
 }
 
 async fn try_deliver(
