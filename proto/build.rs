@@ -6,18 +6,22 @@
 
 use std::path::PathBuf;
 
+/// The existing network's protocol, which has no package: compiled on its
+/// own, as pbjson (JSON mapping of gridmesh's config) needs a package in
+/// every file it reads.
+const NO_PACKAGE: &str = "proto/inference_proxy.proto";
+
 const PROTOS: &[&str] = &[
     "proto/gridmesh/v1/config.proto",
     "proto/gridmesh/v1/ca.proto",
     "proto/gridmesh/vdag/v1/hop.proto",
-    "proto/gridmesh/vdag/v1/inference_proxy.proto",
     "proto/gridmesh/testing/v1/echo.proto",
     "proto/envoy/service/discovery/v3/ads.proto",
     "proto/inference/grpc_service.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    for proto in PROTOS {
+    for proto in PROTOS.iter().chain([&NO_PACKAGE]) {
         println!("cargo:rerun-if-changed={proto}");
     }
     let descriptors = protox::compile(PROTOS, ["proto"])?;
@@ -39,6 +43,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .compile_well_known_types(true)
         .extern_path(".google.protobuf", "::pbjson_types")
         .compile_protos(PROTOS, &["proto"])?;
+
+    let no_package = out_dir.join("no_package_descriptors.bin");
+    let descriptors = protox::compile([NO_PACKAGE], ["proto"])?;
+    std::fs::write(&no_package, prost::Message::encode_to_vec(&descriptors))?;
+    tonic_prost_build::configure()
+        .build_client(grpc)
+        .build_server(grpc)
+        .file_descriptor_set_path(&no_package)
+        .skip_protoc_run()
+        .compile_protos(&[NO_PACKAGE], &["proto"])?;
 
     pbjson_build::Builder::new()
         .register_descriptors(&std::fs::read(&descriptor_path)?)?

@@ -52,6 +52,12 @@ pub mod inference {
     include!(concat!(env!("OUT_DIR"), "/inference.rs"));
 }
 
+/// The existing AI network's block protocol (`InferenceProxy`, no package
+/// on the wire), which sidecars speak for its blocks.
+pub mod inference_proxy {
+    include!(concat!(env!("OUT_DIR"), "/_.rs"));
+}
+
 /// Every message above as a serialized `FileDescriptorSet`, for reflection:
 /// the block server parses Triton's `config.pbtxt` (protobuf text format) with it.
 pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/descriptors.bin"));

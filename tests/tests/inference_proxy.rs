@@ -12,18 +12,19 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use gridmesh_proto::hop::{InferenceAck, InferenceMessage, VDagFileInfo, VDagInferencePacket};
+use gridmesh_proto::inference_proxy::inference_proxy_client::InferenceProxyClient;
+use gridmesh_proto::inference_proxy::v_dag_inference_service_client::VDagInferenceServiceClient;
+use gridmesh_proto::inference_proxy::{
+    AiosPacket, InferenceMessage, VDagFileInfo, VDagInferencePacket,
+};
 use gridmesh_tests::harness::{self, TestProxy};
 use gridmesh_tests::pki::{TestPki, WorkloadFiles};
 use gridmesh_tests::process::{venv_bin, workspace_root};
-use http::uri::PathAndQuery;
 use prost::Message;
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::time::Instant;
-use tonic::transport::Channel;
-use tonic_prost::ProstCodec;
 
 /// The vDAGs every test's sidecars hold; node `<x>` runs on cluster
 /// `node-<x>`, the inbound listener of block `<x>`'s sidecar.
@@ -252,32 +253,17 @@ impl Mesh {
     /// Calls `vdag` through the origin with `vDAGInferenceService.infer`.
     async fn call(&self, vdag: &str, packet: VDagInferencePacket) -> VDagInferencePacket {
         let channel = harness::grpc_channel(self.origin.addr("out"), &format!("{vdag}.vdag")).await;
-        let path = PathAndQuery::from_static("/vDAGInferenceService/infer");
+        let mut client = VDagInferenceServiceClient::new(channel);
         let answer = harness::within_for(
             Duration::from_secs(20),
             "the vDAG's answer",
-            unary(channel, path, tonic::Request::new(packet)),
+            client.infer(packet),
         )
         .await;
-        answer.unwrap_or_else(|s| panic!("{vdag}: {s:?}"))
+        answer
+            .unwrap_or_else(|s| panic!("{vdag}: {s:?}"))
+            .into_inner()
     }
-}
-
-async fn unary<Q, A>(
-    channel: Channel,
-    path: PathAndQuery,
-    request: tonic::Request<Q>,
-) -> Result<A, tonic::Status>
-where
-    Q: Message + Send + Sync + 'static,
-    A: Message + Default + Send + Sync + 'static,
-{
-    let mut grpc = tonic::client::Grpc::new(channel);
-    grpc.ready()
-        .await
-        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
-    let answer = grpc.unary(request, path, ProstCodec::default()).await?;
-    Ok(answer.into_inner())
 }
 
 /// A client's packet: value 0, nothing visited yet.
@@ -458,7 +444,7 @@ async fn an_output_sent_twice_is_queued_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_packet_from_outside_a_vdag_call_is_refused_with_the_reason() {
     let mesh = Mesh::start(&[("a", 1, Mode::Forward)]).await;
-    let packet = gridmesh_proto::hop::AiosPacket {
+    let packet = AiosPacket {
         session_id: "s".into(),
         output_ptr: json!({ "is_graph": true, "graph": {} }).to_string(),
         ..Default::default()
@@ -470,8 +456,7 @@ async fn a_packet_from_outside_a_vdag_call_is_refused_with_the_reason() {
     request
         .metadata_mut()
         .insert("x-service-name", "block-b".parse().unwrap());
-    let path = PathAndQuery::from_static("/InferenceProxy/infer");
-    let answer: Result<InferenceAck, _> = unary(channel, path, request).await;
+    let answer = InferenceProxyClient::new(channel).infer(request).await;
     let status = answer.expect_err("the packet is refused");
     assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{status:?}");
     assert!(

@@ -43,9 +43,9 @@ use crate::grpc::Code;
 use crate::record::RequestRecord;
 use crate::runtime::Runtime;
 use gridmesh_config::vdag::{FINAL, VDagSpec};
-use gridmesh_proto::hop::{
-    AiosPacket, Delivery, FileInfo, InferenceAck, InferenceMessage, VDagFileInfo,
-    VDagInferencePacket, delivery,
+use gridmesh_proto::hop::{Delivery, delivery};
+use gridmesh_proto::inference_proxy::{
+    AiosPacket, FileInfo, InferenceMessage, InferenceRespose, VDagFileInfo, VDagInferencePacket,
 };
 
 /// The blocks' service: one packet for the block `x-service-name` names.
@@ -203,7 +203,7 @@ fn service_name(parts: &Parts) -> Result<&str, Status> {
 fn answered(record: Option<RequestRecord>, result: Result<(), Status>) -> Response<Body> {
     origin::finish(record, &result);
     match result {
-        Ok(()) => wire::unary(&InferenceAck { message: true }),
+        Ok(()) => wire::unary(&InferenceRespose { message: true }),
         Err(status) => wire::error(&status),
     }
 }
@@ -306,7 +306,7 @@ async fn queue(
     let request = wire::frame(&InferenceMessage {
         rpc_data: rpc_data.to_vec(),
     });
-    let ack: InferenceAck = send::unary(cluster, head, request, deadline, None)
+    let ack: InferenceRespose = send::unary(cluster, head, request, deadline, None)
         .await
         .map_err(|s| Status {
             code: s.code,
@@ -315,7 +315,7 @@ async fn queue(
     acked(ack)
 }
 
-fn acked(ack: InferenceAck) -> Result<(), Status> {
+fn acked(ack: InferenceRespose) -> Result<(), Status> {
     match ack.message {
         true => Ok(()),
         false => Err(Status::new(

@@ -133,7 +133,7 @@ pub fn with_output_ptr(packet: &[u8], output_ptr: &str) -> Result<Bytes, Status>
 
 #[cfg(test)]
 mod tests {
-    use gridmesh_proto::hop::{AiosPacket, FileInfo};
+    use gridmesh_proto::inference_proxy::{AiosPacket, FileInfo};
     use prost::Message;
 
     use super::*;
