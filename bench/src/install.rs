@@ -107,6 +107,11 @@ fn envoy_path(python: &Path) -> Result<PathBuf> {
     Ok(path)
 }
 
+/// The executable `name`, installed with apt's `package` when missing.
+pub fn apt_binary(name: &str, package: &str) -> Result<PathBuf> {
+    Apt::default().binary(name, package)
+}
+
 /// apt-get, run at most once per benchmark for the index update.
 #[derive(Default)]
 struct Apt {

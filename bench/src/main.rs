@@ -18,6 +18,7 @@ mod report;
 mod results;
 mod settings;
 mod targets;
+mod vdag;
 mod xds;
 
 use std::collections::BTreeMap;
@@ -84,6 +85,15 @@ enum Command {
         #[arg(long, value_delimiter = ',')]
         concurrency: Vec<usize>,
     },
+    /// vDAGs: what a chain and a diamond of echo blocks cost through
+    /// sidecars (mTLS) against calling the blocks directly, an
+    /// origin-orchestrated design, and the Redis-list transport of the
+    /// network gridmesh replaces (`--quick` for a smoke run).
+    Vdag {
+        /// Rounds; default 3, or 1 with --quick.
+        #[arg(long)]
+        rounds: Option<u32>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -106,6 +116,10 @@ fn main() -> ExitCode {
                 concurrency,
             };
             block::run(options, repo, &target_dir(repo).join("bench"))
+        }
+        Some(Command::Vdag { rounds }) => {
+            let repo = workspace_root();
+            vdag::run(args.quick, rounds, repo, &target_dir(repo).join("bench"))
         }
         None => run(args),
     };

@@ -10,7 +10,7 @@ mod gridmesh;
 mod haproxy;
 mod mtls;
 mod nginx;
-mod process;
+pub mod process;
 
 use std::fmt;
 use std::net::{SocketAddr, TcpListener};
