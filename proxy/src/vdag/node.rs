@@ -1,7 +1,7 @@
 //! A hop at the sidecar of the node's block, in phases:
 //!
 //! 1. **take**   — decode, check the vDAG and node against this sidecar's
-//!    config, drop a duplicate (request, node, sender), answer `accepted`.
+//!    config, drop a duplicate (request, node, sender).
 //! 2. **join**   — a join node waits for all its predecessors' parts (the
 //!    hop that completes it carries the join on; the others are handed on
 //!    once stored).
@@ -31,7 +31,7 @@ use crate::record::{Ending, RequestRecord};
 use crate::runtime::Runtime;
 use gridmesh_config::vdag::VDagSpec;
 use gridmesh_proto::hop::{
-    Accepted, Delivery, HandedOn, Hop, HopFailure, HopProgress, TailOutput, delivery, hop_progress,
+    Delivery, HandedOn, Hop, HopFailure, HopProgress, TailOutput, delivery, hop_progress,
 };
 use gridmesh_proto::inference::{ModelInferRequest, ModelInferResponse};
 
@@ -79,14 +79,12 @@ pub async fn forward(
             let labels = [job.spec.name.as_str(), &job.spec.nodes[job.node].label];
             vdags.observed.duplicates.with_label_values(&labels).inc();
             tokio::spawn(async move {
-                report(&mut progress, hop_progress::Step::Accepted(Accepted {})).await;
                 report(&mut progress, hop_progress::Step::HandedOn(HandedOn {})).await;
                 let _ = progress.send_trailers(wire::ok_trailers()).await;
             });
         }
         Ok(Some(taken)) => {
             tokio::spawn(async move {
-                report(&mut progress, hop_progress::Step::Accepted(Accepted {})).await;
                 let step = match job.carry().await {
                     Ok(()) => {
                         drop(taken);

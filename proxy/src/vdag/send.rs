@@ -323,7 +323,7 @@ async fn forward_once(
             match progress.step {
                 Some(hop_progress::Step::HandedOn(_)) => return Ok(()),
                 Some(hop_progress::Step::Failed(f)) => return Err(f),
-                Some(hop_progress::Step::Accepted(_)) | None => {}
+                None => {}
             }
         }
     }

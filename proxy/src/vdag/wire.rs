@@ -243,7 +243,7 @@ mod tests {
             ..Default::default()
         };
         let progress = HopProgress {
-            step: Some(hop_progress::Step::Accepted(Default::default())),
+            step: Some(hop_progress::Step::HandedOn(Default::default())),
         };
         let mut stream = frame(&hop).to_vec();
         stream.extend_from_slice(&frame(&progress));
