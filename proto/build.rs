@@ -42,6 +42,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // Well-known types come from pbjson-types so they carry JSON-mapping serde impls.
         .compile_well_known_types(true)
         .extern_path(".google.protobuf", "::pbjson_types")
+        // Tensors and packets as `Bytes`: decoding slices the received
+        // buffer instead of copying every tensor, and a node's outputs
+        // become the next node's inputs without a copy.
+        .bytes(".inference")
+        .bytes(".gridmesh.vdag")
         .compile_protos(PROTOS, &["proto"])?;
 
     let no_package = out_dir.join("no_package_descriptors.bin");
@@ -52,6 +57,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_server(grpc)
         .file_descriptor_set_path(&no_package)
         .skip_protoc_run()
+        .bytes(".")
         .compile_protos(&[NO_PACKAGE], &["proto"])?;
 
     pbjson_build::Builder::new()

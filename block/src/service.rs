@@ -293,7 +293,7 @@ fn decode_inputs(
             )));
         }
         rows = Some(input_rows);
-        let raw = raw.get(index).map(Vec::as_slice);
+        let raw = raw.get(index).map(|b| &b[..]);
         let value = tensor::decode(declared.element, &input.shape, raw, input.contents.as_ref())
             .map_err(at)?;
         decoded[position] = Some(value);
@@ -394,7 +394,7 @@ fn encode_outputs(
         let raw = output
             .to_raw()
             .map_err(|error| format!("cannot read output \"{}\": {error}", declared.name))?;
-        response.raw_output_contents.push(raw);
+        response.raw_output_contents.push(raw.into());
     }
     Ok(response)
 }

@@ -200,7 +200,7 @@ pub fn decode(
         (ElementType::Bytes, Some(raw), _) => strings(shape, split_bytes(raw)?),
         (ElementType::Bytes, None, Some(contents)) => strings(
             shape,
-            contents.bytes_contents.iter().map(Vec::as_slice).collect(),
+            contents.bytes_contents.iter().map(|b| &b[..]).collect(),
         ),
         (_, Some(raw), _) => from_raw(element, shape, raw).map(Value::Tensor),
         (_, None, Some(contents)) => from_contents(element, shape, contents).map(Value::Tensor),
@@ -368,6 +368,7 @@ pub fn element_count(shape: &[i64]) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
 
     #[test]
     fn raw_round_trip_keeps_every_element_type() {
@@ -424,7 +425,7 @@ mod tests {
             .unwrap();
         assert!(error.contains("not UTF-8"), "{error}");
         let typed = InferTensorContents {
-            bytes_contents: vec![b"x".to_vec()],
+            bytes_contents: vec![Bytes::from_static(b"x")],
             ..Default::default()
         };
         let error = decode(ElementType::Bytes, &[2], None, Some(&typed))

@@ -203,7 +203,9 @@ async fn malformed_requests_are_invalid_arguments_that_name_the_input() {
 
     // Raw bytes not a whole number of elements.
     let mut request = raw("mlp", &mlp.inputs);
-    request.raw_input_contents[0].push(0);
+    let mut longer = request.raw_input_contents[0].to_vec();
+    longer.push(0);
+    request.raw_input_contents[0] = longer.into();
     cases.push(("raw bytes one byte long", request, "INPUT__0"));
 
     // FP16 has no typed contents: everything typed, half as fp32_contents.

@@ -620,13 +620,13 @@ fn strings_request(words: &[&str], form: Form) -> ModelInferRequest {
     match form {
         Form::Typed => {
             input.contents = Some(InferTensorContents {
-                bytes_contents: words.iter().map(|w| w.as_bytes().to_vec()).collect(),
+                bytes_contents: words.iter().map(|w| w.as_bytes().to_vec().into()).collect(),
                 ..Default::default()
             });
         }
         Form::Raw => {
             let elements: Vec<&[u8]> = words.iter().map(|w| w.as_bytes()).collect();
-            request.raw_input_contents = vec![bytes_raw(&elements)];
+            request.raw_input_contents = vec![bytes_raw(&elements).into()];
         }
     }
     request.inputs = vec![input];
@@ -689,7 +689,7 @@ async fn strings_travel_as_bytes_typed_raw_and_batched() {
     let mut overrun = strings_request(&["abc"], Form::Raw);
     overrun.raw_input_contents[0].truncate(6);
     let mut not_utf8 = strings_request(&["abc"], Form::Raw);
-    not_utf8.raw_input_contents[0] = bytes_raw(&[&[0xff, 0xfe]]);
+    not_utf8.raw_input_contents[0] = bytes_raw(&[&[0xff, 0xfe]]).into();
     for (case, request, said) in [
         ("overrun", overrun, "3 bytes but only 2"),
         ("not UTF-8", not_utf8, "not UTF-8"),

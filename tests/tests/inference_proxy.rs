@@ -271,12 +271,12 @@ fn packet(session: &str, seq_no: u64) -> VDagInferencePacket {
     VDagInferencePacket {
         session_id: session.into(),
         seq_no,
-        frame_ptr: br#"{"framedb_id": "f1", "key": "k1"}"#.to_vec(),
+        frame_ptr: br#"{"framedb_id": "f1", "key": "k1"}"#.to_vec().into(),
         data: json!({ "value": 0, "trail": [] }).to_string(),
         ts: 1_733_000_000.25,
         files: vec![VDagFileInfo {
             metadata: r#"{"filename": "frame.jpg"}"#.into(),
-            file_data: vec![0xff, 0xd8, 0x00, 0x01],
+            file_data: vec![0xff, 0xd8, 0x00, 0x01].into(),
         }],
     }
 }
@@ -451,7 +451,7 @@ async fn a_packet_from_outside_a_vdag_call_is_refused_with_the_reason() {
     };
     let channel = harness::grpc_channel(mesh.sidecars["a"].addr("out"), "block-b").await;
     let mut request = tonic::Request::new(InferenceMessage {
-        rpc_data: packet.encode_to_vec(),
+        rpc_data: packet.encode_to_vec().into(),
     });
     request
         .metadata_mut()

@@ -49,13 +49,13 @@ pub fn request(model: &str) -> ModelInferRequest {
             shape: vec![1, 3, 32, 32],
             ..Default::default()
         }],
-        raw_input_contents: vec![pixels],
+        raw_input_contents: vec![pixels.into()],
         ..Default::default()
     }
 }
 
 fn check(response: &ModelInferResponse) -> Result<()> {
-    let logits = response.raw_output_contents.first().map(Vec::len);
+    let logits = response.raw_output_contents.first().map(|b| b.len());
     ensure!(
         logits == Some(LOGITS_BYTES),
         "the response carries {logits:?} bytes of logits, not {LOGITS_BYTES}"

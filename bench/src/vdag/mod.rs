@@ -474,7 +474,7 @@ impl Paths {
             Way::DirectDiamond | Way::VdagDiamond => 2 * request.raw_input_contents[0].len(),
             _ => request.raw_input_contents[0].len(),
         };
-        let got: usize = output.raw_input_contents.iter().map(Vec::len).sum();
+        let got: usize = output.raw_input_contents.iter().map(|b| b.len()).sum();
         ensure!(
             got == expected,
             "{}: {got} bytes back, not {expected}",
@@ -553,7 +553,7 @@ fn tensor_request(elements: usize) -> ModelInferRequest {
             shape: vec![1, elements as i64],
             ..Default::default()
         }],
-        raw_input_contents: vec![raw],
+        raw_input_contents: vec![raw.into()],
         ..Default::default()
     }
 }

@@ -266,7 +266,7 @@ impl RedisCaller {
         let mut request = request.clone();
         request.id.clone_from(&self.name);
         let mut call = Request::new(InferenceMessage {
-            rpc_data: request.encode_to_vec(),
+            rpc_data: request.encode_to_vec().into(),
         });
         call.metadata_mut()
             .insert("x-service-name", list_name(0).parse()?);
@@ -338,7 +338,9 @@ impl Worker {
             let next = next.encode_to_vec();
             match &mut self.next {
                 Some(shim) => {
-                    let mut call = Request::new(InferenceMessage { rpc_data: next });
+                    let mut call = Request::new(InferenceMessage {
+                        rpc_data: next.into(),
+                    });
                     call.metadata_mut()
                         .insert("x-service-name", self.next_list.parse()?);
                     shim.infer(call).await?;

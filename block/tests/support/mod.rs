@@ -386,7 +386,7 @@ pub fn infer_request(
         inputs: inputs.iter().map(|t| t.input(form)).collect(),
         raw_input_contents: match form {
             Form::Typed => Vec::new(),
-            Form::Raw => inputs.iter().map(TensorData::raw).collect(),
+            Form::Raw => inputs.iter().map(|t| t.raw().into()).collect(),
         },
         ..Default::default()
     }

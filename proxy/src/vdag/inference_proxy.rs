@@ -84,7 +84,7 @@ struct Packet {
 }
 
 impl Packet {
-    fn parse(rpc_data: Vec<u8>) -> Result<Packet, Status> {
+    fn parse(rpc_data: Bytes) -> Result<Packet, Status> {
         let head = packet::head(&rpc_data)?;
         let output_ptr: Value = serde_json::from_str(&head.output_ptr).map_err(|e| {
             Status::new(
@@ -106,7 +106,7 @@ impl Packet {
             )
         })?;
         Ok(Packet {
-            rpc_data: rpc_data.into(),
+            rpc_data,
             output_ptr,
             context,
         })
@@ -151,7 +151,7 @@ impl Packet {
     async fn deliver(&self, vdags: &VDags, rpc_data: Bytes, parts: &Parts) -> Result<(), Status> {
         let delivery = Delivery {
             request_id: self.context.request.clone(),
-            result: Some(delivery::Result::FinalPacket(rpc_data.to_vec())),
+            result: Some(delivery::Result::FinalPacket(rpc_data)),
         };
         let context = &self.context;
         let (origin, identity) = (&context.origin, &context.origin_identity);
@@ -303,9 +303,7 @@ async fn queue(
         .map_err(|_| Status::new(Code::InvalidArgument, "x-service-name is not a header"))?;
     head.headers.insert(SERVICE_NAME, name);
     let cluster = send::block_cluster(runtime, listener, &head)?;
-    let request = wire::frame(&InferenceMessage {
-        rpc_data: rpc_data.to_vec(),
-    });
+    let request = wire::frame(&InferenceMessage { rpc_data });
     let ack: InferenceRespose = send::unary(cluster, head, request, deadline, None)
         .await
         .map_err(|s| Status {
@@ -421,7 +419,7 @@ async fn hand_on(
     let name = HeaderValue::from_str(&node.model)
         .map_err(|_| Status::new(Code::InvalidArgument, "a block id is not a header"))?;
     let request = wire::frame(&InferenceMessage {
-        rpc_data: rpc_data.to_vec(),
+        rpc_data: rpc_data.clone(),
     });
     let mut instances = Instances::new(vdags, spec, next, deadline, None);
     let sent = loop {

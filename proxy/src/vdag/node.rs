@@ -13,18 +13,17 @@
 
 use std::sync::Arc;
 
-use bytes::Bytes;
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 use http::request::Parts;
 use http::{HeaderMap, Response, StatusCode};
-use http_body_util::channel::Sender;
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::send::{self, carried, failure};
 use super::wire::{self, Status};
 use super::{HopKey, JoinKey, JoinStep, VDags, tensors};
-use crate::body::{Body, BoxError};
+use crate::body::Body;
 use crate::call::Attempts;
 use crate::grpc::{self, Code};
 use crate::record::{Ending, RequestRecord};
@@ -64,8 +63,7 @@ pub async fn forward(
         node: job.hop.node.clone(),
         from: job.hop.from.clone(),
     };
-    let (mut progress, response) = wire::streamed();
-    match vdags.take(key, job.deadline) {
+    let step = match vdags.take(key, job.deadline) {
         Err(status) => {
             finish(job.record, Err(status.code));
             return wire::error(&status);
@@ -78,12 +76,13 @@ pub async fn forward(
             tracing::debug!(request = %job.hop.request_id, node = %job.hop.node, "duplicate hop dropped");
             let labels = [job.spec.name.as_str(), &job.spec.nodes[job.node].label];
             vdags.observed.duplicates.with_label_values(&labels).inc();
-            tokio::spawn(async move {
-                report(&mut progress, hop_progress::Step::HandedOn(HandedOn {})).await;
-                let _ = progress.send_trailers(wire::ok_trailers()).await;
-            });
+            hop_progress::Step::HandedOn(HandedOn {})
         }
         Ok(Some(taken)) => {
+            // Carried on in its own task: a sender that goes away (its
+            // stream reset) does not stop the hop, which may then run
+            // twice, once here and once where the sender retried it.
+            let (done, outcome) = oneshot::channel();
             tokio::spawn(async move {
                 let step = match job.carry().await {
                     Ok(()) => {
@@ -95,12 +94,18 @@ pub async fn forward(
                         hop_progress::Step::Failed(f)
                     }
                 };
-                report(&mut progress, step).await;
-                let _ = progress.send_trailers(wire::ok_trailers()).await;
+                let _ = done.send(step);
             });
+            match outcome.await {
+                Ok(step) => step,
+                Err(_) => return wire::error(&Status::new(Code::Internal, "the hop's task ended")),
+            }
         }
-    }
-    response
+    };
+    // The answer's head, its one message and trailers go out together once
+    // the hop is done: the stream stays open until then, so the sender sees
+    // this sidecar die, and a hop costs one write each way.
+    wire::unary(&HopProgress { step: Some(step) })
 }
 
 /// Ends the hop's server span, access log line and request metrics: with
@@ -114,14 +119,6 @@ fn finish(record: Option<RequestRecord>, result: Result<(), u32>) {
             local_body: Some(0),
         });
     }
-}
-
-/// Tells the hop's sender how it is going. A sender that went away is not
-/// waited for: the hop is carried on regardless (it may then run twice,
-/// once here and once where the sender retried it).
-async fn report(progress: &mut Sender<Bytes, BoxError>, step: hop_progress::Step) {
-    let message = HopProgress { step: Some(step) };
-    let _ = progress.send_data(wire::frame(&message)).await;
 }
 
 /// One hop this sidecar took.

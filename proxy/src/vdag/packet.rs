@@ -142,13 +142,13 @@ mod tests {
         AiosPacket {
             session_id: "vdag::chain::s1".into(),
             seq_no: 7,
-            frame_ptr: b"{\"key\": 1}".to_vec(),
+            frame_ptr: b"{\"key\": 1}".to_vec().into(),
             data: "{\"value\": 1}".into(),
             ts: 1.5,
             output_ptr: "{\"is_graph\": true}".into(),
             files: vec![FileInfo {
                 metadata: "{}".into(),
-                file_data: vec![0, 1, 2],
+                file_data: vec![0, 1, 2].into(),
             }],
         }
     }

@@ -13,7 +13,7 @@ use bytes::Bytes;
 use http::header::{CONTENT_TYPE, TE};
 use http::request::Parts;
 use http::{HeaderMap, HeaderValue, Request, Version};
-use http_body_util::{BodyExt, Limited};
+use http_body_util::BodyExt;
 use parking_lot::Mutex;
 use prost::Message;
 use tokio::time::Instant;
@@ -120,23 +120,9 @@ pub async fn unary_with<M: Message + Default>(
         .map_err(|e| Status::new(e.grpc_code(), e.to_string()))?;
     let (head, body) = response.into_parts();
     wire::check_head(head.status, &head.headers)?;
-    let read = tokio::time::timeout_at(
-        deadline,
-        Limited::new(body, wire::MAX_MESSAGE + 5).collect(),
-    )
-    .await
-    .map_err(|_| Status::new(Code::DeadlineExceeded, "no answer within the deadline"))?
-    .map_err(|e| Status::new(Code::Unavailable, format!("the answer broke off: {e}")))?;
-    if let Some(status) = read.trailers().and_then(wire::status_of)
-        && status.code != 0
-    {
-        return Err(status);
-    }
-    let mut frames = Frames::default();
-    frames.push(&read.to_bytes());
-    frames
-        .next()?
-        .ok_or_else(|| Status::new(Code::Internal, "the answer held no message"))
+    tokio::time::timeout_at(deadline, wire::read_answer(body))
+        .await
+        .map_err(|_| Status::new(Code::DeadlineExceeded, "no answer within the deadline"))?
 }
 
 /// The cluster of the local block: where the route of `listener` (the
@@ -315,7 +301,7 @@ async fn forward_once(
                 return Err(failure(label, status));
             }
         };
-        frames.push(&data);
+        frames.push(data);
         while let Some(progress) = frames
             .next::<HopProgress>()
             .map_err(|s| failure(label, s))?

@@ -108,15 +108,16 @@ fn has_raw(answer: &ModelInferResponse) -> Result<bool, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
 
-    fn output(name: &str, raw: &[u8]) -> (InferOutputTensor, Vec<u8>) {
+    fn output(name: &str, raw: &[u8]) -> (InferOutputTensor, Bytes) {
         let tensor = InferOutputTensor {
             name: name.into(),
             datatype: "UINT8".into(),
             shape: vec![raw.len() as i64],
             ..Default::default()
         };
-        (tensor, raw.to_vec())
+        (tensor, Bytes::copy_from_slice(raw))
     }
 
     fn answer_of(outputs: &[(&str, &[u8])]) -> ModelInferResponse {

@@ -1,12 +1,13 @@
 //! gRPC on the wire, for the messages the proxy itself reads and writes in
 //! a vDAG (hops, deliveries, a block's ModelInfer): length-prefixed frames,
-//! unary and streamed answers, trailers-only errors. Everything else the
+//! unary answers, trailers-only errors. Everything else the
 //! proxy forwards without decoding (`crate::grpc`).
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use std::collections::VecDeque;
+
+use bytes::{BufMut, Bytes, BytesMut};
 use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
 use http_body::Frame;
-use http_body_util::channel::{Channel, Sender};
 use http_body_util::{BodyExt, StreamBody};
 use prost::Message;
 
@@ -48,21 +49,51 @@ pub fn frame(message: &impl Message) -> Bytes {
     buf.freeze()
 }
 
-/// Reads a whole unary message body: exactly one uncompressed frame.
-pub async fn read_one<M: Message + Default>(mut body: Body) -> Result<M, Status> {
+/// A body as received: a request's, or an upstream's answer.
+pub trait Received: http_body::Body<Data = Bytes, Error: std::fmt::Display> + Unpin {}
+
+impl<B: http_body::Body<Data = Bytes, Error: std::fmt::Display> + Unpin> Received for B {}
+
+/// Reads a whole unary request body: exactly one uncompressed frame.
+pub async fn read_one<M: Message + Default>(body: Body) -> Result<M, Status> {
+    let (message, _trailers) = read_whole(body, "request").await?;
+    message.ok_or_else(|| Status::new(Code::InvalidArgument, "the body holds no whole message"))
+}
+
+/// Reads a whole unary answer: its one message, unless its trailers say it
+/// failed.
+pub async fn read_answer<M: Message + Default>(body: impl Received) -> Result<M, Status> {
+    let (message, trailers) = read_whole(body, "answer").await?;
+    if let Some(status) = trailers.as_ref().and_then(status_of)
+        && status.code != 0
+    {
+        return Err(status);
+    }
+    message.ok_or_else(|| Status::new(Code::Internal, "the answer held no message"))
+}
+
+/// A body holding at most one message, and its trailers. Received chunks
+/// are kept as they came (a message within one chunk is decoded in place),
+/// and at most one message and a frame header are held.
+async fn read_whole<M: Message + Default>(
+    mut body: impl Received,
+    what: &str,
+) -> Result<(Option<M>, Option<HeaderMap>), Status> {
     let mut frames = Frames::default();
     let mut message = None;
+    let mut trailers = None;
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| {
-            Status::new(
-                Code::Unavailable,
-                format!("the request body broke off: {e}"),
-            )
+            Status::new(Code::Unavailable, format!("the {what} body broke off: {e}"))
         })?;
-        let Ok(data) = frame.into_data() else {
-            continue;
+        let data = match frame.into_data() {
+            Ok(data) => data,
+            Err(frame) => {
+                trailers = frame.into_trailers().ok();
+                continue;
+            }
         };
-        frames.push(&data);
+        frames.push(data);
         while let Some(m) = frames.next()? {
             if message.replace(m).is_some() {
                 return Err(Status::new(
@@ -71,32 +102,50 @@ pub async fn read_one<M: Message + Default>(mut body: Body) -> Result<M, Status>
                 ));
             }
         }
+        if message.is_some() && frames.held() > 0 {
+            return Err(Status::new(
+                Code::InvalidArgument,
+                "the body holds more than one message",
+            ));
+        }
     }
-    if !frames.buf.is_empty() {
+    if frames.held() > 0 {
         return Err(Status::new(
             Code::InvalidArgument,
             "the body ends inside a message",
         ));
     }
-    message.ok_or_else(|| Status::new(Code::InvalidArgument, "the body holds no whole message"))
+    Ok((message, trailers))
 }
 
-/// Messages cut out of a stream's data frames as they arrive.
+/// Messages cut out of a stream's data frames as they arrive. Chunks are
+/// kept as received: a message inside one chunk is a slice of it (its
+/// tensors too, as `Bytes` fields), one spread over several is copied once.
 #[derive(Default)]
 pub struct Frames {
-    buf: BytesMut,
+    chunks: VecDeque<Bytes>,
+    held: usize,
 }
 
 impl Frames {
-    pub fn push(&mut self, data: &[u8]) {
-        self.buf.extend_from_slice(data);
+    pub fn push(&mut self, data: Bytes) {
+        if !data.is_empty() {
+            self.held += data.len();
+            self.chunks.push_back(data);
+        }
+    }
+
+    /// How many bytes arrived that no message was cut out of yet.
+    pub fn held(&self) -> usize {
+        self.held
     }
 
     /// The next whole message, if one has arrived.
     pub fn next<M: Message + Default>(&mut self) -> Result<Option<M>, Status> {
-        let Some(header) = self.buf.get(..FRAME_HEADER) else {
+        let mut header = [0u8; FRAME_HEADER];
+        if !self.peek(&mut header) {
             return Ok(None);
-        };
+        }
         if header[0] != 0 {
             return Err(Status::new(
                 Code::Unimplemented,
@@ -110,14 +159,56 @@ impl Frames {
                 format!("a {len}-byte message is over the {MAX_MESSAGE}-byte limit"),
             ));
         }
-        if self.buf.len() < FRAME_HEADER + len {
+        if self.held < FRAME_HEADER + len {
             return Ok(None);
         }
-        self.buf.advance(FRAME_HEADER);
-        let message = self.buf.split_to(len);
-        M::decode(message.freeze())
+        self.take(FRAME_HEADER);
+        M::decode(self.take(len))
             .map(Some)
             .map_err(|e| Status::new(Code::InvalidArgument, format!("malformed message: {e}")))
+    }
+
+    /// Copies the first `into.len()` bytes held into `into`, if that many are.
+    fn peek(&self, into: &mut [u8]) -> bool {
+        if self.held < into.len() {
+            return false;
+        }
+        let mut filled = 0;
+        for chunk in &self.chunks {
+            let n = chunk.len().min(into.len() - filled);
+            into[filled..filled + n].copy_from_slice(&chunk[..n]);
+            filled += n;
+            if filled == into.len() {
+                break;
+            }
+        }
+        true
+    }
+
+    /// The first `n` bytes held (there are at least `n`): a slice of the
+    /// first chunk when it holds them, else one copy.
+    fn take(&mut self, n: usize) -> Bytes {
+        self.held -= n;
+        if let Some(front) = self.chunks.front_mut()
+            && front.len() >= n
+        {
+            let taken = front.split_to(n);
+            if front.is_empty() {
+                self.chunks.pop_front();
+            }
+            return taken;
+        }
+        let mut joined = BytesMut::with_capacity(n);
+        while joined.len() < n
+            && let Some(front) = self.chunks.front_mut()
+        {
+            let want = (n - joined.len()).min(front.len());
+            joined.extend_from_slice(&front.split_to(want));
+            if front.is_empty() {
+                self.chunks.pop_front();
+            }
+        }
+        joined.freeze()
     }
 }
 
@@ -145,12 +236,6 @@ pub fn unary(message: &impl Message) -> Response<Body> {
         Ok(Frame::trailers(ok_trailers())),
     ];
     grpc_head(StreamBody::new(futures_util::stream::iter(frames)).boxed_unsync())
-}
-
-/// A streamed answer: its messages and trailers are sent as they come.
-pub fn streamed() -> (Sender<Bytes, BoxError>, Response<Body>) {
-    let (sender, body) = Channel::new(4);
-    (sender, grpc_head(body.boxed_unsync()))
 }
 
 /// A trailers-only error answer.
@@ -234,6 +319,7 @@ fn percent_decode(bytes: &[u8]) -> String {
 mod tests {
     use super::*;
     use gridmesh_proto::hop::{Hop, HopProgress, hop_progress};
+    use gridmesh_proto::inference::ModelInferRequest;
 
     #[test]
     fn messages_are_cut_out_of_a_stream_however_it_is_split() {
@@ -249,12 +335,12 @@ mod tests {
         stream.extend_from_slice(&frame(&progress));
         for split in 0..stream.len() {
             let mut frames = Frames::default();
-            frames.push(&stream[..split]);
+            frames.push(Bytes::copy_from_slice(&stream[..split]));
             let mut got = Vec::new();
             while let Some(h) = frames.next::<Hop>().unwrap() {
                 got.push(h);
             }
-            frames.push(&stream[split..]);
+            frames.push(Bytes::copy_from_slice(&stream[split..]));
             if got.is_empty() {
                 got.push(frames.next::<Hop>().unwrap().expect("the whole hop"));
             }
@@ -268,13 +354,33 @@ mod tests {
     }
 
     #[test]
+    fn a_tensor_within_one_chunk_is_decoded_in_place() {
+        let request = ModelInferRequest {
+            raw_input_contents: vec![Bytes::from(vec![7u8; 4096])],
+            ..Default::default()
+        };
+        let chunk = frame(&request);
+        let mut frames = Frames::default();
+        frames.push(chunk.clone());
+        let decoded: ModelInferRequest = frames.next().unwrap().expect("the whole message");
+        let tensor = decoded.raw_input_contents[0].as_ptr_range();
+        let received = chunk.as_ptr_range();
+        assert!(
+            received.start <= tensor.start && tensor.end <= received.end,
+            "the tensor was copied out of the received chunk"
+        );
+        assert_eq!(decoded, request);
+        assert_eq!(frames.held(), 0);
+    }
+
+    #[test]
     fn oversized_and_compressed_frames_are_refused() {
         let mut frames = Frames::default();
-        frames.push(&[0, 0xff, 0xff, 0xff, 0xff]);
+        frames.push(Bytes::from_static(&[0, 0xff, 0xff, 0xff, 0xff]));
         let e = frames.next::<Hop>().unwrap_err();
         assert_eq!(e.code, Code::ResourceExhausted as u32, "{e:?}");
         let mut frames = Frames::default();
-        frames.push(&[1, 0, 0, 0, 0]);
+        frames.push(Bytes::from_static(&[1, 0, 0, 0, 0]));
         let e = frames.next::<Hop>().unwrap_err();
         assert_eq!(e.code, Code::Unimplemented as u32, "{e:?}");
     }

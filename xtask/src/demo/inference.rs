@@ -198,7 +198,7 @@ fn load_cases(expected_json: &Path) -> Result<Vec<Case>> {
                     shape,
                     ..Default::default()
                 }],
-                raw_input_contents: vec![raw],
+                raw_input_contents: vec![raw.into()],
                 ..Default::default()
             };
             let expected = values(&case["outputs"][0])?;
